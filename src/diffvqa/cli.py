@@ -1,0 +1,53 @@
+"""The ``diffvqa`` command: one subcommand per job, each a ``main(argv)`` in the module that does the job.
+
+Only the chosen subcommand's module is imported, so ``diffvqa simulate`` does not pay for torch and
+``diffvqa --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+# command -> (module, function taking argv, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "simulate": ("diffvqa.data.phantom", "simulate_main", "write a longitudinal CXR phantom in the release format"),
+    "contact-sheet": ("diffvqa.data.phantom", "contact_sheet_main", "render phantom pairs and findings to a PNG"),
+    "prepare": ("diffvqa.data.cache", "prepare_main", "decode a release's images once into a memory-mapped cache"),
+    "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
+    "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
+    "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
+    "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
+    "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: diffvqa <command> [options]   (diffvqa <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from diffvqa import __version__
+
+        print(f"diffvqa {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"diffvqa: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, function_name, _ = COMMANDS[command]
+    function = getattr(importlib.import_module(module_name), function_name)
+    return int(function(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
