@@ -66,6 +66,8 @@ class ModelConfig:
     decoder_pretrained: str = ""  # local directory saved with GPT2LMHeadModel.save_pretrained
     tokenizer: str = "word"  # "word" (built from training text) or "gpt2" (BPE files from a local directory)
     tokenizer_path: str = ""  # directory with vocab.json + merges.txt for tokenizer="gpt2"
+    # --- ablation ---
+    blind: bool = False  # question-only baseline: both images replaced by zeros (training and inference)
 
 
 @dataclass
@@ -100,7 +102,6 @@ class TrainConfig:
     eval_samples: int = 512  # validation questions scored at each evaluation (0 = the whole split)
     checkpoint_every: int = 500
     log_every: int = 10
-    blind: bool = False  # question-only baseline: both images replaced by zeros
 
 
 @dataclass
@@ -209,9 +210,7 @@ def preset_values(name: str) -> dict[str, Any]:
     return yaml.safe_load(text) or {}
 
 
-def load_config(
-    preset: str = "small", file: str | Path | None = None, overrides: typing.Sequence[str] = ()
-) -> Config:
+def load_config(preset: str = "small", file: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> Config:
     """Resolve a config: defaults <- preset <- YAML ``file`` <- ``key=value`` overrides.
 
     A YAML file may name its own preset with a top-level ``preset: paper`` key.

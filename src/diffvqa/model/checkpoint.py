@@ -1,0 +1,93 @@
+"""Checkpoints: a directory that describes itself.
+
+    config.json          the resolved Config; the model rebuilds from it alone
+    model.safetensors    the weights (never a pickle)
+    tokenizer.json       the tokenizer (word-level or GPT-2 BPE with our special tokens)
+
+Training runs add ``trainer_state`` (see ``diffvqa.train``). Saving unwraps DDP and ``torch.compile`` wrappers,
+so keys never carry ``module.`` or ``_orig_mod.`` prefixes. Loading is strict: a missing or unexpected key is
+an error that names it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from diffvqa.config import Config
+from diffvqa.data.text import Tokenizer
+from diffvqa.model.vqa import DiffVQA
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _shared_duplicates(state: dict[str, torch.Tensor]) -> set[str]:
+    """Keys whose tensor shares storage with an earlier key (GPT-2's lm_head is tied to its embedding)."""
+    seen: dict[tuple[int, tuple[int, ...]], str] = {}
+    duplicates = set()
+    for key, tensor in state.items():
+        ident = (tensor.untyped_storage().data_ptr(), tuple(tensor.shape))
+        if ident in seen:
+            duplicates.add(key)
+        else:
+            seen[ident] = key
+    return duplicates
+
+
+def save_weights(model: nn.Module, path: str | Path) -> None:
+    state = unwrap_model(model).state_dict()
+    tied = _shared_duplicates(state)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}, str(path))
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load ``model.safetensors`` strictly: missing or unexpected keys raise ``ValueError`` naming them."""
+    model = unwrap_model(model)
+    tied = _shared_duplicates(model.state_dict())
+    state = load_file(str(path))
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{path}: the weights do not match the model built from its config: "
+            f"missing keys {missing}, unexpected keys {list(result.unexpected_keys)}"
+        )
+
+
+def save_checkpoint(model: nn.Module, directory: str | Path) -> Path:
+    """Write config, weights and tokenizer to ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plain = unwrap_model(model)
+    plain.config.save(directory / CONFIG_FILE)
+    plain.tokenizer.save(directory)
+    save_weights(plain, directory / WEIGHTS_FILE)
+    return directory
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> DiffVQA:
+    """Rebuild a :class:`DiffVQA` from a checkpoint directory (pretrained-weight paths are not needed)."""
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory}: not a diffvqa checkpoint (missing {name})")
+    config = Config.load(directory / CONFIG_FILE)
+    tokenizer = Tokenizer.load(directory, config.model.tokenizer)
+    model = DiffVQA(config, tokenizer, load_pretrained=False)
+    load_weights(model, directory / WEIGHTS_FILE)
+    return model.to(map_location)

@@ -1,0 +1,79 @@
+"""The shared image encoder: a ``transformers.ResNetModel`` run once on the stacked pair.
+
+Its last stage's feature maps (before pooling) are both the decoder's visual input and the Grad-CAM layer, so
+the interface is simply ``features(images) -> (N, C, h, w)`` (STYLE.md item 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import Tensor, nn
+from transformers import ResNetConfig, ResNetModel
+
+from diffvqa.config import ModelConfig
+
+
+def resnet_config(config: ModelConfig) -> ResNetConfig:
+    if config.encoder_layer_type not in ("basic", "bottleneck"):
+        raise ValueError(f"model.encoder_layer_type={config.encoder_layer_type!r}: expected 'basic' or 'bottleneck'")
+    if len(config.encoder_hidden_sizes) != len(config.encoder_depths):
+        raise ValueError(
+            f"model.encoder_hidden_sizes {config.encoder_hidden_sizes} and model.encoder_depths "
+            f"{config.encoder_depths} must have the same length (one entry per stage)"
+        )
+    return ResNetConfig(
+        num_channels=config.encoder_channels,
+        embedding_size=config.encoder_embedding_size,
+        hidden_sizes=list(config.encoder_hidden_sizes),
+        depths=list(config.encoder_depths),
+        layer_type=config.encoder_layer_type,
+        hidden_act="relu",
+    )
+
+
+def feature_stride(config: ModelConfig) -> int:
+    """Input pixels per feature-map cell: the stem divides by 4, every stage after the first by 2."""
+    return 4 * 2 ** (len(config.encoder_depths) - 1)
+
+
+class ImageEncoder(nn.Module):
+    """Normalises gray [0, 1] images and returns the ResNet's last feature maps.
+
+    With ``load_pretrained`` and ``config.encoder_pretrained`` set, the weights come from that local directory
+    (``ResNetModel.from_pretrained``); its architecture must match the config, so a checkpoint rebuilds from the
+    config alone.
+    """
+
+    def __init__(self, config: ModelConfig, load_pretrained: bool = True):
+        super().__init__()
+        self.mean, self.std = config.image_mean, config.image_std
+        self.channels = config.encoder_channels
+        wanted = resnet_config(config)
+        if load_pretrained and config.encoder_pretrained:
+            path = Path(config.encoder_pretrained)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.encoder_pretrained={str(path)!r}: not a Hugging Face model directory "
+                    "(expected config.json and weights saved with ResNetModel.save_pretrained)"
+                )
+            self.resnet = ResNetModel.from_pretrained(path)
+            got = self.resnet.config
+            for key in ("num_channels", "embedding_size", "hidden_sizes", "depths", "layer_type"):
+                if getattr(got, key) != getattr(wanted, key):
+                    raise ValueError(
+                        f"model.encoder_pretrained={str(path)!r} has {key}={getattr(got, key)!r} but the config "
+                        f"asks for {getattr(wanted, key)!r}; set the model.encoder_* keys to match the weights"
+                    )
+        else:
+            self.resnet = ResNetModel(wanted)
+        self.out_channels = wanted.hidden_sizes[-1]
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """(N, 1, S, S) in [0, 1] -> (N, channels, S, S) normalised; the gray channel repeated for 3-channel nets."""
+        x = (images - self.mean) / self.std
+        return x.expand(-1, self.channels, -1, -1) if self.channels != 1 else x
+
+    def features(self, images: Tensor) -> Tensor:
+        """(N, 1, S, S) in [0, 1] -> feature maps (N, C, h, w)."""
+        return self.resnet(pixel_values=self.normalize(images)).last_hidden_state

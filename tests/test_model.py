@@ -1,0 +1,156 @@
+import math
+
+import pytest
+import torch
+
+from diffvqa.model.align import Aligner, corner_error, registration_loss, warp
+
+
+def _forward(model, batch):
+    return model(
+        batch["main"],
+        batch["ref"],
+        batch["question_ids"],
+        batch["question_mask"],
+        batch["answer_ids"],
+        batch["answer_mask"],
+    )
+
+
+def test_forward_shapes_and_finite_loss(tiny_model, tiny_batch, tiny_config):
+    out = _forward(tiny_model, tiny_batch)
+    s = tiny_config.data.image_size
+    assert set(out.losses) == {"answer", "registration"}
+    assert torch.isfinite(out.loss) and out.loss.ndim == 0
+    assert out.theta.shape == (4, 2, 3) and out.aligned_main.shape == (4, 1, s, s)
+    assert out.features.shape == (8, tiny_config.model.encoder_hidden_sizes[-1], 4, 4)
+    # an untrained model is near-uniform over the vocabulary
+    assert abs(out.losses["answer"].item() - math.log(len(tiny_model.tokenizer))) < 1.0
+
+
+def test_every_parameter_gets_a_gradient(tiny_model, tiny_batch):
+    # At step 0 the aligner's head is zero, so its trunk's gradient is exactly zero by construction; give the
+    # head small weights first so every path is live, as it is after the first optimiser step.
+    with torch.no_grad():
+        tiny_model.aligner.head.weight.normal_(0, 1e-2)
+    _forward(tiny_model, tiny_batch).loss.backward()
+    dead = [
+        n for n, p in tiny_model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    ]
+    assert dead == []
+
+
+def test_aligner_is_identity_at_init(tiny_model, tiny_batch):
+    out = tiny_model.align(tiny_batch["main"], tiny_batch["ref"])
+    assert torch.equal(out.theta, torch.eye(2, 3).expand(4, 2, 3))
+    assert (out.aligned - tiny_batch["main"]).abs().max() < 1e-6
+    assert out.reg_loss.item() == 0.0
+
+
+def test_registration_loss_terms():
+    theta = torch.tensor([[[1.1, 0.0, 0.2], [0.0, 1.0, 0.0]]])
+    # ||Θ-I||² = 0.01 + 0.04, (det-1)² = 0.01, ||t||² = 0.04
+    assert registration_loss(theta, (1.0, 0.0, 0.0)).item() == pytest.approx(0.05)
+    assert registration_loss(theta, (0.0, 1.0, 0.0)).item() == pytest.approx(0.01)
+    assert registration_loss(theta, (0.0, 0.0, 1.0)).item() == pytest.approx(0.04)
+
+
+def _blobs(size=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    y, x = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    image = torch.zeros(size, size)
+    for _ in range(6):
+        cx, cy = (torch.rand(2, generator=g) * 1.2 - 0.6).tolist()
+        sigma = 0.1 + 0.15 * torch.rand(1, generator=g).item()
+        image += torch.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+    return (image / image.max())[None, None]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_warp_direction_recovers_known_transform(align_corners):
+    """ref = main pulled through a known Θ*; optimising Θ alone so warp(main, Θ) matches ref recovers Θ*."""
+    size = 64
+    angle, scale, shift = math.radians(4.0), 1.04, (0.05, -0.03)
+    true = torch.tensor(
+        [
+            [
+                [scale * math.cos(angle), -scale * math.sin(angle), shift[0]],
+                [scale * math.sin(angle), scale * math.cos(angle), shift[1]],
+            ]
+        ]
+    )
+    main = _blobs(size)
+    ref = warp(main, true, align_corners)
+    theta = torch.eye(2, 3)[None].clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([theta], lr=0.01)
+    for _ in range(300):
+        optimiser.zero_grad()
+        loss = (warp(main, theta, align_corners) - ref).pow(2).mean()
+        loss.backward()
+        optimiser.step()
+    before = corner_error(torch.eye(2, 3)[None], true, size, align_corners).item()
+    after = corner_error(theta.detach(), true, size, align_corners).item()
+    assert before > 3.0 and after < 1.0, (before, after)
+
+
+def test_aligner_learns_a_shift():
+    """The aligner's CNN, trained on the pair alone, moves Θ toward the true transform (gradient path works)."""
+    torch.manual_seed(0)
+    main = _blobs(64).repeat(8, 1, 1, 1)
+    true = torch.tensor([[1.0, 0.0, 0.08], [0.0, 1.0, -0.06]]).expand(8, 2, 3)
+    ref = warp(main, true, False)
+    aligner = Aligner(input_size=32, channels=8)
+    optimiser = torch.optim.Adam(aligner.parameters(), lr=3e-3)
+    for _ in range(150):
+        optimiser.zero_grad()
+        out = aligner(main, ref)
+        ((out.aligned - ref).pow(2).mean() + out.reg_loss).backward()
+        optimiser.step()
+    assert corner_error(aligner(main, ref).theta.detach(), true, 64, False).mean() < 1.0
+
+
+def _generate(model, batch, use_cache):
+    model.eval()
+    features = model.encode(batch["main"], batch["ref"])
+    return model.generate_from_features(features, batch["question_ids"], batch["question_mask"], use_cache=use_cache)
+
+
+def test_cached_and_uncached_generation_agree_on_a_padded_batch(tiny_model, tiny_batch):
+    # A briefly trained model produces varied, multi-token answers (a random one says <eos> at once).
+    optimiser = torch.optim.Adam(tiny_model.parameters(), lr=3e-3)
+    for _ in range(30):
+        optimiser.zero_grad()
+        _forward(tiny_model, tiny_batch).loss.backward()
+        optimiser.step()
+    text_cached, cached = _generate(tiny_model, tiny_batch, use_cache=True)
+    text_plain, plain = _generate(tiny_model, tiny_batch, use_cache=False)
+    assert torch.equal(cached.ids, plain.ids) and text_cached == text_plain
+    assert cached.ids.shape[1] > 3  # several decoding steps were compared
+    for a, b in zip(cached.scores, plain.scores, strict=True):
+        assert (a - b).abs().max() < 1e-5
+    # and batching with right padding changes nothing: each row alone gives the same answer
+    for i in range(4):
+        row = {k: v[i : i + 1] for k, v in tiny_batch.items() if torch.is_tensor(v)}
+        row["question_ids"] = row["question_ids"][:, : int(row["question_mask"].sum())]
+        row["question_mask"] = row["question_mask"][:, : int(row["question_mask"].sum())]
+        alone, _ = _generate(tiny_model, row, use_cache=True)
+        assert alone[0] == text_cached[i]
+
+
+def test_sequence_too_long_for_positions(tiny_config, tokenizer):
+    from diffvqa.model.vqa import DiffVQA
+
+    tiny_config.model.decoder_positions = 40
+    with pytest.raises(ValueError, match="decoder_positions"):
+        DiffVQA(tiny_config, tokenizer)
+
+
+def test_blind_model_ignores_images(tiny_config, tokenizer, tiny_batch):
+    from diffvqa.model.vqa import DiffVQA
+
+    tiny_config.model.blind = True
+    torch.manual_seed(0)
+    model = DiffVQA(tiny_config, tokenizer).eval()
+    a = _forward(model, tiny_batch).loss
+    other = dict(tiny_batch, main=torch.rand_like(tiny_batch["main"]), ref=torch.rand_like(tiny_batch["ref"]))
+    assert torch.equal(a, _forward(model, other).loss)
