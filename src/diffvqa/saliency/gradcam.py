@@ -1,0 +1,118 @@
+"""Keyword-conditioned Grad-CAM on the encoder's feature maps of both images (DESIGN.md item 7).
+
+score s = sum of log p(y_t) over the answer tokens that spell the keyword (the whole answer and its <eos> when
+there is no keyword), teacher-forced. G = ds/dF by ``torch.autograd.grad`` on the feature maps F of *the same
+forward* — no second encoder pass, no backward through the encoder, nothing written to any parameter's
+``.grad``, no hooks, train/eval mode untouched. Then α = mean_{h,w} G, cam = ReLU(Σ_c α_c F_c), bilinear upsample
+to S x S, and cam /= max(cam) + ε per image.
+
+The decoder is causal, so s depends only on positions up to the last keyword token: when the CAM is computed on
+its own (inference), the teacher-forced pass stops there and applies the LM head only at the keyword positions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from diffvqa.data.text import Tokenizer
+from diffvqa.model.decoder import IGNORE, TextBatch
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.saliency.keywords import keyword_spans
+
+
+def keyword_token_mask(tokenizer: Tokenizer, answers: list[str], keywords: list[str], answer_ids: Tensor) -> Tensor:
+    """Which answer tokens spell each row's keyword -> (B, La) bool.
+
+    ``answer_ids`` (B, La) must be the tokenizer's encoding of ``answers`` (right-padded, possibly truncated).
+    A row whose keyword is empty, absent from its answer, or cut off by truncation selects nothing: the score
+    then falls back to the whole answer.
+    """
+    mask = torch.zeros(answer_ids.shape, dtype=torch.bool)
+    for i, (answer, keyword) in enumerate(zip(answers, keywords, strict=True)):
+        spans = keyword_spans(answer, keyword)  # the official name or one of its synonyms, first occurrence
+        if not spans:
+            continue
+        span = spans[0]
+        ids, offsets = tokenizer.encode_with_offsets(answer)
+        n = min(len(ids), answer_ids.shape[1])
+        if ids[:n] != answer_ids[i, :n].tolist():
+            raise ValueError(f"answer_ids of row {i} are not the tokenizer's encoding of {answer!r}")
+        for t in range(n):
+            start, end = offsets[t]
+            mask[i, t] = start < span[1] and end > span[0]
+    return mask.to(answer_ids.device)
+
+
+def score_selection(text: TextBatch, question_mask: Tensor, keyword_mask: Tensor) -> Tensor:
+    """Place the per-answer-token keyword mask into text coordinates -> (B, T) bool over scored tokens.
+
+    Text rows are ``<question> q <answer> a <eos>``, so answer token k of row i sits at column 2 + |q_i| + k.
+    Rows that select no keyword token score their whole answer and <eos>.
+    """
+    scored = text.labels != IGNORE
+    select = torch.zeros_like(scored)
+    starts = 2 + question_mask.sum(dim=1)  # (B,)
+    rows, ks = keyword_mask.nonzero(as_tuple=True)
+    cols = starts[rows] + ks
+    keep = cols < select.shape[1]
+    select[rows[keep], cols[keep]] = True
+    select &= scored
+    empty = ~select.any(dim=1)
+    select[empty] = scored[empty]
+    return select
+
+
+def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor) -> Tensor:
+    """s per row: the summed log-probabilities of the selected tokens -> (B,)."""
+    logits, targets, rows = decoder.scored_logits(hidden, text, select)
+    token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_log_probs)
+
+
+def cams_from_score(
+    features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
+
+    Rows are independent (no layer after the feature maps mixes samples), so one gradient of the summed score
+    gives every row's own gradient. In training the graph is retained for the loss's backward. Returns the main and
+    reference maps, each (B, 1, S, S) in [0, 1], detached.
+    """
+    (grads,) = torch.autograd.grad(score.sum(), features, retain_graph=retain_graph)
+    alpha = grads.mean(dim=(2, 3), keepdim=True)  # (2B, C, 1, 1)
+    cam = F.relu((alpha * features.detach()).sum(dim=1, keepdim=True))  # (2B, 1, h, w)
+    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
+    cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
+    cam_main, cam_ref = cam.chunk(2, dim=0)
+    return cam_main, cam_ref
+
+
+def keyword_gradcam(
+    model: DiffVQA,
+    features: Tensor,
+    question_ids: Tensor,
+    question_mask: Tensor,
+    answer_ids: Tensor,
+    answer_mask: Tensor,
+    keyword_mask: Tensor,
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM from already computed feature maps (inference: the pass-1 features are re-used).
+
+    Works under an outer ``torch.no_grad()``; the feature maps are taken as a detached leaf, so nothing
+    upstream (encoder, aligner) is touched. The teacher-forced pass stops at the last scored token.
+    Args: features (2B, C, h, w); question/answer ids and masks (B, L); keyword_mask (B, La) bool.
+    Returns cam_main, cam_ref (B, 1, S, S) in [0, 1].
+    """
+    decoder = model.decoder
+    text = decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
+    select = score_selection(text, question_mask, keyword_mask)
+    cut = int(select.nonzero(as_tuple=True)[1].max()) + 1  # causal: later positions cannot change s
+    text = TextBatch(ids=text.ids[:, :cut], mask=text.mask[:, :cut], labels=text.labels[:, :cut])
+    with torch.enable_grad():
+        leaf = features.detach().requires_grad_(True)
+        hidden = decoder.hidden_states(*model.prefix(leaf), text)
+        score = keyword_log_prob(decoder, hidden, text, select[:, :cut])
+        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False)

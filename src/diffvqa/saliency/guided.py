@@ -1,0 +1,136 @@
+"""The saliency loop: the two-step training objective (DESIGN.md item 9) and two-pass inference (item 10).
+
+Training is one forward of :class:`SaliencyGuidedVQA` and one backward, so DDP sees every parameter used
+exactly as in a plain step (no ``find_unused_parameters``): align once; pass A on the unmasked pair keeps its
+graph; Grad-CAM from pass A's own feature maps with the ground-truth answer's keyword gives M (detached); pass B
+on the masked pair; L = L_B + λ_A L_A + L_reg. The CAM's ``autograd.grad`` is taken w.r.t. the feature maps only,
+so it writes no parameter ``.grad`` and fires no DDP hook.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.saliency.gradcam import (
+    cams_from_score,
+    keyword_gradcam,
+    keyword_log_prob,
+    keyword_token_mask,
+    score_selection,
+)
+from diffvqa.saliency.mask import apply_mask, shared_mask
+
+KeywordFn = Callable[[str, str], str]  # (answer, question) -> keyword, "" for none
+
+
+@dataclass
+class GuidedOutput:
+    loss: Tensor  # scalar: L_B + λ_A L_A + L_reg (or the single-pass loss)
+    losses: dict[str, Tensor]  # unweighted terms: answer_masked, answer_unmasked, registration
+    theta: Tensor  # (B, 2, 3)
+    mask: Tensor | None  # (B, 1, S, S) shared mask M; None in single-pass mode
+
+
+class SaliencyGuidedVQA(nn.Module):
+    """The top-level training module: wraps a :class:`DiffVQA` and runs the saliency-guided objective.
+
+    With ``config.saliency.enabled = False`` it runs the plain single pass (loss terms ``answer_unmasked`` and
+    ``registration``), the ablation and speed baseline.
+    """
+
+    def __init__(self, model: DiffVQA):
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
+        answer_mask: Tensor, keyword_mask: Tensor,
+    ) -> GuidedOutput:  # fmt: skip
+        model = self.model
+        cfg = model.config.saliency
+        main, ref = model.inputs(main, ref)
+        aligned = model.align(main, ref)
+        text = model.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
+        features_a = model.encode(aligned.aligned, ref)
+        loss_a, hidden_a = model.decode_loss(features_a, text)
+        if not cfg.enabled:
+            losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss}
+            return GuidedOutput(loss_a + aligned.reg_loss, losses, aligned.theta, None)
+
+        select = score_selection(text, question_mask, keyword_mask)
+        score = keyword_log_prob(model.decoder, hidden_a, text, select)
+        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps)
+        mask = shared_mask(cam_main, cam_ref, cfg.mask)
+        features_b = model.encode(
+            apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor)
+        )
+        loss_b, _ = model.decode_loss(features_b, text)
+        losses = {"answer_masked": loss_b, "answer_unmasked": loss_a, "registration": aligned.reg_loss}
+        loss = loss_b + cfg.unmasked_loss_weight * loss_a + aligned.reg_loss
+        return GuidedOutput(loss, losses, aligned.theta, mask)
+
+
+@dataclass
+class TwoPassResult:
+    preliminary: list[str]  # pass-1 answers (unmasked images)
+    keywords: list[str]  # from the preliminary answers ("" = none: the CAM scored the whole answer)
+    cam_main: Tensor | None  # (B, 1, S, S) in [0, 1], reference frame (main was aligned)
+    cam_ref: Tensor | None  # (B, 1, S, S)
+    mask: Tensor | None  # (B, 1, S, S) shared mask M
+    theta: Tensor  # (B, 2, 3)
+    aligned_main: Tensor  # (B, 1, S, S)
+    final: list[str]  # pass-2 answers (masked images); equal to ``preliminary`` in single-pass mode
+
+
+def _encode_answers(model: DiffVQA, answers: list[str], device) -> tuple[Tensor, Tensor]:
+    """Right-padded token ids of the generated answers (at least one column), truncated to the config's max."""
+    limit = model.config.data.max_answer_tokens
+    encoded = [model.tokenizer.encode(a)[:limit] for a in answers]
+    width = max(1, max(map(len, encoded)))
+    ids = torch.full((len(answers), width), model.tokenizer.pad_id, dtype=torch.long)
+    for i, row in enumerate(encoded):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+    mask = (ids != model.tokenizer.pad_id).long()
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def two_pass_answer(
+    model: DiffVQA,
+    main: Tensor,
+    ref: Tensor,
+    question_ids: Tensor,
+    question_mask: Tensor,
+    questions: list[str],
+    keyword_fn: KeywordFn,
+    single_pass: bool = False,
+) -> TwoPassResult:
+    """Two-pass inference: answer, keyword, Grad-CAM on the pass-1 features, shared mask, answer again.
+
+    Call with the model in eval mode. ``single_pass`` (or ``config.saliency.enabled = False``) skips the saliency
+    loop and returns the pass-1 answer as final.
+    """
+    cfg = model.config.saliency
+    main, ref = model.inputs(main, ref)
+    aligned = model.align(main, ref)
+    features = model.encode(aligned.aligned, ref)
+    preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
+    if single_pass or not cfg.enabled:
+        return TwoPassResult(preliminary, [""] * len(preliminary), None, None, None, aligned.theta, aligned.aligned,
+                             list(preliminary))  # fmt: skip
+
+    keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
+    answer_ids, answer_mask = _encode_answers(model, preliminary, main.device)
+    keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
+    cam_main, cam_ref = keyword_gradcam(
+        model, features, question_ids, question_mask, answer_ids, answer_mask, keyword_mask, cfg.cam_eps
+    )
+    mask = shared_mask(cam_main, cam_ref, cfg.mask)
+    masked = model.encode(apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor))
+    final, _ = model.generate_from_features(masked, question_ids, question_mask)
+    return TwoPassResult(preliminary, keywords, cam_main, cam_ref, mask, aligned.theta, aligned.aligned, final)

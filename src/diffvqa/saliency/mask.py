@@ -1,0 +1,40 @@
+"""The shared saliency mask (DESIGN.md item 8) and its application to [0, 1] intensities.
+
+The main image was aligned onto the reference before encoding, so both CAMs live in the reference frame and
+combine element-wise. Masking happens in intensity space, before the encoder normalises.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+MASK_VARIANTS = ("max", "mean", "min", "main", "ref", "none")
+
+
+def shared_mask(cam_main: Tensor, cam_ref: Tensor, variant: str = "max") -> Tensor:
+    """Combine the two CAMs (B, 1, S, S) in [0, 1] into one mask M (B, 1, S, S).
+
+    ``max`` (default, the paper's): a region salient in either visit is kept; ``mean``/``min``: softer/stricter;
+    ``main``/``ref``: one visit's map only; ``none``: all ones (no masking, for ablation).
+    """
+    if variant == "max":
+        return torch.maximum(cam_main, cam_ref)
+    if variant == "mean":
+        return (cam_main + cam_ref) / 2
+    if variant == "min":
+        return torch.minimum(cam_main, cam_ref)
+    if variant == "main":
+        return cam_main
+    if variant == "ref":
+        return cam_ref
+    if variant == "none":
+        return torch.ones_like(cam_main)
+    raise ValueError(f"saliency.mask={variant!r}: expected one of {', '.join(MASK_VARIANTS)}")
+
+
+def apply_mask(images: Tensor, mask: Tensor, floor: float = 0.0) -> Tensor:
+    """(β + (1 - β) M) ⊙ I for images (B, 1, S, S) in [0, 1]; β = ``floor`` keeps some context everywhere."""
+    if not 0.0 <= floor <= 1.0:
+        raise ValueError(f"saliency.mask_floor={floor}: expected a value in [0, 1]")
+    return (floor + (1.0 - floor) * mask) * images

@@ -1,0 +1,59 @@
+"""Worker for test_guided's DDP test: run under torchrun with 2 processes (gloo, CPU)."""
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from diffvqa.config import load_config
+from diffvqa.data.text import build_word_tokenizer
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.saliency.gradcam import keyword_token_mask
+from diffvqa.saliency.guided import SaliencyGuidedVQA
+from diffvqa.saliency.keywords import lexicon_keyword
+
+QUESTIONS = ["what has changed compared to the reference image?", "is there edema?"]
+ANSWERS = ["the main image has an additional finding of edema than the reference image. ", "yes"]
+STEPS = 3
+
+
+def padded(tokenizer, texts, length):
+    ids = torch.full((len(texts), length), tokenizer.pad_id)
+    for i, text in enumerate(texts):
+        encoded = tokenizer.encode(text)[:length]
+        ids[i, : len(encoded)] = torch.tensor(encoded)
+    return ids, (ids != tokenizer.pad_id).long()
+
+
+def main(out_dir: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    config = load_config("tiny")
+    tokenizer = build_word_tokenizer(QUESTIONS + ANSWERS)
+    torch.manual_seed(0)  # same initial weights on every rank (DDP also broadcasts rank 0's)
+    model = DiffVQA(config, tokenizer)
+    ddp = torch.nn.parallel.DistributedDataParallel(SaliencyGuidedVQA(model))
+    optimiser = torch.optim.AdamW(ddp.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(100 + rank)  # different data per rank
+    q, qm = padded(tokenizer, QUESTIONS, 12)
+    a, am = padded(tokenizer, ANSWERS, 24)
+    keyword_mask = keyword_token_mask(
+        tokenizer, ANSWERS, [lexicon_keyword(x, y) for x, y in zip(ANSWERS, QUESTIONS)], a
+    )
+    for _ in range(STEPS):
+        main_images, ref_images = torch.rand(2, 1, 64, 64, generator=g), torch.rand(2, 1, 64, 64, generator=g)
+        optimiser.zero_grad()
+        ddp(main_images, ref_images, q, qm, a, am, keyword_mask).loss.backward()
+        optimiser.step()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    if rank == 0:
+        diff = (gathered[0] - gathered[1]).abs().max().item()
+        Path(out_dir, "ddp_report.txt").write_text(f"{'identical' if diff == 0 else 'different'} {diff} {STEPS}\n")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

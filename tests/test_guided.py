@@ -1,0 +1,167 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from diffvqa.saliency.gradcam import keyword_token_mask
+from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer
+from diffvqa.saliency.keywords import lexicon_keyword
+from diffvqa.saliency.mask import MASK_VARIANTS, apply_mask, shared_mask
+
+
+def test_mask_variants():
+    a = torch.tensor([[[[0.2, 0.9]]]])
+    b = torch.tensor([[[[0.6, 0.1]]]])
+    expected = {
+        "max": [0.6, 0.9],
+        "mean": [0.4, 0.5],
+        "min": [0.2, 0.1],
+        "main": [0.2, 0.9],
+        "ref": [0.6, 0.1],
+        "none": [1.0, 1.0],
+    }
+    assert set(expected) == set(MASK_VARIANTS)
+    for variant, values in expected.items():
+        assert torch.allclose(shared_mask(a, b, variant).flatten(), torch.tensor(values))
+    with pytest.raises(ValueError, match="max, mean, min, main, ref, none"):
+        shared_mask(a, b, "median")
+
+
+def test_apply_mask_with_floor():
+    images = torch.full((1, 1, 1, 2), 0.5)
+    mask = torch.tensor([[[[0.0, 1.0]]]])
+    assert apply_mask(images, mask).flatten().tolist() == [0.0, 0.5]
+    assert apply_mask(images, mask, floor=0.2).flatten().tolist() == pytest.approx([0.1, 0.5])
+    with pytest.raises(ValueError, match="mask_floor"):
+        apply_mask(images, mask, floor=1.5)
+
+
+def _keyword_mask(model, batch):
+    keywords = [lexicon_keyword(a, q) for a, q in zip(batch["answer"], batch["question"], strict=True)]
+    return keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
+
+
+def _step_inputs(model, batch):
+    return (
+        batch["main"],
+        batch["ref"],
+        batch["question_ids"],
+        batch["question_mask"],
+        batch["answer_ids"],
+        batch["answer_mask"],
+        _keyword_mask(model, batch),
+    )
+
+
+def test_guided_objective_terms_and_one_backward(tiny_model, tiny_batch):
+    guided = SaliencyGuidedVQA(tiny_model)
+    out = guided(*_step_inputs(tiny_model, tiny_batch))
+    assert set(out.losses) == {"answer_masked", "answer_unmasked", "registration"}
+    total = out.losses["answer_masked"] + out.losses["answer_unmasked"] + out.losses["registration"]
+    assert torch.allclose(out.loss, total)
+    assert out.mask.shape == (4, 1, 64, 64) and not out.mask.requires_grad
+    with torch.no_grad():
+        tiny_model.aligner.head.weight.normal_(0, 1e-2)  # see test_model: the zero head gates the trunk at step 0
+    guided(*_step_inputs(tiny_model, tiny_batch)).loss.backward()
+    dead = [n for n, p in guided.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+    assert dead == []
+
+
+def test_unmasked_weight_zero_still_trains_everything(tiny_config, tokenizer, tiny_batch):
+    from diffvqa.model.vqa import DiffVQA
+
+    tiny_config.saliency.unmasked_loss_weight = 0.0
+    tiny_config.model.align = False
+    model = DiffVQA(tiny_config, tokenizer)
+    out = SaliencyGuidedVQA(model)(*_step_inputs(model, tiny_batch))
+    assert torch.allclose(out.loss, out.losses["answer_masked"])
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())  # DDP-safe: every parameter is used
+
+
+def test_single_pass_mode(tiny_config, tokenizer, tiny_batch):
+    from diffvqa.model.vqa import DiffVQA
+
+    tiny_config.saliency.enabled = False
+    torch.manual_seed(0)
+    model = DiffVQA(tiny_config, tokenizer)
+    out = SaliencyGuidedVQA(model)(*_step_inputs(model, tiny_batch))
+    assert set(out.losses) == {"answer_unmasked", "registration"} and out.mask is None
+    plain = model(*_step_inputs(model, tiny_batch)[:6])
+    assert torch.allclose(out.loss, plain.loss)
+
+
+def test_two_pass_outputs(tiny_model, tiny_batch):
+    model = tiny_model
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    guided = SaliencyGuidedVQA(model)
+    for _ in range(30):
+        optimiser.zero_grad()
+        guided(*_step_inputs(model, tiny_batch)).loss.backward()
+        optimiser.step()
+    model.eval()
+    b = tiny_batch
+    result = two_pass_answer(
+        model, b["main"], b["ref"], b["question_ids"], b["question_mask"], b["question"], lexicon_keyword
+    )
+    assert len(result.preliminary) == len(result.final) == len(result.keywords) == 4
+    for cam in (result.cam_main, result.cam_ref, result.mask):
+        assert cam.shape == (4, 1, 64, 64) and cam.min() >= 0 and cam.max() <= 1
+    assert torch.equal(result.mask, torch.maximum(result.cam_main, result.cam_ref))
+    assert result.theta.shape == (4, 2, 3) and result.aligned_main.shape == (4, 1, 64, 64)
+    assert result.keywords == [lexicon_keyword(a, q) for a, q in zip(result.preliminary, b["question"], strict=True)]
+    single = two_pass_answer(
+        model,
+        b["main"],
+        b["ref"],
+        b["question_ids"],
+        b["question_mask"],
+        b["question"],
+        lexicon_keyword,
+        single_pass=True,
+    )
+    assert single.final == single.preliminary == result.preliminary and single.mask is None
+
+
+def test_guided_objective_overfits_a_fixed_batch(tiny_model, tiny_batch):
+    torch.manual_seed(0)
+    guided = SaliencyGuidedVQA(tiny_model)
+    optimiser = torch.optim.AdamW(guided.parameters(), lr=3e-3)
+    inputs = _step_inputs(tiny_model, tiny_batch)
+    losses = []
+    for _ in range(100):
+        optimiser.zero_grad()
+        out = guided(*inputs)
+        out.loss.backward()
+        optimiser.step()
+        losses.append(out.loss.item())
+    assert losses[-1] < 0.1 * losses[0], (losses[0], losses[-1])
+    assert out.losses["answer_masked"].item() < 0.2 * losses[0]
+
+
+def test_ddp_two_processes_keep_parameters_identical(tmp_path):
+    """torchrun --nproc_per_node=2 (gloo, CPU): 3 steps of the guided objective under DDP without
+    find_unused_parameters; the ranks see different data and must end with identical parameters."""
+    worker = Path(__file__).with_name("ddp_guided_worker.py")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(worker),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = (tmp_path / "ddp_report.txt").read_text().split()
+    assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3
