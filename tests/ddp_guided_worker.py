@@ -39,7 +39,7 @@ def main(out_dir: str) -> None:
     q, qm = padded(tokenizer, QUESTIONS, 12)
     a, am = padded(tokenizer, ANSWERS, 24)
     keyword_mask = keyword_token_mask(
-        tokenizer, ANSWERS, [lexicon_keyword(x, y) for x, y in zip(ANSWERS, QUESTIONS)], a
+        tokenizer, ANSWERS, [lexicon_keyword(x, y) for x, y in zip(ANSWERS, QUESTIONS, strict=True)], a
     )
     for _ in range(STEPS):
         main_images, ref_images = torch.rand(2, 1, 64, 64, generator=g), torch.rand(2, 1, 64, 64, generator=g)
