@@ -230,6 +230,11 @@ def load_config(preset: str = "small", file: str | Path | None = None, overrides
     _update(config, preset_values(preset), where=f"preset {preset}")
     if file is not None:
         _update(config, file_values, where=str(file))
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
+    """Apply ``key=value`` overrides to ``config`` in place (and return it)."""
     for text in overrides:
         path, value = _parse_override(text)
         _update(config, _nest(path, value), where=f"override {text!r}")

@@ -592,3 +592,22 @@ def evaluate_answers(
         **accuracy,
         "implementation": implementation,
     }
+
+
+def cider_score(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus CIDEr-D alone, as in :func:`caption_scores` but without starting METEOR (model selection
+    during training validates often; METEOR's JVM start-up would dominate). PTB tokens when Java is present,
+    the fallback tokenizer otherwise."""
+    from pycocoevalcap.cider.cider import Cider
+
+    _check_predictions(predictions)
+    if len(predictions) == 0 or len(predictions) != len(references):
+        raise ValueError(f"cider_score needs matching, non-empty lists ({len(predictions)} vs {len(references)})")
+    captions = [sanitize_caption(c) for c in [*predictions, *references]]
+    try:
+        tokens = ptb_tokenize(captions) if java_version() is not None else fallback_tokenize(captions)
+    except RuntimeError:
+        tokens = fallback_tokenize(captions)
+    n = len(predictions)
+    score, _ = Cider().compute_score({i: [tokens[n + i]] for i in range(n)}, {i: [tokens[i]] for i in range(n)})
+    return float(score)

@@ -80,9 +80,33 @@ def save_checkpoint(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
+def read_pointer(run_dir: str | Path, name: str) -> Path | None:
+    """The checkpoint directory a training run's ``latest`` or ``best`` pointer file names, if any."""
+    pointer = Path(run_dir) / name
+    if not pointer.is_file():
+        return None
+    return Path(run_dir) / pointer.read_text().strip()
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory itself, or a training run's best checkpoint (else its latest)."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
+        return path
+    for name in ("best", "latest"):
+        target = read_pointer(path, name)
+        if target is not None and target.is_dir():
+            return target
+    raise FileNotFoundError(
+        f"{path}: neither a checkpoint (config.json + model.safetensors) nor a training run with a "
+        "'best' or 'latest' checkpoint"
+    )
+
+
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> DiffVQA:
-    """Rebuild a :class:`DiffVQA` from a checkpoint directory (pretrained-weight paths are not needed)."""
-    directory = Path(directory)
+    """Rebuild a :class:`DiffVQA` from a checkpoint directory or a training run directory (its best, else
+    latest checkpoint). Pretrained-weight paths are not needed."""
+    directory = find_checkpoint(directory) if not (Path(directory) / CONFIG_FILE).is_file() else Path(directory)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory}: not a diffvqa checkpoint (missing {name})")

@@ -1,0 +1,279 @@
+"""Evaluation: ``diffvqa evaluate --checkpoint RUN --data CACHE [--split test] [--question-types ...]
+[--single-pass] --out DIR``.
+
+Writes ``predictions.jsonl`` (one record per question: ids, question type, question, ground truth, preliminary
+and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
+difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
+and, on the phantom, ``pointing_game`` and ``registration_error_ratio``) and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffvqa.config import Config
+from diffvqa.data.dataset import Collate, PairQADataset
+from diffvqa.data.release import QUESTION_TYPES
+from diffvqa.model.align import corner_error, identity_theta
+from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.saliency.guided import KeywordFn, two_pass_answer
+from diffvqa.saliency.keywords import lexicon_keyword, make_keyword_fn
+
+
+def evenly_spaced(size: int, count: int) -> list[int]:
+    """``count`` indices spread over ``range(size)`` (all of them when count is 0 or >= size)."""
+    if count <= 0 or count >= size:
+        return list(range(size))
+    return [int(i * size / count) for i in range(count)]
+
+
+def keyword_function(config: Config, run_dir: Path | None) -> KeywordFn:
+    """The keyword of a generated answer at inference. ``truth`` falls back to the lexicon: a generated
+    answer has no ground truth. The LLM cache defaults to ``<run_dir>/keywords_llm.json``."""
+    s = config.saliency
+    if s.keyword_source in ("lexicon", "truth"):
+        return lexicon_keyword
+    cache = s.llm_cache or (str(Path(run_dir) / "keywords_llm.json") if run_dir is not None else None)
+    return make_keyword_fn(s.keyword_source, base_url=s.llm_base_url, model=s.llm_model, timeout=s.llm_timeout,
+                           cache_path=cache)  # fmt: skip
+
+
+def pointing_hits(mask: torch.Tensor, change_mask: torch.Tensor) -> torch.Tensor:
+    """Pointing game per row: does the shared mask's maximum fall inside the changed region?
+
+    Args: mask, change_mask (B, 1, S, S). Returns (B,) bool. Ties at the maximum count as a hit when any tied
+    pixel is inside (a flat map points everywhere, so it only helps when the region covers the tie).
+    """
+    flat_mask = mask.flatten(1)
+    at_max = flat_mask >= flat_mask.amax(dim=1, keepdim=True)
+    return (at_max & (change_mask.flatten(1) > 0.5)).any(dim=1)
+
+
+@torch.no_grad()
+def predict(
+    model: DiffVQA,
+    dataset: PairQADataset,
+    keyword_fn: KeywordFn,
+    batch_size: int = 32,
+    single_pass: bool = False,
+    device: torch.device | str = "cpu",
+    examples: int = 8,
+    progress: bool = True,
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
+
+    Returns the prediction records, the saliency/registration scores (phantom only, else empty) and up to
+    ``examples`` difference questions with their images and maps for the report (one per pair).
+    """
+    config = model.config
+    collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
+                                         num_workers=config.data.num_workers)  # fmt: skip
+    model.eval().to(device)
+    records: list[dict[str, Any]] = []
+    hits, errors_after, errors_before, seen_pairs = [], [], [], set()
+    kept: list[dict[str, Any]] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(dataset), desc="evaluate", unit="q", dynamic_ncols=True)
+    for batch in loader:
+        result = two_pass_answer(model, batch["main"].to(device), batch["ref"].to(device),
+                                 batch["question_ids"].to(device), batch["question_mask"].to(device),
+                                 batch["question"], keyword_fn, single_pass=single_pass)  # fmt: skip
+        ids = batch["ids"]
+        for i in range(len(batch["question"])):
+            records.append({
+                **{k: (v[i] if isinstance(v[i], str) else int(v[i])) for k, v in ids.items()},
+                "question_type": batch["question_type"][i],
+                "question": batch["question"][i],
+                "answer": batch["answer"][i],
+                "preliminary": result.preliminary[i],
+                "keyword": result.keywords[i],
+                "final": result.final[i],
+            })  # fmt: skip
+        truth = batch["truth"]
+        if truth is not None:
+            theta = result.theta.cpu()
+            is_difference = torch.tensor([t == "difference" for t in batch["question_type"]])
+            changed = truth["change_mask"].flatten(1).amax(dim=1) > 0.5
+            if result.mask is not None:
+                scored = is_difference & changed
+                hits += pointing_hits(result.mask.cpu(), truth["change_mask"])[scored].tolist()
+            size = model.image_size
+            align_corners = config.model.align_corners
+            after = corner_error(theta, truth["theta"], size, align_corners)
+            before = corner_error(identity_theta(len(theta)), truth["theta"], size, align_corners)
+            for i in range(len(theta)):
+                pair = (int(ids["study_id"][i]), int(ids["ref_id"][i]))
+                if pair not in seen_pairs:  # registration is a property of the pair, not the question
+                    seen_pairs.add(pair)
+                    errors_after.append(float(after[i]))
+                    errors_before.append(float(before[i]))
+        batch_records = records[-len(batch["question"]) :]
+        for i, record in enumerate(batch_records):
+            if len(kept) >= examples or record["question_type"] != "difference":
+                continue
+            if any(k["ids"]["study_id"] == record["study_id"] for k in kept):
+                continue  # one example per pair
+            maps = {"main": batch["main"], "ref": batch["ref"], "aligned_main": result.aligned_main,
+                    "cam_main": result.cam_main, "cam_ref": result.cam_ref, "mask": result.mask,
+                    "change_mask": None if truth is None else truth["change_mask"] > 0.5}  # fmt: skip
+            example = {k: None if v is None else v[i, 0].float().cpu().numpy() for k, v in maps.items()}
+            texts = ("question", "preliminary", "keyword", "final", "answer", "question_type")
+            example.update({k: record[k] for k in texts}, ids={k: record[k] for k in ids})
+            kept.append(example)
+        if bar is not None:
+            bar.update(len(batch["question"]))
+    if bar is not None:
+        bar.close()
+    saliency: dict[str, Any] = {}
+    if hits:
+        saliency["pointing_game"] = float(np.mean(hits))
+        saliency["pointing_game_n"] = len(hits)
+    if errors_after:
+        saliency["registration_error_ratio"] = float(np.mean(errors_after) / max(np.mean(errors_before), 1e-12))
+        saliency["registration_error_px"] = {
+            "after": float(np.mean(errors_after)),
+            "before": float(np.mean(errors_before)),
+            "pairs": len(errors_after),
+        }
+    return records, saliency, kept
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    out: str | Path,
+    split: str = "test",
+    question_types: list[str] | None = None,
+    single_pass: bool = False,
+    batch_size: int = 32,
+    limit: int = 0,
+    device: str = "cpu",
+    report: bool = True,
+    progress: bool = True,
+    keyword_source: str | None = None,
+    baseline: dict[str, Any] | None = None,
+    title: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics and a report (with a
+    ``baseline``'s metrics beside the model's when given)."""
+    from diffvqa.metrics import evaluate_answers
+
+    checkpoint = find_checkpoint(checkpoint)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_checkpoint(checkpoint)
+    if keyword_source is not None:
+        model.config.saliency.keyword_source = keyword_source
+    dataset = PairQADataset(data, split, question_types)
+    if len(dataset) == 0:
+        raise ValueError(f"{data}: no {split} questions of types {question_types or 'all'}")
+    if limit:
+        dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
+    keyword_fn = keyword_function(model.config, out)
+    records, saliency, examples = predict(model, dataset, keyword_fn, batch_size, single_pass, device,
+                                          progress=progress)  # fmt: skip
+    with (out / "predictions.jsonl").open("w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
+    metrics = evaluate_answers([r["final"] for r in records], [r["answer"] for r in records],
+                               [r["question_type"] for r in records])  # fmt: skip
+    if not single_pass and model.config.saliency.enabled:
+        metrics["preliminary"] = {
+            "accuracy_note": "pass-1 answers (unmasked images), difference questions only",
+            **_difference_scores(records, "preliminary"),
+        }
+    metrics.update(saliency)
+    metrics["run"] = {
+        "checkpoint": str(checkpoint), "data": str(data), "split": split, "question_types": question_types,
+        "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
+        "blind": model.config.model.blind, "questions": len(records), "limit": limit,
+    }  # fmt: skip
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if report:
+        from diffvqa.report import write_report
+
+        write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}")
+    return metrics
+
+
+def _difference_scores(records: list[dict[str, Any]], key: str) -> dict[str, Any]:
+    from diffvqa.metrics import caption_scores
+
+    rows = [r for r in records if r["question_type"] == "difference"]
+    if not rows:
+        return {}
+    scores = caption_scores([r[key] for r in rows], [r["answer"] for r in rows])
+    return {k: v for k, v in scores.items() if k != "implementation"}
+
+
+def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
+    """A plain-text table of the headline numbers (model vs baseline when given)."""
+    rows = [(f"difference {k}", ("difference", k)) for k in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")]
+    rows += [(f"all types {k}", ("all", k)) for k in ("BLEU-1", "CIDEr")]
+    rows += [("accuracy closed", ("accuracy_closed",)), ("accuracy open", ("accuracy_open",))]
+    rows += [("pointing game", ("pointing_game",)), ("registration error ratio", ("registration_error_ratio",))]
+
+    def get(m, path):
+        for key in path:
+            m = m.get(key) if isinstance(m, dict) else None
+        return m
+
+    def fmt(v):
+        return "—" if v is None else f"{v:.3f}"
+
+    header = f"{'metric':<28}{'model':>10}" + (f"{'blind':>10}{'Δ':>10}" if baseline else "")
+    lines = [header, "-" * len(header)]
+    for name, path in rows:
+        v = get(metrics, path)
+        if v is None and (baseline is None or get(baseline, path) is None):
+            continue
+        line = f"{name:<28}{fmt(v):>10}"
+        if baseline is not None:
+            b = get(baseline, path)
+            line += f"{fmt(b):>10}{fmt(None if v is None or b is None else v - b):>10}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffvqa evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or a training run directory")
+    parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--question-types", help=f"comma-separated subset of {','.join(QUESTION_TYPES)}")
+    parser.add_argument("--single-pass", action="store_true", help="skip the saliency loop (ablation)")
+    parser.add_argument("--keyword-source", choices=["lexicon", "llm"], help="override the checkpoint's")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=0, help="evaluate N evenly spaced questions (0 = all)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
+    try:
+        metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
+                           args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
+                           args.keyword_source)  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"diffvqa evaluate: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(metrics))
+    print(f"wrote {args.out / 'predictions.jsonl'}, {args.out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

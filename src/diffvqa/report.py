@@ -1,0 +1,456 @@
+"""A static HTML report of an evaluation: the metrics table and example pairs with their saliency maps.
+
+``write_report`` writes one self-contained ``report.html`` (inline CSS, no JavaScript, no server) and its
+pictures under ``report_images/``, referenced by relative paths so the folder can be moved or zipped. Every
+piece of text that comes from data (questions, answers, ids, metric names) is HTML-escaped.
+
+The metrics come in the structure of ``metrics.json`` (:func:`diffvqa.metrics.evaluate_answers`, plus the
+optional ``pointing_game`` and ``registration_error_ratio`` of the evaluation); missing values show as "—".
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from diffvqa.metrics import DIFFERENCE, METRIC_KEYS, normalize_answer
+from diffvqa.visualize import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+
+REPORT_FILE = "report.html"
+IMAGES_DIR = "report_images"
+DISPLAY_SIZE = 256  # pictures smaller than this are upsampled (bilinear; masks nearest) before drawing
+MISSING = "—"
+
+# (key in metrics, label, higher is better)
+ACCURACY_ROWS = (("accuracy_closed", "Accuracy, closed (yes/no)", True), ("accuracy_open", "Accuracy, open", True))
+LOCALISATION_KEYS = ("pointing_game", "registration_error_ratio")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# formatting
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, None, NaN, not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    number = _number(value)
+    if number is None:
+        return MISSING
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{number:.{digits}f}"
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _text_or_missing(value: Any) -> str:
+    return _esc(value) if isinstance(value, str) and value.strip() else f'<span class="missing">{MISSING}</span>'
+
+
+def _lower_is_better(name: str) -> bool:
+    return "error" in name
+
+
+def _is_count(name: str) -> bool:
+    last = name.rsplit(" · ", 1)[-1]
+    return last == "n" or last.startswith("n_")
+
+
+def _flatten_numbers(name: str, value: Any) -> list[tuple[str, Any]]:
+    """A localisation metric as rows: a number is one row; a dict gives one row per numeric leaf."""
+    if isinstance(value, Mapping):
+        rows = []
+        for key, sub in value.items():
+            rows += _flatten_numbers(f"{name} · {key}", sub)
+        return rows
+    return [(name, value)] if _number(value) is not None else []
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the metrics table
+
+
+def _metric_row(label: str, model: Any, baseline: Any, with_baseline: bool, lower_better: bool = False) -> str:
+    a, b = _number(model), _number(baseline)  # floats: an integer-valued score still shows 3 decimals
+    cells = [f'<th scope="row">{_esc(label)}</th>', f'<td class="num">{_fmt(a)}</td>']
+    if with_baseline:
+        cells.append(f'<td class="num">{_fmt(b)}</td>')
+        if a is None or b is None:
+            cells.append(f'<td class="num">{MISSING}</td>')
+        else:
+            delta = a - b
+            better = delta < 0 if lower_better else delta > 0
+            worse = delta > 0 if lower_better else delta < 0
+            css = "better" if better else "worse" if worse else ""
+            cells.append(f'<td class="num {css}">{delta:+.3f}</td>')
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def _group_header(title: str, columns: int) -> str:
+    return f'<tr class="group"><th colspan="{columns}">{_esc(title)}</th></tr>'
+
+
+def _count_row(label: str, model: Any, baseline: Any, with_baseline: bool) -> str:
+    cells = [f'<th scope="row" class="count">{_esc(label)}</th>', f'<td class="num count">{_fmt(model)}</td>']
+    if with_baseline:
+        cells += [f'<td class="num count">{_fmt(baseline)}</td>', "<td></td>"]
+    return "<tr>" + "".join(cells) + "</tr>"
+
+
+def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
+    """The HTML ``<table>`` of the headline metrics: model, and when given the blind baseline and the
+    difference model − baseline (green where the model is better)."""
+    with_baseline = baseline is not None
+    baseline = baseline or {}
+    columns = 4 if with_baseline else 2
+    head = "<th>Metric</th><th>Model</th>" + ("<th>Blind baseline</th><th>Δ (model − baseline)</th>" * with_baseline)
+    rows = []
+    for key, title in ((DIFFERENCE, "Difference questions (papers' protocol)"), ("all", "All question types")):
+        scores, base = metrics.get(key) or {}, baseline.get(key) or {}
+        rows.append(_group_header(title, columns))
+        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in METRIC_KEYS]
+        rows.append(_count_row("questions (n)", scores.get("n"), base.get("n"), with_baseline))
+    rows.append(_group_header("Exact-match accuracy (non-difference questions)", columns))
+    for key, label, _ in ACCURACY_ROWS:
+        rows.append(_metric_row(label, metrics.get(key), baseline.get(key), with_baseline))
+    for key, count in (("n_closed", "closed questions (n)"), ("n_open", "open questions (n)")):
+        if key in metrics or key in baseline:
+            rows.append(_count_row(count, metrics.get(key), baseline.get(key), with_baseline))
+    localisation = []
+    for key in LOCALISATION_KEYS:
+        if key in metrics or key in baseline:
+            model_rows = dict(_flatten_numbers(key, metrics.get(key)))
+            base_rows = dict(_flatten_numbers(key, baseline.get(key)))
+            for name in dict.fromkeys([*model_rows, *base_rows]) or [key]:
+                a, b = model_rows.get(name), base_rows.get(name)
+                if _is_count(name):
+                    localisation.append(_count_row(name, a, b, with_baseline))
+                else:
+                    localisation.append(_metric_row(name, a, b, with_baseline, _lower_is_better(name)))
+    if localisation:
+        rows.append(_group_header("Localisation", columns))
+        rows += localisation
+    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def per_type_table(metrics: Mapping[str, Any]) -> str:
+    """Per question type: n, the caption scores and exact-match accuracy ("" when there is no per-type data)."""
+    per_type = metrics.get("per_type") or {}
+    accuracy = metrics.get("accuracy_per_type") or {}
+    if not per_type and not accuracy:
+        return ""
+    names = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
+    head = "<th>Question type</th><th>n</th>" + "".join(f"<th>{_esc(n)}</th>" for n in names) + "<th>Accuracy</th>"
+    rows = []
+    for qtype in dict.fromkeys([*per_type, *accuracy]):
+        scores = per_type.get(qtype) or {}
+        acc = (accuracy.get(qtype) or {}).get("accuracy")
+        cells = [f'<th scope="row">{_esc(qtype)}</th>', f'<td class="num">{_fmt(scores.get("n"))}</td>']
+        cells += [f'<td class="num">{_fmt(scores.get(n))}</td>' for n in names]
+        cells.append(f'<td class="num">{_fmt(acc)}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<details><summary>Per question type (CIDEr is relative to each type's own references)</summary>"
+        f'<table class="metrics per-type"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        "</details>"
+    )
+
+
+def implementation_note(metrics: Mapping[str, Any]) -> str:
+    """How the caption scores were computed, with a warning when they are not comparable with papers."""
+    impl = metrics.get("implementation")
+    if not isinstance(impl, Mapping):
+        return (
+            '<p class="warning">⚠ The metric implementation is not recorded in these metrics; '
+            "the numbers may not be comparable with published ones.</p>"
+        )
+    version = impl.get("pycocoevalcap")
+    tokenizer = {"ptb": "PTB tokenizer (Stanford CoreNLP, Java)", "fallback": "Python fallback tokenizer"}.get(
+        impl.get("tokenizer"), f"tokenizer {impl.get('tokenizer') or 'unknown'}"
+    )
+    java = impl.get("java")
+    parts = [f"pycocoevalcap {version}" if version else "pycocoevalcap (version unknown)", tokenizer]
+    parts.append(f"Java {java}" if java else "no Java")
+    text = (
+        f'<p class="note">Scores: {_esc(", ".join(parts))}; corpus-level BLEU-1..4, METEOR 1.5, ROUGE-L, '
+        "CIDEr-D, as pycocoevalcap computes them.</p>"
+    )
+    if impl.get("comparable_with_papers") is not True:
+        text += (
+            '<p class="warning">⚠ Not comparable with published numbers: these scores were not computed with '
+            "pycocoevalcap's PTB tokenizer (install a Java runtime and re-run the evaluation).</p>"
+        )
+    unavailable: dict[str, str] = {}
+    for key in (DIFFERENCE, "all"):
+        unavailable.update((metrics.get(key) or {}).get("unavailable") or {})
+    if unavailable:
+        items = "".join(f"<li><b>{_esc(what)}</b>: {_esc(why)}</li>" for what, why in unavailable.items())
+        text += f'<div class="warning">⚠ Not computed:<ul>{items}</ul></div>'
+    return text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# example pictures
+
+
+def _array(example: Mapping[str, Any], key: str, index: int, required: bool) -> np.ndarray | None:
+    value = example.get(key)
+    if value is None:
+        if required:
+            raise ValueError(f"report example {index}: missing image {key!r}")
+        return None
+    array = np.asarray(value)
+    if array.ndim != 2:
+        raise ValueError(f"report example {index}: {key!r} must be an (S, S) array, got shape {array.shape}")
+    return array
+
+
+def _display(array: np.ndarray) -> np.ndarray:
+    size = max(array.shape)
+    return resize_array(array, DISPLAY_SIZE) if size < DISPLAY_SIZE else array
+
+
+def example_pictures(example: Mapping[str, Any], index: int = 0) -> list[tuple[str, str, Image.Image | None]]:
+    """The pictures of one example as ``(file stem, caption, image or None)``; None marks a map that a
+    single-pass example does not have."""
+    main = _display(_array(example, "main", index, True))
+    ref = _display(_array(example, "ref", index, True))
+    aligned = _display(_array(example, "aligned_main", index, True))
+    cams = {key: _array(example, key, index, False) for key in ("cam_main", "cam_ref", "mask")}
+    cams = {key: None if value is None else _display(value.astype(np.float32)) for key, value in cams.items()}
+    change = _array(example, "change_mask", index, False)
+    change = None if change is None else _display(change.astype(bool))
+    thickness = 2 if max(ref.shape) >= DISPLAY_SIZE else 1
+
+    def overlay(gray: np.ndarray, heat: np.ndarray | None) -> Image.Image | None:
+        return None if heat is None else heat_overlay(gray, heat)
+
+    pictures: list[tuple[str, str, Image.Image | None]] = [
+        ("main", "main (current)", Image.fromarray(to_uint8(main), "L")),
+        ("ref", "reference (prior)", Image.fromarray(to_uint8(ref), "L")),
+        ("aligned", "main aligned to reference", Image.fromarray(to_uint8(aligned), "L")),
+        ("cam_main", "Grad-CAM, aligned main", overlay(aligned, cams["cam_main"])),
+        ("cam_ref", "Grad-CAM, reference", overlay(ref, cams["cam_ref"])),
+    ]
+    if cams["mask"] is not None:
+        mask_image = heat_overlay(ref, cams["mask"])
+        caption = "shared mask M on reference"
+        if change is not None:
+            mask_image = mask_contour_overlay(mask_image, change, thickness=thickness)
+            caption += " + true change (green)"
+        pictures.append(("mask", caption, mask_image))
+    elif change is not None:
+        pictures.append(
+            ("mask", "true change (green), no saliency", mask_contour_overlay(ref, change, thickness=thickness))
+        )
+    else:
+        pictures.append(("mask", "shared mask M", None))
+    return pictures
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the page
+
+CSS = """
+:root { --fg: #1d2330; --muted: #667085; --line: #e4e7ec; --bg: #f6f7f9; --card: #fff; --accent: #3b5bdb; }
+* { box-sizing: border-box; }
+body { margin: 0; background: var(--bg); color: var(--fg);
+       font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
+main { max-width: 1500px; margin: 0 auto; padding: 28px 32px 60px; }
+h1 { margin: 0 0 4px; font-size: 26px; }
+h2 { margin: 36px 0 12px; font-size: 20px; border-bottom: 2px solid var(--line); padding-bottom: 6px; }
+.subtitle { color: var(--muted); margin: 0 0 8px; }
+table.metrics { border-collapse: collapse; background: var(--card); border: 1px solid var(--line);
+                min-width: 560px; font-variant-numeric: tabular-nums; }
+table.metrics th, table.metrics td { padding: 5px 16px; border-bottom: 1px solid var(--line); text-align: left; }
+table.metrics thead th { background: #eef1f6; font-weight: 600; }
+table.metrics td.num, table.metrics thead th:not(:first-child) { text-align: right; }
+table.metrics tr.group th { background: #f9fafb; color: var(--accent); font-weight: 600; padding-top: 10px; }
+table.metrics th[scope=row] { font-weight: 500; }
+.count { color: var(--muted); font-size: 13px; }
+td.better { color: #067647; font-weight: 600; }
+td.worse { color: #b42318; font-weight: 600; }
+details { margin-top: 14px; }
+summary { cursor: pointer; color: var(--accent); }
+.note { color: var(--muted); font-size: 14px; }
+.warning { background: #fffaeb; border: 1px solid #fedf89; color: #93370d; padding: 8px 12px; border-radius: 6px;
+           font-size: 14px; }
+.warning ul { margin: 4px 0 0; }
+.legend { display: flex; align-items: center; gap: 8px; color: var(--muted); font-size: 13px; margin: 8px 0 0; }
+.legend img { height: 12px; width: 200px; border: 1px solid var(--line); }
+.swatch { display: inline-block; width: 14px; height: 3px; background: rgb(0, 230, 118); vertical-align: middle; }
+section.example { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px;
+                  margin: 0 0 22px; box-shadow: 0 1px 2px rgba(16, 24, 40, .05); }
+section.example h3 { margin: 0 0 10px; font-size: 16px; display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
+.tag { background: #eef4ff; color: #3538cd; border-radius: 12px; padding: 1px 10px; font-size: 13px; font-weight: 500; }
+.id { background: #f2f4f7; color: #344054; border-radius: 4px; padding: 1px 7px; font-size: 12px; font-weight: 400;
+      font-family: ui-monospace, Menlo, Consolas, monospace; }
+.images { display: grid; grid-template-columns: repeat(6, minmax(0, 1fr)); gap: 10px; }
+@media (max-width: 1100px) { .images { grid-template-columns: repeat(3, minmax(0, 1fr)); } }
+figure { margin: 0; }
+figure img, .placeholder { width: 100%; aspect-ratio: 1; display: block; border-radius: 4px; background: #000; }
+.placeholder { background: repeating-linear-gradient(45deg, #f2f4f7, #f2f4f7 8px, #e9ecf1 8px, #e9ecf1 16px);
+               display: flex; align-items: center; justify-content: center; color: var(--muted); font-size: 13px;
+               text-align: center; padding: 8px; }
+figcaption { font-size: 12.5px; color: var(--muted); text-align: center; margin-top: 4px; }
+table.qa { border-collapse: collapse; margin-top: 12px; width: 100%; }
+table.qa th { text-align: left; width: 170px; color: var(--muted); font-weight: 500; padding: 3px 10px 3px 0;
+              vertical-align: top; }
+table.qa td { padding: 3px 0; }
+table.qa tr.final td { font-weight: 600; }
+.badge { border-radius: 4px; padding: 0 6px; font-size: 12px; margin-left: 8px; font-weight: 600; }
+.badge.hit { background: #dcfae6; color: #067647; }
+.badge.miss { background: #fee4e2; color: #b42318; }
+.missing { color: var(--muted); }
+footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
+"""
+
+
+def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str, str | None]]) -> str:
+    figures = []
+    for caption, src in images:
+        if src is None:
+            body = '<div class="placeholder">single pass:<br>no saliency map</div>'
+        else:
+            body = f'<img src="{_esc(src)}" alt="{_esc(caption)}" loading="lazy">'
+        figures.append(f"<figure>{body}<figcaption>{_esc(caption)}</figcaption></figure>")
+
+    qtype = example.get("question_type")
+    ids = example.get("ids") or {}
+    header = [f"Example {index + 1}"]
+    if isinstance(qtype, str) and qtype:
+        header.append(f'<span class="tag">{_esc(qtype)}</span>')
+    header += [f'<span class="id">{_esc(key)}: {_esc(value)}</span>' for key, value in ids.items()]
+
+    final, truth = example.get("final"), example.get("answer")
+    badge = ""
+    if qtype != DIFFERENCE and isinstance(final, str) and isinstance(truth, str) and truth.strip():
+        hit = normalize_answer(final) == normalize_answer(truth)
+        badge = '<span class="badge hit">exact match</span>' if hit else '<span class="badge miss">no match</span>'
+    keyword = example.get("keyword")
+    keyword_html = (
+        _esc(keyword)
+        if isinstance(keyword, str) and keyword.strip()
+        else f'<span class="missing">{MISSING} none (the CAM scored the whole answer)</span>'
+    )
+    if example.get("mask") is None and example.get("cam_main") is None:
+        keyword_html = f'<span class="missing">{MISSING} (single pass)</span>'
+    rows = [
+        ("Question", _text_or_missing(example.get("question")), ""),
+        ("Preliminary answer", _text_or_missing(example.get("preliminary")), ""),
+        ("Keyword", keyword_html, ""),
+        ("Final answer", _text_or_missing(final) + badge, "final"),
+        ("Ground truth", _text_or_missing(truth), ""),
+    ]
+    table = "".join(f'<tr class="{css}"><th>{label}</th><td>{value}</td></tr>' for label, value, css in rows)
+    return (
+        f'<section class="example" id="example-{index + 1}"><h3>{" ".join(header)}</h3>'
+        f'<div class="images">{"".join(figures)}</div><table class="qa">{table}</table></section>'
+    )
+
+
+def _summary_line(metrics: Mapping[str, Any]) -> str:
+    parts = []
+    for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
+        n = (metrics.get(key) or {}).get("n")
+        if isinstance(n, int):
+            parts.append(f"{n:,} {label}")
+    return " · ".join(parts)
+
+
+def write_report(
+    out_dir: str | Path,
+    metrics: Mapping[str, Any],
+    examples: Sequence[Mapping[str, Any]],
+    baseline_metrics: Mapping[str, Any] | None = None,
+    title: str = "diffvqa report",
+) -> Path:
+    """Write ``out_dir/report.html`` and its pictures under ``out_dir/report_images/``.
+
+    Args:
+        out_dir: created if needed; an earlier report there is replaced.
+        metrics: the model's ``metrics.json`` (see the module docstring); missing keys show as "—".
+        examples: dicts with ``main``, ``ref``, ``aligned_main`` ((S, S) float arrays in [0, 1]); ``cam_main``,
+            ``cam_ref``, ``mask`` (same, or None for single-pass); optional ``change_mask`` ((S, S) bool, the
+            true change, drawn as a green outline); strings ``question``, ``preliminary``, ``keyword``,
+            ``final``, ``answer`` (the ground truth), ``question_type``; ``ids`` (dict shown as tags).
+        baseline_metrics: the blind (question-only) baseline's ``metrics.json``, shown beside the model's.
+        title: the page title.
+
+    Returns:
+        The path of ``report.html``.
+    """
+    out_dir = Path(out_dir)
+    image_dir = out_dir / IMAGES_DIR
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for stale in image_dir.glob("example*.png"):
+        stale.unlink()
+
+    colorbar().save(image_dir / "colorbar.png")
+    sections = []
+    for index, example in enumerate(examples):
+        images = []
+        for stem, caption, picture in example_pictures(example, index):
+            if picture is None:
+                images.append((caption, None))
+                continue
+            name = f"example{index + 1:03d}_{stem}.png"
+            picture.save(image_dir / name)
+            images.append((caption, f"{IMAGES_DIR}/{name}"))
+        sections.append(_example_html(index, example, images))
+
+    summary = _summary_line(metrics)
+    baseline_note = (
+        '<p class="note">Blind baseline: the same model trained and evaluated with both images replaced by '
+        "zeros (question only); Δ is green where the model beats it.</p>"
+        if baseline_metrics is not None
+        else ""
+    )
+    legend = (
+        f'<p class="legend">heat: 0 <img src="{IMAGES_DIR}/colorbar.png" alt="colour scale"> 1 · CAMs and the '
+        'mask are in the reference frame (main aligned) · <span class="swatch"></span> true change region, '
+        "when the data has it</p>"
+    )
+    examples_html = "".join(sections) or '<p class="note">No examples.</p>'
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{_esc(title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<main>
+<h1>{_esc(title)}</h1>
+<p class="subtitle">{_esc(summary)}</p>
+<h2>Metrics</h2>
+{metrics_table(metrics, baseline_metrics)}
+{baseline_note}
+{implementation_note(metrics)}
+{per_type_table(metrics)}
+<h2>Examples</h2>
+{legend}
+{examples_html}
+<footer>Generated by diffvqa on {datetime.now().strftime("%Y-%m-%d %H:%M")}.</footer>
+</main>
+</body>
+</html>
+"""
+    path = out_dir / REPORT_FILE
+    path.write_text(page, encoding="utf-8")
+    return path

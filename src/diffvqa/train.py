@@ -1,0 +1,377 @@
+"""Training: ``diffvqa train --data CACHE --out RUN [--preset small] [--config FILE] [key=value ...] [--resume]``.
+
+Boring on purpose (torchvision references): AdamW, linear warm-up + cosine decay, gradient clipping, optional
+bf16 autocast, the saliency-guided objective by default, validation CIDEr selecting the best checkpoint, atomic
+checkpoints and exact resume. Runs unchanged under ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
+
+Run directory::
+
+    RUN/config.json            the resolved config
+    RUN/metrics.jsonl          one JSON record per log step and per validation
+    RUN/checkpoints/step-N/    config.json, model.safetensors, tokenizer.json, trainer_state.pt
+    RUN/latest, RUN/best       one line each: the checkpoint directory they point to (relative to RUN)
+
+A checkpoint directory is written under a temporary name and renamed when complete, and the ``latest`` /
+``best`` pointers are replaced atomically, so a crash never leaves a half-written checkpoint as the latest.
+Data order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
+optimiser and scheduler an uninterrupted run would have had.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from diffvqa.config import Config, apply_overrides, load_config
+from diffvqa.data.dataset import Collate, PairQADataset, texts
+from diffvqa.data.text import build_tokenizer
+from diffvqa.evaluate import evenly_spaced, keyword_function, predict
+from diffvqa.model.checkpoint import CONFIG_FILE, load_weights, read_pointer, save_checkpoint
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.saliency.gradcam import keyword_token_mask
+from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
+
+TRAINER_STATE = "trainer_state.pt"
+METRICS_LOG = "metrics.jsonl"
+
+
+# -- distributed -------------------------------------------------------------------------------------------
+def setup_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group when launched by torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    if world > 1:  # share the CPU cores between the processes
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return rank, world, torch.device(device)
+
+
+# -- data order --------------------------------------------------------------------------------------------
+class StepBatchSampler(torch.utils.data.Sampler):
+    """Batches of indices for steps ``start_step .. steps-1``; a pure function of (seed, step).
+
+    Each epoch is a permutation seeded by (seed, epoch); global batches of ``batch_size * world`` indices are
+    taken in order (the incomplete tail of an epoch is dropped) and each rank takes its contiguous slice.
+    """
+
+    def __init__(self, size: int, batch_size: int, steps: int, seed: int, start_step: int = 0, rank: int = 0,
+                 world: int = 1):  # fmt: skip
+        self.global_batch = batch_size * world
+        if size < self.global_batch:
+            raise ValueError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
+        self.size, self.batch_size, self.steps, self.seed = size, batch_size, steps, seed
+        self.start_step, self.rank = start_step, rank
+        self.per_epoch = size // self.global_batch
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch, permutation = -1, None
+        for step in range(self.start_step, self.steps):
+            if step // self.per_epoch != epoch:
+                epoch = step // self.per_epoch
+                permutation = self._permutation(epoch)
+            start = (step % self.per_epoch) * self.global_batch + self.rank * self.batch_size
+            yield permutation[start : start + self.batch_size].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.steps - self.start_step)
+
+
+def learning_rate_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# -- keywords ---------------------------------------------------------------------------------------------
+def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) -> list[str]:
+    """Training keywords: from the ground-truth answer (lexicon/LLM) or the data's own (``truth``)."""
+    if source == "truth":
+        if batch.get("truth") is None:
+            raise ValueError("saliency.keyword_source=truth needs ground-truth keywords (a phantom cache)")
+        return list(batch["truth"]["keyword"])
+    return [keyword_fn(a, q) for a, q in zip(batch["answer"], batch["question"], strict=True)]
+
+
+# -- validation --------------------------------------------------------------------------------------------
+def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
+             device: torch.device) -> dict[str, float]:  # fmt: skip
+    """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split."""
+    from diffvqa.metrics import cider_score
+
+    subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
+    records, _, _ = predict(model, subset, keyword_fn, batch_size, device=device, examples=0, progress=False)
+    model.train()
+    predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
+    exact = sum(p.strip().rstrip(".") == r.strip().rstrip(".") for p, r in zip(predictions, references, strict=True))
+    return {"CIDEr": cider_score(predictions, references), "exact_match": exact / len(records), "n": len(records)}
+
+
+# -- checkpoints -------------------------------------------------------------------------------------------
+def _write_pointer(run_dir: Path, name: str, target: str) -> None:
+    tmp = run_dir / f".{name}.tmp"
+    tmp.write_text(target + "\n")
+    os.replace(tmp, run_dir / name)
+
+
+def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, scheduler, step: int,
+                             best: dict | None) -> Path:  # fmt: skip
+    """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it."""
+    final = run_dir / "checkpoints" / f"step-{step:07d}"
+    tmp = run_dir / "checkpoints" / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(module, tmp)
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "best": best or {},
+    }
+    torch.save(state, tmp / TRAINER_STATE)
+    if final.exists():  # rerun of the same step after a resume
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    _write_pointer(run_dir, "latest", str(final.relative_to(run_dir)))
+    return final
+
+
+def _prune_checkpoints(run_dir: Path) -> None:
+    """Keep only the checkpoints ``latest`` and ``best`` point to."""
+    keep = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")}
+    for path in (run_dir / "checkpoints").glob("step-*"):
+        if path not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# -- logging -----------------------------------------------------------------------------------------------
+class MetricsLog:
+    """JSONL records in the run directory; TensorBoard scalars too when tensorboard is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.path = run_dir / METRICS_LOG
+        self.tensorboard = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+# -- the loop ----------------------------------------------------------------------------------------------
+def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch.Tensor, optimizer, scheduler,
+                   config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
+    """One optimiser step: one forward of the top-level module, one backward, clip, step."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
+        out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                     batch["answer_ids"], batch["answer_mask"], keyword_mask)  # fmt: skip
+    if not torch.isfinite(out.loss):
+        terms = {k: v.item() for k, v in out.losses.items()}
+        raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
+    out.loss.backward()
+    grad_norm = nn.utils.clip_grad_norm_(guided.parameters(), config.train.grad_clip)
+    optimizer.step()
+    scheduler.step()
+    record = {"loss": out.loss.item(), **{f"loss/{k}": v.item() for k, v in out.losses.items()}}
+    return {**record, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+
+
+def _build_model(config: Config, data: Path) -> DiffVQA:
+    tokenizer = build_tokenizer(config.model.tokenizer, texts(data, "train"), config.model.tokenizer_path)
+    return DiffVQA(config, tokenizer)
+
+
+def _check_resume_config(run_dir: Path, config: Config) -> None:
+    saved = Config.load(run_dir / CONFIG_FILE).to_dict()
+    current = config.to_dict()
+    changed = [f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
+               for group in current for key in current[group]
+               if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")]  # fmt: skip
+    if changed:
+        raise ValueError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
+
+
+def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_after: int | None = None,
+          device: str = "auto", progress: bool = True) -> Path:  # fmt: skip
+    """Train and return the run directory. ``stop_after`` ends this invocation after that many steps (for
+    time-sliced jobs; ``--resume`` continues)."""
+    rank, world, dev = setup_distributed(device)
+    is_main = rank == 0
+    run_dir = Path(run_dir)
+    if resume:
+        latest = read_pointer(run_dir, "latest")
+        if latest is None or not latest.is_dir():
+            raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
+        _check_resume_config(run_dir, config)
+    elif is_main:
+        if read_pointer(run_dir, "latest") is not None:
+            raise FileExistsError(f"{run_dir} already holds a training run; use --resume or another --out")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(run_dir / CONFIG_FILE)
+
+    torch.manual_seed(config.train.seed)
+    model = _build_model(config, data) if not resume else None
+    if resume:
+        from diffvqa.data.text import Tokenizer
+
+        model = DiffVQA(config, Tokenizer.load(latest, config.model.tokenizer), load_pretrained=False)
+        load_weights(model, latest / "model.safetensors")
+    model.to(dev).train()
+    guided: nn.Module = SaliencyGuidedVQA(model)
+    if world > 1:
+        guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+    decay = [p for n, p in guided.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
+    no_decay = [p for n, p in guided.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.train.lr)  # fmt: skip
+    t = config.train
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
+    start_step, best = 0, {}
+    if resume:
+        state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        start_step, best = state["step"], state["best"]
+
+    train_set = PairQADataset(data, "train", config.data.question_types)
+    val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
+    collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
+    sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world)
+    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
+                                         num_workers=config.data.num_workers,
+                                         generator=torch.Generator().manual_seed(t.seed))  # fmt: skip
+    keyword_fn = keyword_function(config, run_dir)
+    log = MetricsLog(run_dir, enabled=is_main)
+    end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
+    bar = None
+    if is_main and progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    step, tic, pairs = start_step, time.perf_counter(), 0
+    for batch in loader:
+        if step >= end_step:
+            break
+        keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
+        keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
+        record = train_one_step(guided, _to(batch, dev), keyword_mask.to(dev), optimizer, scheduler, config, dev)
+        step += 1
+        pairs += len(batch["answer"]) * world
+        if bar is not None:
+            bar.update(1)
+        if step % t.log_every == 0 or step == end_step:
+            rate = pairs / (time.perf_counter() - tic)
+            log.write({"step": step, **record, "pairs_per_s": rate})
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.3f}", pairs_s=f"{rate:.1f}")
+            tic, pairs = time.perf_counter(), 0
+        at_eval = step % t.eval_every == 0 or step == t.steps
+        at_checkpoint = at_eval or step % t.checkpoint_every == 0 or step == end_step
+        if at_checkpoint and is_main:
+            improved = False
+            if at_eval and len(val_set):
+                scores = validate(model, val_set, keyword_fn, t.eval_samples, t.batch_size, dev)
+                log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}})
+                if bar is not None:
+                    bar.write(f"step {step}: validation CIDEr {scores['CIDEr']:.3f} on {scores['n']} questions")
+                if scores["CIDEr"] > best.get("CIDEr", -math.inf):
+                    best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
+            path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best)
+            if improved:
+                _write_pointer(run_dir, "best", str(path.relative_to(run_dir)))
+            _prune_checkpoints(run_dir)
+        if at_checkpoint and world > 1:
+            dist.barrier()
+    if bar is not None:
+        bar.close()
+    log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, help="a prepared cache (diffvqa prepare)")
+    parser.add_argument("--out", required=True, type=Path, help="the run directory")
+    parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    parser.add_argument("--config", type=Path, help="a YAML file of config overrides")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--stop-after", type=int, help="stop this invocation after N steps (resume later)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
+    args = parser.parse_args(argv)
+    if not (args.data / "manifest.json").is_file():
+        parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
+    if args.resume:
+        saved = args.out / CONFIG_FILE
+        if not saved.is_file():
+            parser.error(f"--resume: {saved} not found")
+        config = Config.load(saved)
+        apply_overrides(config, args.overrides)  # only train.steps may differ from the saved run (to extend it)
+    else:
+        config = load_config(args.preset, args.config, args.overrides)
+    try:
+        run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
+                    device=args.device, progress=not args.no_progress)  # fmt: skip
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+        print(f"diffvqa train: error: {exc}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"run: {run}  latest: {read_pointer(run, 'latest')}  best: {read_pointer(run, 'best')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The HTML report and the pictures it is made of."""
+
+from __future__ import annotations
+
+import html
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from diffvqa.report import write_report
+from diffvqa.visualize import (
+    CONTOUR_COLOR,
+    apply_colormap,
+    heat_overlay,
+    mask_contour_overlay,
+    mask_outline,
+    panel,
+)
+
+S = 32
+
+
+def _gray(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((S, S)).astype(np.float32)
+
+
+def _blob(cx: float, cy: float) -> np.ndarray:
+    y, x = np.mgrid[0:S, 0:S]
+    return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / 40.0).astype(np.float32)
+
+
+def _metrics(scale: float, comparable: bool) -> dict:
+    scores = {"BLEU-1": 0.6 * scale, "BLEU-2": 0.5 * scale, "BLEU-3": 0.4 * scale, "BLEU-4": 0.3 * scale}
+    scores |= {"METEOR": 0.25 * scale, "ROUGE-L": 0.55 * scale, "CIDEr": 1.5 * scale, "n": 120}
+    return {
+        "difference": dict(scores),
+        "all": {**scores, "CIDEr": 2.5 * scale, "n": 900},
+        "per_type": {"difference": dict(scores), "presence": {**scores, "n": 300}},
+        "accuracy_closed": 0.8 * scale,
+        "accuracy_open": 0.4 * scale,
+        "n_closed": 300,
+        "n_open": 480,
+        "accuracy_per_type": {"presence": {"accuracy": 0.8 * scale, "n": 300}},
+        "implementation": {
+            "pycocoevalcap": "1.2",
+            "tokenizer": "ptb" if comparable else "fallback",
+            "java": "17.0.15" if comparable else None,
+            "comparable_with_papers": comparable,
+        },
+    }
+
+
+def _examples() -> list[dict]:
+    cam_main, cam_ref = _blob(10, 12), _blob(12, 14)
+    return [
+        {
+            "main": _gray(0),
+            "ref": _gray(1),
+            "aligned_main": _gray(2),
+            "cam_main": cam_main,
+            "cam_ref": cam_ref,
+            "mask": np.maximum(cam_main, cam_ref),
+            "change_mask": _blob(11, 13) > 0.5,
+            "question": "what has changed compared to the <b>reference</b> image?",
+            "preliminary": "the main image has an additional finding of edema than the reference image.",
+            "keyword": "edema",
+            "final": "the main image has an additional finding of pleural effusion than the reference image.",
+            "answer": "the main image has an additional finding of pleural effusion than the reference image. ",
+            "question_type": "difference",
+            "ids": {"subject_id": "10000032", "study_id": "50414267", "note": "<script>x</script>"},
+        },
+        {
+            "main": _gray(3),
+            "ref": _gray(4),
+            "aligned_main": _gray(5),
+            "cam_main": None,
+            "cam_ref": None,
+            "mask": None,
+            "question": "is there evidence of pneumothorax in this image?",
+            "preliminary": "no",
+            "keyword": "",
+            "final": "no",
+            "answer": "yes",
+            "question_type": "presence",
+            "ids": {"subject_id": "10000033"},
+        },
+    ]
+
+
+def _sources(page: str) -> list[str]:
+    return [html.unescape(src) for src in re.findall(r'<img\b[^>]*\bsrc="([^"]*)"', page)]
+
+
+def test_report_references_existing_pictures_and_escapes_text(tmp_path):
+    metrics = _metrics(1.0, comparable=True)
+    metrics["pointing_game"] = 0.625
+    metrics["registration_error_ratio"] = {"mean": 0.41, "n": 50}
+    path = write_report(tmp_path / "rep", metrics, _examples(), baseline_metrics=_metrics(0.5, comparable=True))
+    assert path == tmp_path / "rep" / "report.html"
+    page = path.read_text(encoding="utf-8")
+
+    sources = _sources(page)
+    assert all(not src.startswith(("/", "file:")) for src in sources)  # relative: the folder can move
+    for src in sources:
+        assert (path.parent / src).is_file(), src
+    # example 1: 6 pictures; example 2 (single pass): main, ref, aligned; plus the colour bar
+    assert len(sources) == 6 + 3 + 1
+    assert len(list((path.parent / "report_images").glob("*.png"))) == len(sources)
+    with Image.open(path.parent / sources[1]) as picture:
+        assert picture.size[0] >= 256  # small frames are enlarged for display
+
+    # the values, the baseline and the difference
+    for text in ("0.600", "0.300", "+0.300", "1.500", "0.750", "+0.750", "0.800", "0.400", "+0.400", "0.625"):
+        assert text in page, text
+    assert "registration_error_ratio · mean" in page and "0.410" in page
+    assert "pycocoevalcap 1.2" in page and "PTB tokenizer" in page and "Not comparable" not in page
+    assert "Blind baseline" in page and "single pass" in page
+
+    # text from data is escaped
+    assert "&lt;b&gt;reference&lt;/b&gt;" in page and "<b>reference</b>" not in page
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    assert "edema" in page and "10000032" in page and "presence" in page
+
+    # the report folder can be moved
+    moved = shutil.move(str(path.parent), str(tmp_path / "moved"))
+    for src in sources:
+        assert (tmp_path / "moved" / src).is_file()
+    assert moved
+
+
+def test_report_tolerates_missing_metrics_and_warns(tmp_path):
+    metrics = _metrics(1.0, comparable=False)
+    del metrics["difference"]["METEOR"], metrics["accuracy_open"]
+    metrics["all"]["unavailable"] = {"METEOR": "no Java found on PATH"}
+    page = write_report(tmp_path, metrics, []).read_text(encoding="utf-8")
+    assert "Not comparable with published numbers" in page
+    assert "no Java found on PATH" in page
+    assert "—" in page and "Blind baseline" not in page and "No examples" in page
+    assert "pointing_game" not in page
+
+    page = write_report(tmp_path, {}, [], title="empty <run>").read_text(encoding="utf-8")
+    assert "<title>empty &lt;run&gt;</title>" in page and "not recorded" in page
+
+
+def test_report_rejects_bad_examples(tmp_path):
+    example = _examples()[1]
+    del example["ref"]
+    with pytest.raises(ValueError, match="example 0.*'ref'"):
+        write_report(tmp_path, {}, [example])
+    example = _examples()[0]
+    example["cam_main"] = np.zeros((1, S, S))
+    with pytest.raises(ValueError, match="'cam_main'.*shape"):
+        write_report(tmp_path, {}, [example])
+
+
+def test_stale_pictures_are_removed(tmp_path):
+    write_report(tmp_path, {}, _examples())
+    write_report(tmp_path, {}, _examples()[1:])
+    names = {p.name for p in (tmp_path / "report_images").iterdir()}
+    assert not [n for n in names if n.startswith("example002")]
+    assert all(src.split("/")[-1] in names for src in _sources((tmp_path / "report.html").read_text()))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# visualize
+
+
+def test_colormap_is_dark_to_bright():
+    colors = apply_colormap(np.linspace(0, 1, 11)[None]).astype(float)[0]
+    luminance = colors @ np.array([0.299, 0.587, 0.114])
+    assert np.all(np.diff(luminance) > 0)
+    assert tuple(apply_colormap(np.array([[0.0, 1.0, np.nan]]))[0, 0]) == (0, 0, 4)
+    assert tuple(apply_colormap(np.array([[2.0]]))[0, 0]) == (252, 255, 164)  # clipped
+
+
+def test_heat_overlay_blends_and_checks_shapes():
+    gray = np.full((4, 4), 0.5)
+    out = heat_overlay(gray, np.zeros((4, 4)), alpha=0.0)
+    assert out.mode == "RGB" and out.size == (4, 4) and np.all(np.asarray(out) == 128)
+    full = np.asarray(heat_overlay(gray, np.ones((4, 4)), alpha=1.0))
+    assert tuple(full[0, 0]) == (252, 255, 164)
+    with pytest.raises(ValueError, match="differ in shape"):
+        heat_overlay(gray, np.ones((5, 5)))
+    with pytest.raises(ValueError, match="alpha"):
+        heat_overlay(gray, gray, alpha=1.5)
+
+
+def test_mask_outline_and_contour_overlay():
+    mask = np.zeros((9, 9), bool)
+    mask[2:7, 2:7] = True
+    outline = mask_outline(mask)
+    assert outline.sum() == 16 and not outline[3:6, 3:6].any() and not outline[~mask].any()
+    assert mask_outline(mask, thickness=2).sum() == 24
+    out = np.asarray(mask_contour_overlay(np.zeros((9, 9)), mask))
+    assert np.all(out[outline] == CONTOUR_COLOR) and np.all(out[~outline] == 0)
+    on_image = mask_contour_overlay(Image.new("RGB", (9, 9), (10, 20, 30)), mask)
+    assert tuple(np.asarray(on_image)[4, 4]) == (10, 20, 30)
+
+
+def test_panel_lays_out_a_labelled_row():
+    images = [Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("L", (30, 20), 128)]
+    out = panel(images, ["a very long title that cannot fit", "b"], gap=5)
+    assert out.mode == "RGB" and out.width == 40 + 30 + 3 * 5 and out.height > 40
+    assert tuple(np.asarray(out)[out.height - 10, 10]) == (255, 0, 0)
+    with pytest.raises(ValueError, match="2 images but 1 titles"):
+        panel(images, ["a"])
