@@ -1,0 +1,797 @@
+"""The prepared image cache: every image a release needs, decoded once into one memory-mapped uint8 array.
+
+Decoding a 2500 x 3000 JPEG costs tens of milliseconds; training reads each image many times at S x S. So
+``diffvqa prepare`` decodes every needed image once (reduced-size JPEG decoding + aspect-preserving resize + pad,
+``diffvqa.data.images``) and training reads S x S bytes from a memory map.
+
+Cache directory layout (``S`` = size, ``N`` = images, ``P`` = pairs, ``F`` = findings)::
+
+    manifest.json           written last: sources, size, preprocessing, versions, counts, skips by reason
+    report.txt              the reader's report plus the cache's counts (what ``diffvqa prepare`` prints)
+    questions.csv           one row per question: question_index, subject_id, study_id, ref_id, main_dicom_id,
+                            ref_dicom_id, question_type, question, answer (verbatim), split[, truth_keyword]
+    images.csv              the index, row i = array row i: dicom_id, subject_id, study_id, path (relative to
+                            the images directory); sorted by dicom_id
+    images.u8.npy           (N, S, S) uint8 = round(255 * gray); zeros for unreadable images
+    geometry.npy            (N, 6) int32: orig_h, orig_w, resized_h, resized_w, pad_top, pad_left
+    status.npy              (N,) uint8: 0 pending, 1 decoded, 2 unreadable
+    unreadable.tsv          row, dicom_id, error for each unreadable image
+    prepare.json            the settings and the image list's digest, written first (resume/merge checks)
+    reader.json, reader_questions.csv   the reader's counts and table, staged for finalising (and merging)
+    truth/                  phantom releases only:
+        pairs.csv           one row per (study_id, ref_id) of questions.csv: main/ref dicom ids, has_truth,
+                            keyword
+        theta.npy           (P, 2, 3) float64 theta_true (NaN where has_truth is 0)
+        change_masks.u8.npy (P, S, S) uint8 in {0, 1}, in the reference image's cache frame
+        findings.csv        one row per finding of a cached image: dicom_id, name, location, level, type
+        finding_masks.u8.npy (F, S, S) uint8 in {0, 1}, in that image's cache frame
+
+theta_true (normalised coordinates of the S x S frames, ``align_corners=False``, pull direction): for a point u
+of the reference frame, ``theta_true @ [u, 1]`` is where the same anatomy lies in the main frame, so
+``grid_sample(main, affine_grid(theta_true, align_corners=False), align_corners=False) ~ ref``. With
+N = original pixel -> normalised cache coordinates (``Geometry.normalised_matrix``) and M the phantom's
+reference-pixel -> main-pixel map: ``theta_true = N_main @ M @ N_ref^-1``.
+
+Resuming: images are decoded in chunks; every ``CHECKPOINT_SECONDS`` (and when a run is interrupted) the finished
+chunks' pixels and geometry are flushed to disk before their ``status`` entries are written and flushed, so
+``status`` only ever marks rows whose data is on disk, and a rerun decodes only the rest.
+Sharding: ``shard=(i, n)`` decodes rows ``i, i + n, i + 2n, ...`` into its own directory (compact arrays);
+:func:`merge_shards` assembles them and finalises exactly as a single run does (byte-identical files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, Geometry, ImageReadError, load_image, to_uint8
+from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
+
+CACHE_VERSION = 1
+MANIFEST = "manifest.json"
+REPORT = "report.txt"
+QUESTIONS = "questions.csv"
+INDEX = "images.csv"
+IMAGES = "images.u8.npy"
+GEOMETRY = "geometry.npy"
+STATUS = "status.npy"
+UNREADABLE = "unreadable.tsv"
+PARAMS = "prepare.json"
+READER = "reader.json"
+READER_QUESTIONS = "reader_questions.csv"
+TRUTH = "truth"
+
+PENDING, DONE, UNREADABLE_IMAGE = 0, 1, 2
+CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
+QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoding (runs in worker processes: top-level functions, numpy in and out)
+
+
+def _decode_one(path: str, size: int, draft: bool) -> tuple[np.ndarray, tuple[int, ...]]:
+    image, geometry = load_image(path, size, draft=draft)
+    g = geometry
+    return to_uint8(image), (g.orig_h, g.orig_w, g.resized_h, g.resized_w, g.pad_top, g.pad_left)
+
+
+def _decode_chunk(job: tuple[list[int], list[str], int, bool]) -> list[tuple]:
+    """-> [(local row, (S, S) uint8 | None, geometry ints | None, error message)] for one chunk."""
+    rows, paths, size, draft = job
+    out = []
+    for row, path in zip(rows, paths, strict=True):
+        try:
+            pixels, geometry = _decode_one(path, size, draft)
+            out.append((row, pixels, geometry, ""))
+        except ImageReadError as exc:
+            out.append((row, None, None, str(exc)))
+    return out
+
+
+def _mask_job(job: tuple[str, tuple[int, ...], int]) -> np.ndarray:
+    """A 0/255 PNG in an image's original frame -> (S, S) uint8 {0, 1} in its cache frame."""
+    from PIL import Image
+
+    path, geometry_ints, size = job
+    geometry = _geometry(geometry_ints, size)
+    with Image.open(path) as image:
+        mask = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if mask.shape != (geometry.orig_h, geometry.orig_w):
+        raise ValueError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {geometry.orig_h}x{geometry.orig_w}"
+        )
+    return (geometry.to_cache_frame(mask) >= 0.5).astype(np.uint8)
+
+
+def _geometry(ints: Sequence[int], size: int) -> Geometry:
+    orig_h, orig_w, resized_h, resized_w, pad_top, pad_left = (int(v) for v in ints)
+    return Geometry(orig_h, orig_w, size / max(orig_h, orig_w), pad_top, pad_left, size, resized_h, resized_w)
+
+
+def _imap(function, jobs: list, workers: int, ordered: bool = False) -> Iterable:
+    """map over jobs in this process (workers <= 1) or in a pool."""
+    if workers <= 1 or len(jobs) <= 1:
+        yield from map(function, jobs)
+        return
+    with multiprocessing.Pool(min(workers, len(jobs))) as pool:
+        yield from (pool.imap if ordered else pool.imap_unordered)(function, jobs)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# staging: the index, the arrays, the settings
+
+
+def _versions() -> dict[str, str]:
+    from diffvqa import __version__
+
+    versions = {"diffvqa": __version__}
+    for package in ("numpy", "pillow", "pydicom"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Atomic: a reader never sees half a file (the manifest's presence means 'complete')."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _index_table(release: Release) -> pd.DataFrame:
+    images = release.images()
+    relpath = [os.path.relpath(p, release.images_dir) for p in images.path]
+    return pd.DataFrame(
+        {
+            "dicom_id": images.dicom_id,
+            "subject_id": images.subject_id,
+            "study_id": images.study_id,
+            "path": relpath,
+        }
+    )
+
+
+def _open_array(path: Path, shape: tuple[int, ...], dtype, create: bool) -> np.memmap:
+    if create or not path.exists():
+        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    array = np.load(path, mmap_mode="r+")
+    if array.shape != shape or array.dtype != dtype:
+        raise ValueError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
+    return array
+
+
+def _shard_rows(num_images: int, shard: tuple[int, int] | None) -> np.ndarray:
+    if shard is None:
+        return np.arange(num_images)
+    index, count = shard
+    return np.arange(index, num_images, count)
+
+
+def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int, int] | None) -> dict:
+    """Write (or check, when resuming) the index, settings and reader output. -> the settings."""
+    out.mkdir(parents=True, exist_ok=True)
+    index = _index_table(release)
+    index_bytes = index.to_csv(index=False, lineterminator="\n").encode()
+    params = {
+        "cache_version": CACHE_VERSION,
+        "size": size,
+        "draft_decoding": draft,
+        "shard": list(shard) if shard else None,
+        "num_images": len(index),
+        "images_sha256": hashlib.sha256(index_bytes).hexdigest(),
+        "release_dir": str(release.release_dir.resolve()),
+        "images_dir": str(release.images_dir.resolve()),
+        "question_types": release.question_types,
+        "keep_bad_chronology": release.keep_bad_chronology,
+    }
+    if (out / PARAMS).exists():
+        previous = json.loads((out / PARAMS).read_text())
+        changed = {k: (previous.get(k), v) for k, v in params.items() if previous.get(k) != v}
+        if changed:
+            raise ValueError(
+                f"{out}: holds a cache prepared with other settings or another image list "
+                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
+                "use a new --out directory or delete this one"
+            )
+    else:
+        (out / INDEX).write_bytes(index_bytes)
+        _write_json(out / PARAMS, params)
+    # The reader's output, so that finalising (here or after a merge) does not depend on re-reading.
+    release.questions.to_csv(out / READER_QUESTIONS, index=False, lineterminator="\n")
+    reader = release.to_dict() | {"release_dir": params["release_dir"], "images_dir": params["images_dir"]}
+    _write_json(out / READER, reader)
+    return params
+
+
+def _load_staged_release(directory: Path) -> Release:
+    reader = json.loads((directory / READER).read_text())
+    dtypes = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
+    questions = pd.read_csv(
+        directory / READER_QUESTIONS, dtype={c: dtypes.get(c, str) for c in COLUMNS}, keep_default_na=False
+    )
+    return Release(
+        questions=questions,
+        steps=reader["steps"],
+        skipped=reader["skipped"],
+        notes=reader["notes"],
+        release_dir=Path(reader["release_dir"]),
+        images_dir=Path(reader["images_dir"]),
+        splits=reader["splits"],
+        question_types=reader["question_types"],
+        keep_bad_chronology=reader["keep_bad_chronology"],
+        truth=read_ground_truth(reader["release_dir"]),
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# decoding into the arrays, resumably
+
+
+def _decode_into(
+    out: Path,
+    index: pd.DataFrame,
+    images_dir: Path,
+    rows: np.ndarray,
+    size: int,
+    draft: bool,
+    workers: int,
+    chunk_size: int,
+    progress: bool,
+) -> None:
+    """Decode index rows ``rows`` into out's compact arrays (local row k = index row rows[k])."""
+    from tqdm import tqdm
+
+    create = not (out / STATUS).exists()
+    count = len(rows)
+    # status first on creation: an array file without a status file is recreated, never trusted
+    images = _open_array(out / IMAGES, (count, size, size), np.uint8, create)
+    geometry = _open_array(out / GEOMETRY, (count, 6), np.int32, create)
+    status = _open_array(out / STATUS, (count,), np.uint8, create)
+    pending = np.flatnonzero(status == PENDING)
+    paths = [str(images_dir / p) for p in index.path.to_numpy()[rows]]
+    jobs = [
+        (chunk.tolist(), [paths[k] for k in chunk], size, draft)
+        for chunk in np.array_split(pending, max(1, -(-len(pending) // chunk_size)))
+        if len(chunk)
+    ]
+    bar = tqdm(total=count, initial=count - len(pending), unit="img", desc="prepare", disable=not progress)
+    finished: list[tuple[int, int]] = []  # (local row, status) written to the arrays, not yet marked in status
+    errors = (out / UNREADABLE).open("a")
+
+    def checkpoint() -> None:
+        # Data before status: a status entry only ever describes rows whose pixels are on disk. (Flushing is
+        # an fsync, so it happens every CHECKPOINT_SECONDS rather than per chunk.)
+        images.flush()
+        geometry.flush()
+        errors.flush()
+        os.fsync(errors.fileno())
+        for local, value in finished:
+            status[local] = value
+        status.flush()
+        finished.clear()
+
+    last = time.monotonic()
+    try:
+        for results in _imap(_decode_chunk, jobs, workers):
+            for local, pixels, geo, message in results:
+                if pixels is not None:
+                    images[local] = pixels
+                    geometry[local] = geo
+                else:
+                    dicom_id = index.dicom_id.iloc[rows[local]]
+                    errors.write(f"{rows[local]}\t{dicom_id}\t{' '.join(message.split())}\n")
+            # only whole chunks count as finished: an interruption mid-chunk redoes that chunk
+            finished += [(local, DONE if pixels is not None else UNREADABLE_IMAGE) for local, pixels, _, _ in results]
+            bar.update(len(results))
+            if time.monotonic() - last >= CHECKPOINT_SECONDS:
+                checkpoint()
+                last = time.monotonic()
+            _chunk_done(len(results))
+    finally:
+        # also on Ctrl-C or an error: keep every chunk that was completely written
+        checkpoint()
+        errors.close()
+        bar.close()
+
+
+def _chunk_done(count: int) -> None:
+    """Called after each chunk is written to the arrays (a seam for tests that interrupt a run)."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# finalising: questions, truth, manifest
+
+
+def _read_unreadable(directory: Path) -> dict[int, tuple[str, str]]:
+    """unreadable.tsv -> {index row: (dicom_id, error)} (a row may repeat after a resume; the last wins)."""
+    entries = {}
+    path = directory / UNREADABLE
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row, dicom_id, error = line.split("\t", 2)
+                entries[int(row)] = (dicom_id, error)
+    return entries
+
+
+def _finalise(out: Path, release: Release, strict: bool, workers: int, progress: bool) -> dict:
+    params = json.loads((out / PARAMS).read_text())
+    size = params["size"]
+    index = pd.read_csv(out / INDEX, dtype=str, keep_default_na=False)
+    status = np.load(out / STATUS)
+    geometry = np.load(out / GEOMETRY)
+    if (status == PENDING).any():
+        raise RuntimeError(f"{out}: {(status == PENDING).sum()} images not decoded yet")
+
+    # Keep unreadable.tsv deterministic (sorted, one line per row) whatever the decode order was.
+    errors = {row: entry for row, entry in _read_unreadable(out).items() if status[row] == UNREADABLE_IMAGE}
+    with (out / UNREADABLE).open("w") as f:
+        f.writelines(f"{row}\t{dicom_id}\t{error}\n" for row, (dicom_id, error) in sorted(errors.items()))
+    unreadable_ids = index.dicom_id.to_numpy()[status == UNREADABLE_IMAGE]
+    release = release.drop_images(unreadable_ids, reason="unreadable", strict=strict)
+
+    questions = release.questions[QUESTION_COLUMNS].copy()
+    truth_summary = None
+    if release.truth is not None:
+        questions["truth_keyword"] = [release.truth.keywords.get(int(i), "") for i in questions.question_index]
+        truth_summary = _write_truth(out, release, index, geometry, status, size, workers, progress)
+    questions.to_csv(out / QUESTIONS, index=False, lineterminator="\n")
+
+    manifest = {
+        "cache_version": CACHE_VERSION,
+        "versions": _versions(),
+        "source": {"release_dir": params["release_dir"], "images_dir": params["images_dir"]},
+        "size": size,
+        "preprocessing": {
+            "gray": "JPEG/PNG via Pillow (L); DICOM: modality LUT, VOI LUT/window, MONOCHROME1 inverted",
+            "resize": RESIZE_METHOD,
+            "aspect": "preserved: long side -> size, centred zero padding",
+            "draft_decoding": params["draft_decoding"],
+            "draft_margin": DRAFT_MARGIN if params["draft_decoding"] else None,
+            "stored": "uint8 = round(255 * gray)",
+        },
+        "question_types": params["question_types"],
+        "num_images": int((status == DONE).sum()),
+        "num_unreadable_images": int((status == UNREADABLE_IMAGE).sum()),
+        "num_questions": len(questions),
+        "num_pairs": int(len(questions[["study_id", "ref_id"]].drop_duplicates())),
+        "skipped": dict(release.skipped),
+        "reader": release.to_dict(),
+        "truth": truth_summary,
+    }
+    (out / REPORT).write_text(_report(release, manifest) + "\n")
+    _write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _write_truth(
+    out: Path,
+    release: Release,
+    index: pd.DataFrame,
+    geometry: np.ndarray,
+    status: np.ndarray,
+    size: int,
+    workers: int,
+    progress: bool,
+) -> dict:
+    """Carry the phantom's ground truth into the cache frames (truth/, see the module docstring)."""
+    from tqdm import tqdm
+
+    truth = release.truth
+    directory = out / TRUTH
+    directory.mkdir(exist_ok=True)
+    row_of = {d: i for i, d in enumerate(index.dicom_id) if status[i] == DONE}  # decoded images only
+    q = release.questions
+    pairs = q[["study_id", "ref_id", "main_dicom_id", "ref_dicom_id"]].drop_duplicates(["study_id", "ref_id"])
+    pairs = pairs.sort_values(["study_id", "ref_id"], kind="stable").reset_index(drop=True)
+    gt_row = {
+        (int(s), int(r)): i for i, (s, r) in enumerate(zip(truth.pairs.study_id, truth.pairs.ref_id, strict=True))
+    }
+
+    thetas = np.full((len(pairs), 2, 3), np.nan)
+    has_truth = np.zeros(len(pairs), np.int8)
+    keywords, mask_jobs = [], []
+    for p, pair in enumerate(pairs.itertuples(index=False)):
+        g = gt_row.get((int(pair.study_id), int(pair.ref_id)))
+        main_geo = _geometry(geometry[row_of[pair.main_dicom_id]], size)
+        ref_geo = _geometry(geometry[row_of[pair.ref_dicom_id]], size)
+        if g is None:
+            keywords.append("")
+            mask_jobs.append(None)
+            continue
+        has_truth[p] = 1
+        m = np.vstack([truth.matrix(g), [0.0, 0.0, 1.0]])
+        thetas[p] = (main_geo.normalised_matrix() @ m @ np.linalg.inv(ref_geo.normalised_matrix()))[:2]
+        keywords.append(truth.pairs.keyword.iloc[g])
+        mask_file = truth.pairs.change_mask_file.iloc[g]
+        mask_jobs.append(
+            (str(truth.directory / mask_file), tuple(geometry[row_of[pair.ref_dicom_id]]), size) if mask_file else None
+        )
+
+    findings = truth.findings[truth.findings.dicom_id.isin(row_of)].reset_index(drop=True)
+    finding_jobs = [
+        (str(truth.directory / f), tuple(geometry[row_of[d]]), size) if f else None
+        for f, d in zip(findings.mask_file, findings.dicom_id, strict=True)
+    ]
+    jobs = [j for j in mask_jobs + finding_jobs if j is not None]
+    masks = iter(
+        tqdm(_imap(_mask_job, jobs, workers, ordered=True), total=len(jobs), desc="truth masks", disable=not progress)
+    )
+
+    change = np.lib.format.open_memmap(
+        directory / "change_masks.u8.npy", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size)
+    )
+    for p, job in enumerate(mask_jobs):
+        if job is not None:
+            change[p] = next(masks)
+    change.flush()
+    finding_masks = np.lib.format.open_memmap(
+        directory / "finding_masks.u8.npy", mode="w+", dtype=np.uint8, shape=(len(findings), size, size)
+    )
+    for f, job in enumerate(finding_jobs):
+        if job is not None:
+            finding_masks[f] = next(masks)
+    finding_masks.flush()
+    del change, finding_masks
+
+    pairs["has_truth"] = has_truth
+    pairs["keyword"] = keywords
+    pairs.to_csv(directory / "pairs.csv", index=False, lineterminator="\n")
+    np.save(directory / "theta.npy", thetas)
+    findings[["dicom_id", "name", "location", "level", "type"]].to_csv(
+        directory / "findings.csv", index=False, lineterminator="\n"
+    )
+    return {
+        "pairs": len(pairs),
+        "pairs_with_truth": int(has_truth.sum()),
+        "findings": len(findings),
+        "questions_with_keyword": int(sum(int(i) in truth.keywords for i in q.question_index)),
+    }
+
+
+def _report(release: Release, manifest: dict) -> str:
+    lines = [release.report(), f"cache (S = {manifest['size']}):"]
+    lines.append(f"  images decoded {manifest['num_images']:,}, unreadable {manifest['num_unreadable_images']:,}")
+    lines.append(f"  questions {manifest['num_questions']:,} in {manifest['num_pairs']:,} pairs")
+    if manifest["truth"]:
+        t = manifest["truth"]
+        lines.append(
+            f"  ground truth: {t['pairs_with_truth']:,}/{t['pairs']:,} pairs, {t['findings']:,} findings, "
+            f"{t['questions_with_keyword']:,} question keywords"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# public API
+
+
+def prepare(
+    release: str | Path,
+    images: str | Path,
+    out: str | Path,
+    size: int = 128,
+    workers: int = 2,
+    shard: tuple[int, int] | None = None,
+    strict: bool = False,
+    question_types: list[str] | None = None,
+    progress: bool = True,
+    draft: bool = True,
+    chunk_size: int = 16,
+    keep_bad_chronology: bool = False,
+) -> dict:
+    """Decode every image a release needs into a cache directory (layout in the module docstring).
+
+    Resumable: rerunning with the same arguments after an interruption decodes only what is missing.
+
+    Args:
+        release: the directory with mimic_pair_questions.csv and mimic_all.csv (phantom: also ground_truth/).
+        images: the MIMIC-CXR-JPG root (holds ``files/``).
+        out: the cache directory (for a shard: that shard's directory).
+        size: S.
+        workers: decoding processes (<= 1: in this process).
+        shard: ``(i, n)``: decode only rows i, i + n, ... of the sorted image list; finish with
+            :func:`merge_shards`.
+        strict: stop at the first skipped question (reader) or unreadable image instead of counting it.
+        question_types: keep only these question types (None: all).
+        progress: show a tqdm bar.
+        draft: reduced-size JPEG decoding (off: full decoding; the result differs by ~0.2 gray levels).
+        chunk_size: images per work item.
+        keep_bad_chronology: keep questions whose reference is not earlier than the main study (counted).
+
+    Returns:
+        The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
+    """
+    if size < 8:
+        raise ValueError(f"size {size}: expected at least 8 pixels")
+    if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
+        raise ValueError(f"shard {shard}: expected (i, n) with 0 <= i < n")
+    out = Path(out)
+    reader = read_release(
+        release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology
+    )
+    params = _stage(out, reader, size, draft, shard)
+    index = pd.read_csv(out / INDEX, dtype=str, keep_default_na=False)
+    rows = _shard_rows(len(index), shard)
+    _decode_into(out, index, Path(images), rows, size, draft, workers, chunk_size, progress)
+    if shard is not None:
+        status = np.load(out / STATUS)
+        return params | {"decoded": int((status == DONE).sum()), "unreadable": int((status == UNREADABLE_IMAGE).sum())}
+    if strict:
+        _raise_on_unreadable(out)
+    # Finalise from the staged reader output, as merge_shards does: one code path, identical files.
+    return _finalise(out, _load_staged_release(out), strict, workers, progress)
+
+
+def _raise_on_unreadable(directory: Path) -> None:
+    errors = _read_unreadable(directory)
+    status = np.load(directory / STATUS)
+    bad = [row for row in errors if status[row] == UNREADABLE_IMAGE]
+    if bad:
+        raise ValueError(f"unreadable image (strict): {errors[min(bad)][1]}")
+
+
+def merge_shards(
+    shard_dirs: Sequence[str | Path], out: str | Path, workers: int = 2, strict: bool = False, progress: bool = True
+) -> dict:
+    """Merge the directories of ``prepare(..., shard=(i, n))`` for i = 0..n-1 into one cache.
+
+    The result is byte-identical to what a single ``prepare`` run writes. Returns the manifest.
+    """
+    shard_dirs = [Path(d) for d in shard_dirs]
+    settings = [json.loads((d / PARAMS).read_text()) if (d / PARAMS).exists() else None for d in shard_dirs]
+    for d, s in zip(shard_dirs, settings, strict=True):
+        if s is None or s.get("shard") is None:
+            raise ValueError(f"{d}: not a shard directory of diffvqa prepare (no {PARAMS} with a shard)")
+    count = settings[0]["shard"][1]
+    found = sorted(s["shard"][0] for s in settings)
+    if found != list(range(count)) or any(s["shard"][1] != count for s in settings):
+        raise ValueError(f"expected shards 0..{count - 1} of {count}, got {[s['shard'] for s in settings]}")
+    common = {k: v for k, v in settings[0].items() if k != "shard"}
+    for d, s in zip(shard_dirs, settings, strict=True):
+        other = {k: v for k, v in s.items() if k != "shard"}
+        if other != common:
+            raise ValueError(f"{d}: prepared with other settings than {shard_dirs[0]}: {other} vs {common}")
+    for d in shard_dirs:
+        pending = int((np.load(d / STATUS) == PENDING).sum())
+        if pending:
+            raise ValueError(f"{d}: {pending} images not decoded yet; rerun its prepare to finish it")
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    size, num = common["size"], common["num_images"]
+    images = np.lib.format.open_memmap(out / IMAGES, mode="w+", dtype=np.uint8, shape=(num, size, size))
+    geometry = np.zeros((num, 6), np.int32)
+    status = np.zeros(num, np.uint8)
+    errors = []
+    for d, s in sorted(zip(shard_dirs, settings, strict=True), key=lambda x: x[1]["shard"][0]):
+        rows = _shard_rows(num, tuple(s["shard"]))
+        part = np.load(d / IMAGES, mmap_mode="r")
+        for start in range(0, len(rows), 1024):  # bounded memory
+            images[rows[start : start + 1024]] = part[start : start + 1024]
+        geometry[rows] = np.load(d / GEOMETRY)
+        status[rows] = np.load(d / STATUS)
+        errors += list(_read_unreadable(d).items())  # rows there are already global index rows
+    images.flush()
+    del images
+    np.save(out / GEOMETRY, geometry)
+    np.save(out / STATUS, status)
+    with (out / UNREADABLE).open("w") as f:
+        f.writelines(f"{row}\t{dicom_id}\t{error}\n" for row, (dicom_id, error) in sorted(errors))
+    shutil.copyfile(shard_dirs[0] / INDEX, out / INDEX)
+    shutil.copyfile(shard_dirs[0] / READER_QUESTIONS, out / READER_QUESTIONS)
+    shutil.copyfile(shard_dirs[0] / READER, out / READER)
+    # The single run's settings, key order included (byte-identical prepare.json).
+    _write_json(out / PARAMS, {k: (None if k == "shard" else v) for k, v in settings[0].items()})
+    if strict:
+        _raise_on_unreadable(out)
+    return _finalise(out, _load_staged_release(out), strict, workers, progress)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# reading a cache
+
+
+class ImageCache:
+    """Read access to a prepared cache directory.
+
+    The (N, S, S) array is memory-mapped on first access, not in ``__init__``, and dropped when pickled: each
+    DataLoader worker opens its own map after fork/spawn.
+    """
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        manifest_path = self.directory / MANIFEST
+        if not manifest_path.is_file():
+            raise ValueError(
+                f"{self.directory}: not a prepared cache (no {MANIFEST}); run `diffvqa prepare` "
+                "(an interrupted prepare resumes when rerun)"
+            )
+        self.manifest = json.loads(manifest_path.read_text())
+        self.size: int = int(self.manifest["size"])
+        index = pd.read_csv(self.directory / INDEX, dtype=str, keep_default_na=False)
+        self.dicom_ids: list[str] = index.dicom_id.tolist()
+        self.row: dict[str, int] = {d: i for i, d in enumerate(self.dicom_ids)}
+        self._geometry = np.load(self.directory / GEOMETRY)  # (N, 6) int32, small
+        self._status = np.load(self.directory / STATUS)
+        self._images: np.ndarray | None = None
+        self._truth: dict | None = None  # the ground-truth tables and memory maps, loaded on first use
+
+    def __len__(self) -> int:
+        return len(self.dicom_ids)
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_images"] = state["_truth"] = None  # never ship a memory map to another process
+        return state
+
+    @property
+    def images(self) -> np.ndarray:
+        """(N, S, S) uint8, memory-mapped read-only."""
+        if self._images is None:
+            self._images = np.load(self.directory / IMAGES, mmap_mode="r")
+        return self._images
+
+    def _row(self, dicom_id: str) -> int:
+        row = self.row.get(dicom_id)
+        if row is None:
+            raise KeyError(f"{self.directory}: dicom_id {dicom_id!r} is not in this cache")
+        if self._status[row] != DONE:
+            raise KeyError(f"{self.directory}: dicom_id {dicom_id!r} could not be decoded (see {UNREADABLE})")
+        return row
+
+    def image(self, dicom_id: str) -> np.ndarray:
+        """(S, S) uint8 (a copy: safe to hand to torch)."""
+        return np.array(self.images[self._row(dicom_id)])
+
+    def geometry(self, dicom_id: str) -> Geometry:
+        return _geometry(self._geometry[self._row(dicom_id)], self.size)
+
+    def questions(self) -> pd.DataFrame:
+        """questions.csv: ids as int64, text verbatim (see the module docstring for the columns)."""
+        ints = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
+        header = pd.read_csv(self.directory / QUESTIONS, nrows=0).columns
+        dtypes = {c: ints.get(c, str) for c in header}
+        return pd.read_csv(self.directory / QUESTIONS, dtype=dtypes, keep_default_na=False)
+
+    @property
+    def has_truth(self) -> bool:
+        return (self.directory / TRUTH / "pairs.csv").is_file()
+
+    def _load_truth(self) -> dict:
+        if self._truth is None:
+            directory = self.directory / TRUTH
+            pairs = pd.read_csv(directory / "pairs.csv", dtype={"keyword": str}, keep_default_na=False)
+            keys = zip(pairs.study_id.tolist(), pairs.ref_id.tolist(), strict=True)
+            self._truth = {
+                "pair": {key: i for i, key in enumerate(keys)},
+                "has_truth": pairs.has_truth.to_numpy(bool),
+                "keyword": pairs.keyword.tolist(),
+                "theta": np.load(directory / "theta.npy"),
+                "findings": pd.read_csv(directory / "findings.csv", dtype=str, keep_default_na=False),
+                "change_masks": np.load(directory / "change_masks.u8.npy", mmap_mode="r"),
+                "finding_masks": np.load(directory / "finding_masks.u8.npy", mmap_mode="r"),
+            }
+        return self._truth
+
+    def pair_truth(self, study_id: int, ref_id: int) -> dict | None:
+        """Ground truth of a pair (phantom caches), else None.
+
+        Returns:
+            dict(theta (2, 3) float64, change_mask (S, S) uint8 in {0, 1} in the reference frame, keyword str).
+        """
+        if not self.has_truth:
+            return None
+        truth = self._load_truth()
+        p = truth["pair"].get((int(study_id), int(ref_id)))
+        if p is None or not truth["has_truth"][p]:
+            return None
+        return {
+            "theta": truth["theta"][p].copy(),
+            "change_mask": np.array(truth["change_masks"][p]),
+            "keyword": truth["keyword"][p],
+        }
+
+    def findings(self, dicom_id: str) -> list[dict]:
+        """The ground-truth findings of an image (phantom caches; [] otherwise).
+
+        Returns:
+            [dict(name, location, level, type, mask (S, S) uint8 in {0, 1} in the image's cache frame)].
+        """
+        if not self.has_truth:
+            return []
+        truth = self._load_truth()
+        table, masks = truth["findings"], truth["finding_masks"]
+        rows = np.flatnonzero(table.dicom_id.to_numpy() == dicom_id)
+        return [
+            {k: table[k].iloc[i] for k in ("name", "location", "level", "type")} | {"mask": np.array(masks[i])}
+            for i in rows
+        ]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# command line
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        index, count = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise argparse.ArgumentTypeError(f"--shard {text!r}: expected 0 <= i < n")
+    return index, count
+
+
+def prepare_main(argv: Sequence[str] | None = None) -> int:
+    """``diffvqa prepare``: decode a release's images into a cache directory and print the report."""
+    parser = argparse.ArgumentParser(
+        prog="diffvqa prepare",
+        description="Decode every image a Medical-Diff-VQA release needs, once, into a memory-mapped cache. "
+        "Rerun the same command to resume an interrupted run.",
+    )
+    parser.add_argument("--release", type=Path, help="directory with mimic_pair_questions.csv and mimic_all.csv")
+    parser.add_argument("--images", type=Path, help="MIMIC-CXR-JPG root holding files/ (default: --release)")
+    parser.add_argument("--out", type=Path, required=True, help="the cache directory to write")
+    parser.add_argument("--size", type=int, default=128, help="S: images are resized and padded to S x S")
+    parser.add_argument("--workers", type=int, default=2, help="decoding processes")
+    parser.add_argument("--shard", type=_parse_shard, help="i/n: decode the i-th of n shards into --out")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD_DIR", help="merge finished shards into --out")
+    parser.add_argument("--strict", action="store_true", help="stop at the first skipped row or unreadable image")
+    parser.add_argument("--question-types", help="comma-separated, e.g. difference (default: all seven)")
+    parser.add_argument("--keep-bad-chronology", action="store_true", help="keep rows whose reference is not earlier")
+    parser.add_argument(
+        "--no-draft", action="store_true", help="decode JPEGs at full size (slower; ~0.1 gray level apart)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+
+    if args.release is None and not args.merge:
+        parser.error("--release is required (or --merge SHARD_DIR ...)")
+    try:
+        manifest_or_shard = _run(args)
+    except (ValueError, FileNotFoundError) as exc:  # bad input: say what and where, no traceback
+        parser.exit(2, f"diffvqa prepare: error: {exc}\n")
+    if args.shard is not None and not args.merge:
+        s = manifest_or_shard
+        print(
+            f"shard {args.shard[0]}/{args.shard[1]}: {s['decoded']:,} images decoded, {s['unreadable']:,} "
+            f"unreadable, in {args.out}; merge all shards with: diffvqa prepare --merge DIR ... --out DIR"
+        )
+    else:
+        print((args.out / REPORT).read_text(), end="")
+        print(f"cache written to {args.out}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> dict:
+    if args.merge:
+        return merge_shards(args.merge, args.out, args.workers, args.strict, not args.quiet)
+    types = [t.strip() for t in args.question_types.split(",") if t.strip()] if args.question_types else None
+    return prepare(
+        args.release,
+        args.images or args.release,
+        args.out,
+        size=args.size,
+        workers=args.workers,
+        shard=args.shard,
+        strict=args.strict,
+        question_types=types,
+        progress=not args.quiet,
+        draft=not args.no_draft,
+        keep_bad_chronology=args.keep_bad_chronology,
+    )

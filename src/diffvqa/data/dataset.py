@@ -1,0 +1,178 @@
+"""The torch side of the data: question/answer samples over a prepared cache, and batch collation.
+
+A sample is one question about one (main, reference) pair; both images come from the cache's memory map.
+Samples are dicts with stable keys (:class:`PairQADataset`); :class:`Collate` stacks them and, given a
+tokenizer, adds right-padded token ids and masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diffvqa.data.cache import ImageCache
+from diffvqa.data.release import QUESTION_TYPES, SPLITS
+
+ID_KEYS = ("question_index", "subject_id", "study_id", "ref_id", "main_dicom_id", "ref_dicom_id")
+
+
+def _choices(values, allowed: tuple[str, ...], what: str) -> list[str] | None:
+    if values is None:
+        return None
+    values = [values] if isinstance(values, str) else list(values)
+    unknown = [v for v in values if v not in allowed]
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown}; choose from {list(allowed)}")
+    return values
+
+
+class _Column:
+    """A column stored without a Python object per row; ``column[i]`` is a plain Python str or int.
+
+    Integers live in an int64 array; strings as int32 codes into their unique values.
+    """
+
+    def __init__(self, values: pd.Series):
+        if pd.api.types.is_integer_dtype(values):
+            self.codes, self.uniques = values.to_numpy(np.int64), None
+        else:
+            codes, uniques = pd.factorize(values, sort=False)
+            self.codes, self.uniques = codes.astype(np.int32), list(uniques)
+
+    def __getitem__(self, i: int):
+        code = self.codes[i]
+        return int(code) if self.uniques is None else self.uniques[code]
+
+
+class PairQADataset(torch.utils.data.Dataset):
+    """The questions of a prepared cache (one split, some question types) with their image pairs.
+
+    ``dataset[i]`` is a dict:
+
+    - ``main``, ``ref``: (1, S, S) float32 in [0, 1] (the current and the prior study)
+    - ``question``, ``answer`` (verbatim, e.g. with the difference answers' trailing space), ``question_type``: str
+    - ``ids``: dict(question_index, subject_id, study_id, ref_id: int; main_dicom_id, ref_dicom_id: str)
+    - ``truth`` (only in phantom caches, for pairs with ground truth): dict(``theta`` (2, 3) float32, the
+      ``align_corners=False`` affine that pulls the main image onto the reference, ``change_mask`` (1, S, S)
+      float32 in {0, 1} in the reference frame, ``keyword`` str: the question's ground-truth keyword)
+
+    Safe with DataLoader workers: the cache opens its memory map lazily in each worker.
+    """
+
+    def __init__(self, cache_dir: str | Path, split: str | None, question_types: Sequence[str] | None = None):
+        self.cache = ImageCache(cache_dir)
+        self.split = _choices(split, SPLITS, "split")[0] if split is not None else None
+        self.question_types = _choices(question_types, QUESTION_TYPES, "question type(s)")
+        q = self.cache.questions()
+        if self.split is not None:
+            q = q[q.split == self.split]
+        if self.question_types is not None:
+            q = q[q.question_type.isin(self.question_types)]
+        q = q.reset_index(drop=True)
+        self.questions = q
+        # Per-sample fields as integer codes into small tables of unique values: DataLoader workers forked
+        # from this process then share the pages instead of copying them as refcounts of millions of Python
+        # strings change (the answers of the whole release repeat a few thousand texts).
+        self._columns = {k: _Column(q[k]) for k in ("question", "answer", "question_type", *ID_KEYS)}
+        self._keywords = _Column(q.truth_keyword) if "truth_keyword" in q.columns else None
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def _image(self, dicom_id: str) -> torch.Tensor:
+        return torch.from_numpy(self.cache.image(dicom_id)).float().div_(255.0).unsqueeze(0)  # (1, S, S)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ids = {k: self._columns[k][i] for k in ID_KEYS}
+        sample = {
+            "main": self._image(ids["main_dicom_id"]),
+            "ref": self._image(ids["ref_dicom_id"]),
+            "question": self._columns["question"][i],
+            "answer": self._columns["answer"][i],
+            "question_type": self._columns["question_type"][i],
+            "ids": ids,
+        }
+        truth = self.cache.pair_truth(ids["study_id"], ids["ref_id"]) if self._keywords is not None else None
+        if truth is not None:
+            sample["truth"] = {
+                "theta": torch.from_numpy(truth["theta"]).float(),
+                "change_mask": torch.from_numpy(truth["change_mask"]).float().unsqueeze(0),
+                "keyword": self._keywords[i],
+            }
+        return sample
+
+    def texts(self) -> list[str]:
+        """This dataset's questions followed by its answers (e.g. to build a word vocabulary)."""
+        return self.questions.question.tolist() + self.questions.answer.tolist()
+
+
+def texts(cache_dir: str | Path, split: str | None = "train") -> list[str]:
+    """The questions followed by the answers of one split of a cache (all splits with None), without images."""
+    split = _choices(split, SPLITS, "split")[0] if split is not None else None
+    q = ImageCache(cache_dir).questions()
+    if split is not None:
+        q = q[q.split == split]
+    return q.question.tolist() + q.answer.tolist()
+
+
+class Collate:
+    """Stack samples of :class:`PairQADataset` into a batch.
+
+    Batch keys: ``main``, ``ref`` (B, 1, S, S); ``question``, ``answer``, ``question_type``: lists of str;
+    ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``: dict(``theta`` (B, 2, 3),
+    ``change_mask`` (B, 1, S, S), ``keyword`` list of str) when every sample has ground truth, else None.
+    With a tokenizer also ``question_ids``, ``question_mask`` (B, Lq) and ``answer_ids``, ``answer_mask``
+    (B, La): LongTensors right-padded with ``tokenizer.pad_id`` to the longest in the batch, truncated to
+    ``max_question_tokens`` / ``max_answer_tokens``; masks are 1 on real tokens. No special tokens are added
+    (the model frames the sequence).
+
+    The tokenizer is duck-typed: ``encode(text) -> list[int]`` and ``pad_id``. A Collate pickles (with a
+    picklable tokenizer), so it works with DataLoader workers.
+    """
+
+    def __init__(self, tokenizer=None, max_question_tokens: int = 24, max_answer_tokens: int = 64):
+        if max_question_tokens < 1 or max_answer_tokens < 1:
+            raise ValueError(
+                f"max_question_tokens={max_question_tokens}, max_answer_tokens={max_answer_tokens}: expected >= 1"
+            )
+        self.tokenizer = tokenizer
+        self.max_question_tokens = max_question_tokens
+        self.max_answer_tokens = max_answer_tokens
+
+    def _pad(self, texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = [list(self.tokenizer.encode(t))[:limit] for t in texts]
+        length = max(1, max(len(e) for e in encoded))  # never a zero-width tensor
+        ids = torch.full((len(texts), length), int(self.tokenizer.pad_id), dtype=torch.long)
+        mask = torch.zeros((len(texts), length), dtype=torch.long)
+        for row, tokens in enumerate(encoded):
+            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+            mask[row, : len(tokens)] = 1
+        return ids, mask
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        if not samples:
+            raise ValueError("cannot collate an empty list of samples")
+        batch: dict[str, Any] = {
+            "main": torch.stack([s["main"] for s in samples]),
+            "ref": torch.stack([s["ref"] for s in samples]),
+            "question": [s["question"] for s in samples],
+            "answer": [s["answer"] for s in samples],
+            "question_type": [s["question_type"] for s in samples],
+            "ids": {k: [s["ids"][k] for s in samples] for k in samples[0]["ids"]},
+            "truth": None,
+        }
+        if all("truth" in s for s in samples):
+            batch["truth"] = {
+                "theta": torch.stack([s["truth"]["theta"] for s in samples]),
+                "change_mask": torch.stack([s["truth"]["change_mask"] for s in samples]),
+                "keyword": [s["truth"]["keyword"] for s in samples],
+            }
+        if self.tokenizer is not None:
+            batch["question_ids"], batch["question_mask"] = self._pad(batch["question"], self.max_question_tokens)
+            batch["answer_ids"], batch["answer_mask"] = self._pad(batch["answer"], self.max_answer_tokens)
+        return batch
