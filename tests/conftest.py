@@ -84,3 +84,15 @@ def gpt2_dir(tmp_path):
     shutil.copy(data / "encoder.json", directory / "vocab.json")
     shutil.copy(data / "vocab.bpe", directory / "merges.txt")
     return directory
+
+
+@pytest.fixture(scope="session")
+def phantom_cache(tmp_path_factory):
+    """A small phantom release prepared at S=64 (the tiny config's size), shared by the tests that train."""
+    from diffvqa.data.cache import prepare
+    from diffvqa.data.phantom import simulate
+
+    root = tmp_path_factory.mktemp("phantom")
+    simulate(root / "release", pairs=48, seed=3, size=(160, 128), progress=False)
+    prepare(root / "release", root / "release", root / "cache", size=64, workers=1, progress=False)
+    return root / "cache"

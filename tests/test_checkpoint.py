@@ -47,7 +47,7 @@ def test_missing_and_unexpected_keys_are_named(tiny_model, tmp_path):
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json"):
+    with pytest.raises(FileNotFoundError, match="config.json"):  # names what a checkpoint holds
         load_checkpoint(tmp_path)
 
 

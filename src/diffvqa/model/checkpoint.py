@@ -106,10 +106,7 @@ def find_checkpoint(path: str | Path) -> Path:
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> DiffVQA:
     """Rebuild a :class:`DiffVQA` from a checkpoint directory or a training run directory (its best, else
     latest checkpoint). Pretrained-weight paths are not needed."""
-    directory = find_checkpoint(directory) if not (Path(directory) / CONFIG_FILE).is_file() else Path(directory)
-    for name in (CONFIG_FILE, WEIGHTS_FILE):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory}: not a diffvqa checkpoint (missing {name})")
+    directory = find_checkpoint(directory)
     config = Config.load(directory / CONFIG_FILE)
     tokenizer = Tokenizer.load(directory, config.model.tokenizer)
     model = DiffVQA(config, tokenizer, load_pretrained=False)

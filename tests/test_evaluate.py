@@ -1,0 +1,83 @@
+import json
+
+import pytest
+import torch
+
+from diffvqa.evaluate import evaluate, evenly_spaced, format_table, main, pointing_hits
+from diffvqa.train import main as train_main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(phantom_cache, tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    argv = ["--data", str(phantom_cache), "--out", str(run), "--preset", "tiny", "--no-progress", "train.steps=2"]
+    assert train_main(argv) == 0
+    return run
+
+
+def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["--checkpoint", str(tiny_run), "--data", str(phantom_cache), "--out", str(out), "--no-progress"]) == 0
+    records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert records
+    keys = {
+        "question_index",
+        "study_id",
+        "ref_id",
+        "subject_id",
+        "main_dicom_id",
+        "ref_dicom_id",
+        "question_type",
+        "question",
+        "answer",
+        "preliminary",
+        "final",
+        "keyword",
+    }
+    assert all(keys <= set(r) for r in records)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for group in ("difference", "all"):
+        assert {"BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"} <= set(metrics[group])
+    assert {"accuracy_closed", "accuracy_open", "per_type", "implementation"} <= set(metrics)
+    assert 0.0 <= metrics["pointing_game"] <= 1.0 and metrics["pointing_game_n"] > 0
+    # an untrained aligner is near the identity: the error ratio is close to 1
+    assert metrics["registration_error_ratio"] == pytest.approx(1.0, abs=0.2)
+    assert metrics["run"]["mode"] == "two-pass" and metrics["run"]["questions"] == len(records)
+    html = (out / "report.html").read_text()
+    assert "report_images/" in html
+
+
+def test_single_pass_and_question_type_filter(tiny_run, phantom_cache, tmp_path):
+    metrics = evaluate(
+        tiny_run, phantom_cache, tmp_path, question_types=["difference"], single_pass=True, report=False, progress=False
+    )
+    assert metrics["run"]["mode"] == "single-pass" and "pointing_game" not in metrics
+    assert metrics["all"]["n"] == metrics["difference"]["n"] == metrics["run"]["questions"]
+
+
+def test_evaluate_errors_are_named(tiny_run, phantom_cache, tmp_path, capsys):
+    assert main(["--checkpoint", str(tmp_path), "--data", str(phantom_cache), "--out", str(tmp_path / "o")]) == 2
+    assert "best" in capsys.readouterr().err
+
+
+def test_pointing_hits():
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[0, 0, 1, 1] = 1.0
+    mask[1, 0, 3, 3] = 1.0
+    change = torch.zeros(2, 1, 4, 4)
+    change[:, 0, :2, :2] = 1.0
+    assert pointing_hits(mask, change).tolist() == [True, False]
+
+
+def test_evenly_spaced():
+    assert evenly_spaced(10, 0) == list(range(10))
+    assert evenly_spaced(10, 5) == [0, 2, 4, 6, 8]
+    assert evenly_spaced(3, 5) == [0, 1, 2]
+
+
+def test_format_table_with_baseline():
+    model = {"difference": {"BLEU-1": 0.5, "CIDEr": 1.2}, "accuracy_closed": 0.8}
+    blind = {"difference": {"BLEU-1": 0.3, "CIDEr": 0.4}, "accuracy_closed": 0.5}
+    table = format_table(model, blind)
+    assert "difference CIDEr" in table and "0.800" in table and "0.300" in table
+    assert "registration" not in table  # rows with no value on either side are left out

@@ -1,0 +1,126 @@
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffvqa.model.checkpoint import load_checkpoint, read_pointer
+from diffvqa.train import StepBatchSampler, learning_rate_factor, main
+
+TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8"]
+
+
+def test_main_trains_two_steps_and_writes_a_loadable_checkpoint(phantom_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["--data", str(phantom_cache), "--out", str(run), *TINY, "train.steps=2"]) == 0
+    latest = read_pointer(run, "latest")
+    assert latest.name == "step-0000002" and (latest / "trainer_state.pt").is_file()
+    assert read_pointer(run, "best") == latest  # validated at the last step
+    model = load_checkpoint(run)
+    assert model.config.train.steps == 2
+    log = (run / "metrics.jsonl").read_text().splitlines()
+    assert any('"val/CIDEr"' in line for line in log) and any('"loss/answer_masked"' in line for line in log)
+    # a second run into the same directory is refused, not overwritten
+    assert main(["--data", str(phantom_cache), "--out", str(run), *TINY, "train.steps=2"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+
+
+def _params(run):
+    return load_file(str(read_pointer(run, "latest") / "model.safetensors"))
+
+
+def test_resume_is_exact(phantom_cache, tmp_path):
+    """4 steps straight == 2 steps, stop, --resume, 2 more (identical parameters on CPU)."""
+    common = [*TINY, "train.steps=4", "train.checkpoint_every=2", "model.decoder_dropout=0.1"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    assert main(["--data", str(phantom_cache), "--out", str(straight), *common]) == 0
+    assert main(["--data", str(phantom_cache), "--out", str(resumed), *common, "--stop-after", "2"]) == 0
+    assert read_pointer(resumed, "latest").name == "step-0000002"
+    halfway = _params(resumed)
+    assert main(["--data", str(phantom_cache), "--out", str(resumed), "--resume", "--no-progress"]) == 0
+    a, b = _params(straight), _params(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], halfway[k]) for k in a)  # steps 3-4 really trained
+
+
+def test_resume_refuses_a_changed_config(phantom_cache, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["--data", str(phantom_cache), "--out", str(run), *TINY, "train.steps=2"]) == 0
+    assert main(["--data", str(phantom_cache), "--out", str(run), "--resume", "train.lr=1.0"]) == 2
+    assert "train.lr" in capsys.readouterr().err
+
+
+def test_truth_keywords_and_ablation_keys(phantom_cache, tmp_path):
+    run = tmp_path / "run"
+    argv = [
+        "--data",
+        str(phantom_cache),
+        "--out",
+        str(run),
+        *TINY,
+        "train.steps=1",
+        "saliency.keyword_source=truth",
+        "saliency.mask=mean",
+        "model.align=false",
+        "model.align_reg_weights=[0, 0, 0]",
+    ]
+    assert main(argv) == 0
+    assert load_checkpoint(run).aligner is None
+
+
+def test_bad_data_directory(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
+
+
+def test_sampler_is_a_function_of_seed_and_step():
+    full = list(StepBatchSampler(size=50, batch_size=4, steps=30, seed=1))
+    tail = list(StepBatchSampler(size=50, batch_size=4, steps=30, seed=1, start_step=17))
+    assert full[17:] == tail
+    epoch = [i for batch in full[:12] for i in batch]  # 12 batches of 4 per epoch (2 dropped)
+    assert len(set(epoch)) == 48
+    ranks = [list(StepBatchSampler(50, 2, 30, 1, rank=r, world=2)) for r in (0, 1)]
+    assert [a + b for a, b in zip(*ranks, strict=True)] == full  # the ranks split each global batch
+
+
+def test_learning_rate_schedule():
+    assert learning_rate_factor(0, 10, 100) == pytest.approx(0.1)
+    assert learning_rate_factor(9, 10, 100) == pytest.approx(1.0)
+    assert learning_rate_factor(55, 10, 100) == pytest.approx(0.5)
+    assert learning_rate_factor(100, 10, 100) == pytest.approx(0.0)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_through_the_cli(phantom_cache, tmp_path):
+    run = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "diffvqa.cli",
+            "train",
+            "--data",
+            str(phantom_cache),
+            "--out",
+            str(run),
+            *TINY,
+            "train.steps=2",
+            "train.batch_size=2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert read_pointer(run, "latest").name == "step-0000002"
+    assert result.stdout.count("run:") == 1  # only rank 0 reports and writes
+    load_checkpoint(run)
