@@ -298,23 +298,25 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         from tqdm import tqdm
 
         bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
-    step, tic, pairs = start_step, time.perf_counter(), 0
+    step, busy, pairs = start_step, 0.0, 0  # pairs/s counts training time only (not validation or saving)
     for batch in loader:
         if step >= end_step:
             break
+        tic = time.perf_counter()
         keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
         keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
         record = train_one_step(guided, _to(batch, dev), keyword_mask.to(dev), optimizer, scheduler, config, dev)
         step += 1
         pairs += len(batch["answer"]) * world
+        busy += time.perf_counter() - tic
         if bar is not None:
             bar.update(1)
         if step % t.log_every == 0 or step == end_step:
-            rate = pairs / (time.perf_counter() - tic)
+            rate = pairs / busy
             log.write({"step": step, **record, "pairs_per_s": rate})
             if bar is not None:
                 bar.set_postfix(loss=f"{record['loss']:.3f}", pairs_s=f"{rate:.1f}")
-            tic, pairs = time.perf_counter(), 0
+            busy, pairs = 0.0, 0
         at_eval = step % t.eval_every == 0 or step == t.steps
         at_checkpoint = at_eval or step % t.checkpoint_every == 0 or step == end_step
         if at_checkpoint and is_main:
