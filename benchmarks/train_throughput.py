@@ -28,7 +28,7 @@ from diffvqa.data.text import build_word_tokenizer, load_gpt2_tokenizer
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA
-from diffvqa.saliency.keywords import lexicon_keyword
+from diffvqa.saliency.lexicon import lexicon_keyword
 
 QA = [
     ("what has changed compared to the reference image?",

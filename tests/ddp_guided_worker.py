@@ -11,7 +11,7 @@ from diffvqa.data.text import build_word_tokenizer
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA
-from diffvqa.saliency.keywords import lexicon_keyword
+from diffvqa.saliency.lexicon import lexicon_keyword
 
 QUESTIONS = ["what has changed compared to the reference image?", "is there edema?"]
 ANSWERS = ["the main image has an additional finding of edema than the reference image. ", "yes"]
@@ -52,6 +52,10 @@ def main(out_dir: str) -> None:
     if rank == 0:
         diff = (gathered[0] - gathered[1]).abs().max().item()
         Path(out_dir, "ddp_report.txt").write_text(f"{'identical' if diff == 0 else 'different'} {diff} {STEPS}\n")
+    # Release DDP's reducer while the process group is alive: tearing it down after destroy_process_group
+    # can leave a gloo rank hanging at interpreter exit.
+    del ddp, optimiser
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -82,7 +82,7 @@ def test_ask_png_writes_answers_and_pictures(checkpoint, tmp_path, capsys):
     from diffvqa.data.images import load_image
     from diffvqa.model.checkpoint import load_checkpoint
     from diffvqa.saliency.guided import two_pass_answer
-    from diffvqa.saliency.keywords import lexicon_keyword
+    from diffvqa.saliency.lexicon import lexicon_keyword
 
     main_path = _write_png(tmp_path / "current.png", 90, 70, seed=1)  # portrait: padded left and right
     ref_path = _write_png(tmp_path / "prior.png", 80, 80, seed=2)

@@ -8,7 +8,7 @@ import torch
 
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer
-from diffvqa.saliency.keywords import lexicon_keyword
+from diffvqa.saliency.lexicon import lexicon_keyword
 from diffvqa.saliency.mask import MASK_VARIANTS, apply_mask, shared_mask
 
 

@@ -14,18 +14,8 @@ import pytest
 from fake_llm_server import FakeLLM
 
 from diffvqa.saliency import keywords as kw
-from diffvqa.saliency.keywords import (
-    FINDINGS,
-    SYNONYMS,
-    LLMKeywords,
-    keyword_spans,
-    keywords_main,
-    lexicon_keyword,
-    make_keyword_fn,
-    normalise_keyword,
-    parse_reply,
-    precompute_keywords,
-)
+from diffvqa.saliency.keywords import LLMKeywords, keywords_main, make_keyword_fn, parse_reply, precompute_keywords
+from diffvqa.saliency.lexicon import FINDINGS, SYNONYMS, keyword_spans, lexicon_keyword, normalise_keyword
 
 # DATA.md's list, typed again here so that FINDINGS is checked against the document, not against itself.
 DATA_MD_FINDINGS = (

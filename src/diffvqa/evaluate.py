@@ -25,7 +25,8 @@ from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
-from diffvqa.saliency.keywords import lexicon_keyword, make_keyword_fn
+from diffvqa.saliency.keywords import make_keyword_fn
+from diffvqa.saliency.lexicon import lexicon_keyword
 
 
 def evenly_spaced(size: int, count: int) -> list[int]:

@@ -338,6 +338,10 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         bar.close()
     log.close()
     if world > 1:
+        # Release DDP's reducer while the process group is alive: tearing it down after destroy_process_group
+        # can leave a gloo rank hanging at interpreter exit.
+        del guided
+        dist.barrier()
         dist.destroy_process_group()
     return run_dir
 

@@ -4,7 +4,7 @@ Decoding a 2500 x 3000 JPEG costs tens of milliseconds; training reads each imag
 ``diffvqa prepare`` decodes every needed image once (reduced-size JPEG decoding + aspect-preserving resize + pad,
 ``diffvqa.data.images``) and training reads S x S bytes from a memory map.
 
-Cache directory layout (``S`` = size, ``N`` = images, ``P`` = pairs, ``F`` = findings)::
+Cache directory layout (``S`` = size, ``N`` = images)::
 
     manifest.json           written last: sources, size, preprocessing, versions, counts, skips by reason
     report.txt              the reader's report plus the cache's counts (what ``diffvqa prepare`` prints)
@@ -18,19 +18,8 @@ Cache directory layout (``S`` = size, ``N`` = images, ``P`` = pairs, ``F`` = fin
     unreadable.tsv          row, dicom_id, error for each unreadable image
     prepare.json            the settings and the image list's digest, written first (resume/merge checks)
     reader.json, reader_questions.csv   the reader's counts and table, staged for finalising (and merging)
-    truth/                  phantom releases only:
-        pairs.csv           one row per (study_id, ref_id) of questions.csv: main/ref dicom ids, has_truth,
-                            keyword
-        theta.npy           (P, 2, 3) float64 theta_true (NaN where has_truth is 0)
-        change_masks.u8.npy (P, S, S) uint8 in {0, 1}, in the reference image's cache frame
-        findings.csv        one row per finding of a cached image: dicom_id, name, location, level, type
-        finding_masks.u8.npy (F, S, S) uint8 in {0, 1}, in that image's cache frame
-
-theta_true (normalised coordinates of the S x S frames, ``align_corners=False``, pull direction): for a point u
-of the reference frame, ``theta_true @ [u, 1]`` is where the same anatomy lies in the main frame, so
-``grid_sample(main, affine_grid(theta_true, align_corners=False), align_corners=False) ~ ref``. With
-N = original pixel -> normalised cache coordinates (``Geometry.normalised_matrix``) and M the phantom's
-reference-pixel -> main-pixel map: ``theta_true = N_main @ M @ N_ref^-1``.
+    truth/                  phantom releases only: theta_true, change and finding masks in the cache frames
+                            (layout and conventions: :mod:`diffvqa.data.cache_truth`)
 
 Resuming: images are decoded in chunks; every ``CHECKPOINT_SECONDS`` (and when a run is interrupted) the finished
 chunks' pixels and geometry are flushed to disk before their ``status`` entries are written and flushed, so
@@ -42,6 +31,7 @@ Sharding: ``shard=(i, n)`` decodes rows ``i, i + n, i + 2n, ...`` into its own d
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -55,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.data.cache_truth import CacheTruth, write_truth
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, Geometry, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
 
@@ -70,7 +61,6 @@ UNREADABLE = "unreadable.tsv"
 PARAMS = "prepare.json"
 READER = "reader.json"
 READER_QUESTIONS = "reader_questions.csv"
-TRUTH = "truth"
 
 PENDING, DONE, UNREADABLE_IMAGE = 0, 1, 2
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
@@ -98,21 +88,6 @@ def _decode_chunk(job: tuple[list[int], list[str], int, bool]) -> list[tuple]:
         except ImageReadError as exc:
             out.append((row, None, None, str(exc)))
     return out
-
-
-def _mask_job(job: tuple[str, tuple[int, ...], int]) -> np.ndarray:
-    """A 0/255 PNG in an image's original frame -> (S, S) uint8 {0, 1} in its cache frame."""
-    from PIL import Image
-
-    path, geometry_ints, size = job
-    geometry = _geometry(geometry_ints, size)
-    with Image.open(path) as image:
-        mask = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    if mask.shape != (geometry.orig_h, geometry.orig_w):
-        raise ValueError(
-            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {geometry.orig_h}x{geometry.orig_w}"
-        )
-    return (geometry.to_cache_frame(mask) >= 0.5).astype(np.uint8)
 
 
 def _geometry(ints: Sequence[int], size: int) -> Geometry:
@@ -348,7 +323,9 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
     truth_summary = None
     if release.truth is not None:
         questions["truth_keyword"] = [release.truth.keywords.get(int(i), "") for i in questions.question_index]
-        truth_summary = _write_truth(out, release, index, geometry, status, size, workers, progress)
+        decoded = {d: _geometry(geometry[i], size) for i, d in enumerate(index.dicom_id) if status[i] == DONE}
+        imap = functools.partial(_imap, workers=workers, ordered=True)
+        truth_summary = write_truth(out, release, decoded, size, imap, progress)
     questions.to_csv(out / QUESTIONS, index=False, lineterminator="\n")
 
     manifest = {
@@ -376,91 +353,6 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
     (out / REPORT).write_text(_report(release, manifest) + "\n")
     _write_json(out / MANIFEST, manifest)
     return manifest
-
-
-def _write_truth(
-    out: Path,
-    release: Release,
-    index: pd.DataFrame,
-    geometry: np.ndarray,
-    status: np.ndarray,
-    size: int,
-    workers: int,
-    progress: bool,
-) -> dict:
-    """Carry the phantom's ground truth into the cache frames (truth/, see the module docstring)."""
-    from tqdm import tqdm
-
-    truth = release.truth
-    directory = out / TRUTH
-    directory.mkdir(exist_ok=True)
-    row_of = {d: i for i, d in enumerate(index.dicom_id) if status[i] == DONE}  # decoded images only
-    q = release.questions
-    pairs = q[["study_id", "ref_id", "main_dicom_id", "ref_dicom_id"]].drop_duplicates(["study_id", "ref_id"])
-    pairs = pairs.sort_values(["study_id", "ref_id"], kind="stable").reset_index(drop=True)
-    gt_row = {
-        (int(s), int(r)): i for i, (s, r) in enumerate(zip(truth.pairs.study_id, truth.pairs.ref_id, strict=True))
-    }
-
-    thetas = np.full((len(pairs), 2, 3), np.nan)
-    has_truth = np.zeros(len(pairs), np.int8)
-    keywords, mask_jobs = [], []
-    for p, pair in enumerate(pairs.itertuples(index=False)):
-        g = gt_row.get((int(pair.study_id), int(pair.ref_id)))
-        main_geo = _geometry(geometry[row_of[pair.main_dicom_id]], size)
-        ref_geo = _geometry(geometry[row_of[pair.ref_dicom_id]], size)
-        if g is None:
-            keywords.append("")
-            mask_jobs.append(None)
-            continue
-        has_truth[p] = 1
-        m = np.vstack([truth.matrix(g), [0.0, 0.0, 1.0]])
-        thetas[p] = (main_geo.normalised_matrix() @ m @ np.linalg.inv(ref_geo.normalised_matrix()))[:2]
-        keywords.append(truth.pairs.keyword.iloc[g])
-        mask_file = truth.pairs.change_mask_file.iloc[g]
-        mask_jobs.append(
-            (str(truth.directory / mask_file), tuple(geometry[row_of[pair.ref_dicom_id]]), size) if mask_file else None
-        )
-
-    findings = truth.findings[truth.findings.dicom_id.isin(row_of)].reset_index(drop=True)
-    finding_jobs = [
-        (str(truth.directory / f), tuple(geometry[row_of[d]]), size) if f else None
-        for f, d in zip(findings.mask_file, findings.dicom_id, strict=True)
-    ]
-    jobs = [j for j in mask_jobs + finding_jobs if j is not None]
-    masks = iter(
-        tqdm(_imap(_mask_job, jobs, workers, ordered=True), total=len(jobs), desc="truth masks", disable=not progress)
-    )
-
-    change = np.lib.format.open_memmap(
-        directory / "change_masks.u8.npy", mode="w+", dtype=np.uint8, shape=(len(pairs), size, size)
-    )
-    for p, job in enumerate(mask_jobs):
-        if job is not None:
-            change[p] = next(masks)
-    change.flush()
-    finding_masks = np.lib.format.open_memmap(
-        directory / "finding_masks.u8.npy", mode="w+", dtype=np.uint8, shape=(len(findings), size, size)
-    )
-    for f, job in enumerate(finding_jobs):
-        if job is not None:
-            finding_masks[f] = next(masks)
-    finding_masks.flush()
-    del change, finding_masks
-
-    pairs["has_truth"] = has_truth
-    pairs["keyword"] = keywords
-    pairs.to_csv(directory / "pairs.csv", index=False, lineterminator="\n")
-    np.save(directory / "theta.npy", thetas)
-    findings[["dicom_id", "name", "location", "level", "type"]].to_csv(
-        directory / "findings.csv", index=False, lineterminator="\n"
-    )
-    return {
-        "pairs": len(pairs),
-        "pairs_with_truth": int(has_truth.sum()),
-        "findings": len(findings),
-        "questions_with_keyword": int(sum(int(i) in truth.keywords for i in q.question_index)),
-    }
 
 
 def _report(release: Release, manifest: dict) -> str:
@@ -629,7 +521,7 @@ class ImageCache:
         self._geometry = np.load(self.directory / GEOMETRY)  # (N, 6) int32, small
         self._status = np.load(self.directory / STATUS)
         self._images: np.ndarray | None = None
-        self._truth: dict | None = None  # the ground-truth tables and memory maps, loaded on first use
+        self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use
 
     def __len__(self) -> int:
         return len(self.dicom_ids)
@@ -670,57 +562,20 @@ class ImageCache:
 
     @property
     def has_truth(self) -> bool:
-        return (self.directory / TRUTH / "pairs.csv").is_file()
+        return CacheTruth.exists(self.directory)
 
-    def _load_truth(self) -> dict:
+    def _load_truth(self) -> CacheTruth:
         if self._truth is None:
-            directory = self.directory / TRUTH
-            pairs = pd.read_csv(directory / "pairs.csv", dtype={"keyword": str}, keep_default_na=False)
-            keys = zip(pairs.study_id.tolist(), pairs.ref_id.tolist(), strict=True)
-            self._truth = {
-                "pair": {key: i for i, key in enumerate(keys)},
-                "has_truth": pairs.has_truth.to_numpy(bool),
-                "keyword": pairs.keyword.tolist(),
-                "theta": np.load(directory / "theta.npy"),
-                "findings": pd.read_csv(directory / "findings.csv", dtype=str, keep_default_na=False),
-                "change_masks": np.load(directory / "change_masks.u8.npy", mmap_mode="r"),
-                "finding_masks": np.load(directory / "finding_masks.u8.npy", mmap_mode="r"),
-            }
+            self._truth = CacheTruth(self.directory)
         return self._truth
 
     def pair_truth(self, study_id: int, ref_id: int) -> dict | None:
-        """Ground truth of a pair (phantom caches), else None.
-
-        Returns:
-            dict(theta (2, 3) float64, change_mask (S, S) uint8 in {0, 1} in the reference frame, keyword str).
-        """
-        if not self.has_truth:
-            return None
-        truth = self._load_truth()
-        p = truth["pair"].get((int(study_id), int(ref_id)))
-        if p is None or not truth["has_truth"][p]:
-            return None
-        return {
-            "theta": truth["theta"][p].copy(),
-            "change_mask": np.array(truth["change_masks"][p]),
-            "keyword": truth["keyword"][p],
-        }
+        """Ground truth of a pair (phantom caches), else None (:meth:`.CacheTruth.pair`)."""
+        return self._load_truth().pair(study_id, ref_id) if self.has_truth else None
 
     def findings(self, dicom_id: str) -> list[dict]:
-        """The ground-truth findings of an image (phantom caches; [] otherwise).
-
-        Returns:
-            [dict(name, location, level, type, mask (S, S) uint8 in {0, 1} in the image's cache frame)].
-        """
-        if not self.has_truth:
-            return []
-        truth = self._load_truth()
-        table, masks = truth["findings"], truth["finding_masks"]
-        rows = np.flatnonzero(table.dicom_id.to_numpy() == dicom_id)
-        return [
-            {k: table[k].iloc[i] for k in ("name", "location", "level", "type")} | {"mask": np.array(masks[i])}
-            for i in rows
-        ]
+        """The ground-truth findings of an image (phantom caches; [] otherwise; :meth:`.CacheTruth.findings`)."""
+        return self._load_truth().findings(dicom_id) if self.has_truth else []
 
 
 # ----------------------------------------------------------------------------------------------------------

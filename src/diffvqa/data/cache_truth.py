@@ -1,0 +1,181 @@
+"""Ground truth in a prepared cache (phantom releases): the phantom's affines and masks in the cache frames.
+
+:func:`write_truth` carries a release's ``ground_truth/`` (``diffvqa.data.release.GroundTruth``, contract in
+``diffvqa.data.phantom``) into the S x S frames of ``diffvqa prepare``'s cache; :class:`CacheTruth` reads it
+back for :class:`diffvqa.data.cache.ImageCache`. Layout of ``truth/`` (``P`` = pairs, ``F`` = findings)::
+
+    pairs.csv             one row per (study_id, ref_id) of questions.csv: main/ref dicom ids, has_truth, keyword
+    theta.npy             (P, 2, 3) float64 theta_true (NaN where has_truth is 0)
+    change_masks.u8.npy   (P, S, S) uint8 in {0, 1}, in the reference image's cache frame
+    findings.csv          one row per finding of a cached image: dicom_id, name, location, level, type
+    finding_masks.u8.npy  (F, S, S) uint8 in {0, 1}, in that image's cache frame
+
+theta_true (normalised coordinates of the S x S frames, ``align_corners=False``, pull direction): for a point u
+of the reference frame, ``theta_true @ [u, 1]`` is where the same anatomy lies in the main frame, so
+``grid_sample(main, affine_grid(theta_true, align_corners=False), align_corners=False) ~ ref``. With
+N = original pixel -> normalised cache coordinates (``Geometry.normalised_matrix``) and M the phantom's
+reference-pixel -> main-pixel map: ``theta_true = N_main @ M @ N_ref^-1``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffvqa.data.images import Geometry
+from diffvqa.data.release import Release
+
+TRUTH = "truth"
+
+MaskJob = tuple[str, Geometry]  # (mask PNG path, geometry of the image whose frame it is in)
+
+
+def mask_to_cache_frame(job: MaskJob) -> np.ndarray:
+    """A 0/255 PNG in an image's original frame -> (S, S) uint8 {0, 1} in its cache frame (runs in workers)."""
+    from PIL import Image
+
+    path, geometry = job
+    with Image.open(path) as image:
+        mask = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    if mask.shape != (geometry.orig_h, geometry.orig_w):
+        raise ValueError(
+            f"{path}: mask is {mask.shape[0]}x{mask.shape[1]} but its image is {geometry.orig_h}x{geometry.orig_w}"
+        )
+    return (geometry.to_cache_frame(mask) >= 0.5).astype(np.uint8)
+
+
+def _write_masks(path: Path, jobs: list[MaskJob | None], masks: Iterator[np.ndarray], size: int) -> None:
+    """A (len(jobs), S, S) uint8 array file: the next of ``masks`` for each job, zeros where a job is None."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(jobs), size, size))
+    for i, job in enumerate(jobs):
+        if job is not None:
+            array[i] = next(masks)
+    array.flush()
+
+
+def write_truth(
+    out: Path,
+    release: Release,
+    geometries: Mapping[str, Geometry],
+    size: int,
+    imap: Callable[[Callable, list], Iterable] = map,
+    progress: bool = False,
+) -> dict:
+    """Carry the phantom's ground truth into the cache frames: ``out/truth/`` (layout in the module docstring).
+
+    Args:
+        out: the cache directory.
+        release: the reader's release (``release.truth`` set), without the questions of unreadable images.
+        geometries: dicom_id -> cache geometry of every decoded image.
+        size: S.
+        imap: an ordered map over the mask jobs (the caller's process pool; ``map`` decodes them here).
+        progress: show a tqdm bar.
+
+    Returns:
+        Counts: pairs, pairs_with_truth, findings, questions_with_keyword.
+    """
+    from tqdm import tqdm
+
+    truth = release.truth
+    directory = out / TRUTH
+    directory.mkdir(exist_ok=True)
+    q = release.questions
+    pairs = q[["study_id", "ref_id", "main_dicom_id", "ref_dicom_id"]].drop_duplicates(["study_id", "ref_id"])
+    pairs = pairs.sort_values(["study_id", "ref_id"], kind="stable").reset_index(drop=True)
+    gt_row = {
+        (int(s), int(r)): i for i, (s, r) in enumerate(zip(truth.pairs.study_id, truth.pairs.ref_id, strict=True))
+    }
+
+    thetas = np.full((len(pairs), 2, 3), np.nan)
+    has_truth = np.zeros(len(pairs), np.int8)
+    keywords: list[str] = []
+    mask_jobs: list[MaskJob | None] = []
+    for p, pair in enumerate(pairs.itertuples(index=False)):
+        g = gt_row.get((int(pair.study_id), int(pair.ref_id)))
+        main_geo = geometries[pair.main_dicom_id]
+        ref_geo = geometries[pair.ref_dicom_id]
+        if g is None:
+            keywords.append("")
+            mask_jobs.append(None)
+            continue
+        has_truth[p] = 1
+        m = np.vstack([truth.matrix(g), [0.0, 0.0, 1.0]])
+        thetas[p] = (main_geo.normalised_matrix() @ m @ np.linalg.inv(ref_geo.normalised_matrix()))[:2]
+        keywords.append(truth.pairs.keyword.iloc[g])
+        mask_file = truth.pairs.change_mask_file.iloc[g]
+        mask_jobs.append((str(truth.directory / mask_file), ref_geo) if mask_file else None)
+
+    findings = truth.findings[truth.findings.dicom_id.isin(geometries)].reset_index(drop=True)
+    finding_jobs = [
+        (str(truth.directory / f), geometries[d]) if f else None
+        for f, d in zip(findings.mask_file, findings.dicom_id, strict=True)
+    ]
+    jobs = [j for j in mask_jobs + finding_jobs if j is not None]
+    masks = iter(tqdm(imap(mask_to_cache_frame, jobs), total=len(jobs), desc="truth masks", disable=not progress))
+    _write_masks(directory / "change_masks.u8.npy", mask_jobs, masks, size)
+    _write_masks(directory / "finding_masks.u8.npy", finding_jobs, masks, size)
+
+    pairs["has_truth"] = has_truth
+    pairs["keyword"] = keywords
+    pairs.to_csv(directory / "pairs.csv", index=False, lineterminator="\n")
+    np.save(directory / "theta.npy", thetas)
+    findings[["dicom_id", "name", "location", "level", "type"]].to_csv(
+        directory / "findings.csv", index=False, lineterminator="\n"
+    )
+    return {
+        "pairs": len(pairs),
+        "pairs_with_truth": int(has_truth.sum()),
+        "findings": len(findings),
+        "questions_with_keyword": int(sum(int(i) in truth.keywords for i in q.question_index)),
+    }
+
+
+class CacheTruth:
+    """A cache's ``truth/`` read back: the tables in memory, the masks memory-mapped read-only."""
+
+    def __init__(self, cache_dir: str | Path):
+        directory = Path(cache_dir) / TRUTH
+        pairs = pd.read_csv(directory / "pairs.csv", dtype={"keyword": str}, keep_default_na=False)
+        keys = zip(pairs.study_id.tolist(), pairs.ref_id.tolist(), strict=True)
+        self.pair_row = {key: i for i, key in enumerate(keys)}
+        self.has_truth = pairs.has_truth.to_numpy(bool)
+        self.keyword = pairs.keyword.tolist()
+        self.theta = np.load(directory / "theta.npy")
+        self.findings_table = pd.read_csv(directory / "findings.csv", dtype=str, keep_default_na=False)
+        self.change_masks = np.load(directory / "change_masks.u8.npy", mmap_mode="r")
+        self.finding_masks = np.load(directory / "finding_masks.u8.npy", mmap_mode="r")
+
+    @staticmethod
+    def exists(cache_dir: str | Path) -> bool:
+        return (Path(cache_dir) / TRUTH / "pairs.csv").is_file()
+
+    def pair(self, study_id: int, ref_id: int) -> dict | None:
+        """Ground truth of a pair, or None when the pair has none.
+
+        Returns:
+            dict(theta (2, 3) float64, change_mask (S, S) uint8 in {0, 1} in the reference frame, keyword str).
+        """
+        p = self.pair_row.get((int(study_id), int(ref_id)))
+        if p is None or not self.has_truth[p]:
+            return None
+        return {
+            "theta": self.theta[p].copy(),
+            "change_mask": np.array(self.change_masks[p]),
+            "keyword": self.keyword[p],
+        }
+
+    def findings(self, dicom_id: str) -> list[dict]:
+        """The ground-truth findings of an image.
+
+        Returns:
+            [dict(name, location, level, type, mask (S, S) uint8 in {0, 1} in the image's cache frame)].
+        """
+        table, masks = self.findings_table, self.finding_masks
+        rows = np.flatnonzero(table.dicom_id.to_numpy() == dicom_id)
+        return [
+            {k: table[k].iloc[i] for k in ("name", "location", "level", "type")} | {"mask": np.array(masks[i])}
+            for i in rows
+        ]
