@@ -3,6 +3,10 @@
 simulate a phantom release -> prepare the image cache -> train the ``small`` config with the saliency loop ->
 train the blind (question-only) baseline -> evaluate both two-pass on the test split -> write the report and
 print the metrics table (model vs blind baseline). Every step is the same code a user runs on MIMIC.
+
+By default the demo trains and evaluates on the *difference* questions only — the protocol of the papers it is
+compared with (EKAID, PLURAL, VED, the seed paper) and the questions that need both images; ``--all-types``
+trains and evaluates on all seven question types instead.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def _done(start: float) -> None:
 
 
 def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps: int | None, workers: int,
-             overrides: list[str], progress: bool = True) -> dict:  # fmt: skip
+             overrides: list[str], all_types: bool = False, progress: bool = True) -> dict:  # fmt: skip
     from diffvqa.data.cache import prepare
     from diffvqa.data.phantom import simulate
     from diffvqa.evaluate import evaluate, format_table
@@ -37,7 +41,10 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
         raise FileExistsError(f"{out} is not empty; choose another --out or remove it")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    if not all_types:
+        overrides = ["data.question_types=[difference]", *overrides]
     config = load_config(preset, overrides=overrides)
+    types = config.data.question_types
     if steps is not None:
         config.train.steps = steps
     size = config.data.image_size
@@ -62,8 +69,10 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     _done(t)
 
     t = _stage("5/5 evaluate both on the test split (two-pass) and write the report")
-    blind_metrics = evaluate(out / "blind", out / "cache", out / "eval_blind", report=False, progress=progress)
-    model_metrics = evaluate(out / "run", out / "cache", out / "eval", progress=progress, baseline=blind_metrics,
+    blind_metrics = evaluate(out / "blind", out / "cache", out / "eval_blind", question_types=types, report=False,
+                             progress=progress)  # fmt: skip
+    model_metrics = evaluate(out / "run", out / "cache", out / "eval", question_types=types, progress=progress,
+                             baseline=blind_metrics,
                              title="diffvqa demo — longitudinal CXR phantom")  # fmt: skip
     _done(t)
 
@@ -77,17 +86,18 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="diffvqa demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
-    parser.add_argument("--pairs", type=int, default=1200, help="phantom pairs to simulate (default: 1200)")
+    parser.add_argument("--pairs", type=int, default=2000, help="phantom pairs to simulate (default: 2000)")
     parser.add_argument("--preset", default="small", help="config preset (default: small)")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--blind-steps", type=int, help="blind-baseline training steps (default: same)")
     parser.add_argument("--workers", type=int, default=2, help="image decoding processes")
+    parser.add_argument("--all-types", action="store_true", help="train/evaluate all 7 question types")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
         run_demo(args.out, args.pairs, args.preset, args.steps, args.blind_steps, args.workers, args.overrides,
-                 progress=not args.no_progress)  # fmt: skip
+                 all_types=args.all_types, progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileExistsError) as exc:
         print(f"diffvqa demo: error: {exc}", file=sys.stderr)
         return 2
