@@ -96,3 +96,15 @@ def phantom_cache(tmp_path_factory):
     simulate(root / "release", pairs=48, seed=3, size=(160, 128), progress=False)
     prepare(root / "release", root / "release", root / "cache", size=64, workers=1, progress=False)
     return root / "cache"
+
+
+def run_torchrun(args, timeout=240):
+    """``python -m torch.distributed.run --standalone --nproc_per_node=2 ARGS`` (gloo on CPU, one thread a rank)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result

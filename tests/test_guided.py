@@ -1,10 +1,8 @@
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_torchrun
 
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer
@@ -146,22 +144,6 @@ def test_ddp_two_processes_keep_parameters_identical(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU): 3 steps of the guided objective under DDP without
     find_unused_parameters; the ranks see different data and must end with identical parameters."""
     worker = Path(__file__).with_name("ddp_guided_worker.py")
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
-            str(worker),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=env,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    run_torchrun([worker, tmp_path])
     report = (tmp_path / "ddp_report.txt").read_text().split()
     assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3

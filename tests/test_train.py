@@ -1,9 +1,6 @@
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
+from conftest import run_torchrun
 from safetensors.torch import load_file
 
 from diffvqa.model.checkpoint import load_checkpoint, read_pointer
@@ -96,31 +93,20 @@ def test_learning_rate_schedule():
 @pytest.mark.slow
 def test_torchrun_two_processes_through_the_cli(phantom_cache, tmp_path):
     run = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
+    result = run_torchrun(
         [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node=2",
             "-m",
             "diffvqa.cli",
             "train",
             "--data",
-            str(phantom_cache),
+            phantom_cache,
             "--out",
-            str(run),
+            run,
             *TINY,
             "train.steps=2",
             "train.batch_size=2",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
+        ]
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert read_pointer(run, "latest").name == "step-0000002"
     assert result.stdout.count("run:") == 1  # only rank 0 reports and writes
     load_checkpoint(run)

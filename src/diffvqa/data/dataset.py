@@ -16,19 +16,9 @@ import pandas as pd
 import torch
 
 from diffvqa.data.cache import ImageCache
-from diffvqa.data.release import QUESTION_TYPES, SPLITS
+from diffvqa.data.release import QUESTION_TYPES, SPLITS, validate_choices
 
 ID_KEYS = ("question_index", "subject_id", "study_id", "ref_id", "main_dicom_id", "ref_dicom_id")
-
-
-def _choices(values, allowed: tuple[str, ...], what: str) -> list[str] | None:
-    if values is None:
-        return None
-    values = [values] if isinstance(values, str) else list(values)
-    unknown = [v for v in values if v not in allowed]
-    if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {list(allowed)}")
-    return values
 
 
 class _Column:
@@ -66,8 +56,8 @@ class PairQADataset(torch.utils.data.Dataset):
 
     def __init__(self, cache_dir: str | Path, split: str | None, question_types: Sequence[str] | None = None):
         self.cache = ImageCache(cache_dir)
-        self.split = _choices(split, SPLITS, "split")[0] if split is not None else None
-        self.question_types = _choices(question_types, QUESTION_TYPES, "question type(s)")
+        self.split = validate_choices(split, SPLITS, "split")[0] if split is not None else None
+        self.question_types = validate_choices(question_types, QUESTION_TYPES, "question type(s)")
         q = self.cache.questions()
         if self.split is not None:
             q = q[q.split == self.split]
@@ -113,7 +103,7 @@ class PairQADataset(torch.utils.data.Dataset):
 
 def texts(cache_dir: str | Path, split: str | None = "train") -> list[str]:
     """The questions followed by the answers of one split of a cache (all splits with None), without images."""
-    split = _choices(split, SPLITS, "split")[0] if split is not None else None
+    split = validate_choices(split, SPLITS, "split")[0] if split is not None else None
     q = ImageCache(cache_dir).questions()
     if split is not None:
         q = q[q.split == split]

@@ -313,7 +313,7 @@ def _read_studies(path: Path) -> tuple[pd.DataFrame, int]:
     return studies, repeated
 
 
-def _validate_choices(values, choices: tuple[str, ...], what: str) -> list[str] | None:
+def validate_choices(values, choices: tuple[str, ...], what: str) -> list[str] | None:
     if values is None:
         return None
     values = [values] if isinstance(values, str) else list(values)
@@ -347,8 +347,8 @@ def read_release(
         A :class:`Release`.
     """
     release_dir, images_dir = Path(release_dir), Path(images_dir)
-    splits = _validate_choices(splits, SPLITS, "split(s)")
-    question_types = _validate_choices(question_types, QUESTION_TYPES, "question type(s)")
+    splits = validate_choices(splits, SPLITS, "split(s)")
+    question_types = validate_choices(question_types, QUESTION_TYPES, "question type(s)")
     questions_path = release_dir / QUESTIONS_FILE
     raw = _read_csv(questions_path, QUESTION_COLUMNS, QUESTION_COLUMNS)
     studies, repeated = _read_studies(release_dir / STUDIES_FILE)
