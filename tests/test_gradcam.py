@@ -2,7 +2,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffvqa.saliency.gradcam import keyword_gradcam, keyword_token_mask, score_selection
+from diffvqa.saliency.gradcam import (
+    keyword_gradcam,
+    keyword_gradcam_from_prompt,
+    keyword_token_mask,
+    score_selection,
+)
 
 
 def _trained(model, batch, steps=20):
@@ -120,4 +125,38 @@ def test_cam_step_gives_encoder_no_gradient(tiny_model, tokenizer, tiny_batch):
         text, b["question_mask"], keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
     )
     cams_from_score(features, keyword_log_prob(model.decoder, hidden, text, select), 64)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, tiny_batch):
+    """Two-pass inference's CAM (pass 1's prompt pass kept, only the answer teacher-forced on top) gives
+    keyword_gradcam's maps, on a padded batch with keyword and whole-answer rows, without side effects."""
+    model, b = tiny_model, tiny_batch
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(20):  # a briefly trained model, so the gradients are not those of a random net
+        optimiser.zero_grad()
+        model(
+            b["main"], b["ref"], b["question_ids"], b["question_mask"], b["answer_ids"], b["answer_mask"]
+        ).loss.backward()
+        optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
+    model.eval()
+    keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
+    answers = (b["answer_ids"], b["answer_mask"], keyword_mask)
+    with torch.no_grad():
+        features = model.encode(b["main"], b["ref"])
+        expected = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers)
+        with torch.enable_grad():
+            leaf = features.detach().requires_grad_(True)
+            prefix = model.prefix(leaf)
+        kept = model.decoder.generate(
+            *prefix, b["question_ids"], b["question_mask"], max_new_tokens=6, keep_prompt=True
+        )
+        plain = model.decoder.generate(*model.prefix(features), b["question_ids"], b["question_mask"], max_new_tokens=6)
+        assert torch.equal(kept.ids, plain.ids) and plain.prompt is None
+        cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers)
+        assert not torch.is_grad_enabled()
+    for got, want in zip(cams, expected, strict=True):
+        assert got.shape == (4, 1, 64, 64) and not got.requires_grad
+        assert (got - want).abs().max() <= 1e-5
     assert all(p.grad is None for p in model.parameters())

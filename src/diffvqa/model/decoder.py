@@ -19,12 +19,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from transformers import GPT2Config, GPT2LMHeadModel
+from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from diffvqa.config import ModelConfig
 from diffvqa.data.text import Tokenizer
 
 IGNORE = -100
+# GPT-2's "gelu_new" is GELU's tanh approximation written as seven elementwise ops (and as many saved tensors for
+# the backward); "gelu_pytorch_tanh" is the same function as one fused kernel (outputs agree to ~1e-7). On CPU it
+# takes ~10 % off a decoder forward and ~15 % off a Grad-CAM's forward + backward (benchmarks/saliency.py).
+FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
 class PrefixProjection(nn.Module):
@@ -58,9 +62,21 @@ class TextBatch:
 
 
 @dataclass
+class Prompt:
+    """A generation's prompt pass, kept with its autograd graph so that a teacher-forced continuation (the
+    inference Grad-CAM) need not recompute it. Rows are right-padded: row i's prompt ends at ``lengths[i]``."""
+
+    keys_values: list[tuple[Tensor, Tensor]]  # per layer, keys and values (B, heads, L, d / heads)
+    mask: Tensor  # (B, L) long attention mask
+    lengths: Tensor  # (B,) real prompt lengths
+    last_hidden: Tensor  # (B, d) hidden state at each row's last prompt token (<answer>)
+
+
+@dataclass
 class Generation:
     ids: Tensor  # (B, N) generated ids, <eos> included, <pad> after it
     scores: list[Tensor]  # N tensors (B, V): the logits each token was chosen from
+    prompt: Prompt | None = None  # with ``keep_prompt=True``
 
 
 def _gpt2_config(config: ModelConfig, tokenizer: Tokenizer) -> GPT2Config:
@@ -73,6 +89,7 @@ def _gpt2_config(config: ModelConfig, tokenizer: Tokenizer) -> GPT2Config:
         resid_pdrop=config.decoder_dropout,
         embd_pdrop=config.decoder_dropout,
         attn_pdrop=config.decoder_dropout,
+        activation_function=FUSED_ACTIVATIONS["gelu_new"],
         bos_token_id=tokenizer.eos_id,
         eos_token_id=tokenizer.eos_id,
         pad_token_id=tokenizer.pad_id,
@@ -93,7 +110,10 @@ class AnswerDecoder(nn.Module):
                     f"model.decoder_pretrained={str(path)!r}: not a Hugging Face model directory "
                     "(expected config.json and weights saved with GPT2LMHeadModel.save_pretrained)"
                 )
-            self.gpt2 = GPT2LMHeadModel.from_pretrained(path)
+            activation = GPT2Config.from_pretrained(path).activation_function
+            self.gpt2 = GPT2LMHeadModel.from_pretrained(
+                path, activation_function=FUSED_ACTIVATIONS.get(activation, activation)
+            )
             for key in ("n_embd", "n_layer", "n_head", "n_positions"):
                 if getattr(self.gpt2.config, key) != getattr(wanted, key):
                     raise ValueError(
@@ -199,17 +219,21 @@ class AnswerDecoder(nn.Module):
         question_mask: Tensor,
         max_new_tokens: int = 64,
         use_cache: bool = True,
+        keep_prompt: bool = False,
     ) -> Generation:
         """Greedy decoding, batched over right-padded questions, stopping at <eos> or ``max_new_tokens``.
 
         Every row's prompt ends at its own length, so each step feeds one new token per row at position
         (prompt length + step), attending to the real prompt tokens and the tokens generated so far; the padded
         slots between them stay masked. ``use_cache=False`` recomputes the whole sequence at every step
-        (the reference the KV-cached path is tested against).
+        (the reference the KV-cached path is tested against). ``keep_prompt=True`` runs the prompt pass with
+        autograd on (a graph exists only if the prefix requires grad) and returns it as ``Generation.prompt``
+        for :meth:`continuation_hidden`; the decoding steps run without graph either way.
         """
         tok = self.tokenizer
         text = self.text_batch(question_ids, question_mask)
-        embeds = self.embed(prefix_main, prefix_ref, text.ids)
+        with torch.set_grad_enabled(keep_prompt):
+            embeds = self.embed(prefix_main, prefix_ref, text.ids)
         b, length = embeds.shape[:2]
         if length + max_new_tokens > self.max_positions:
             raise ValueError(
@@ -220,8 +244,17 @@ class AnswerDecoder(nn.Module):
         prompt_lengths = mask.sum(dim=1)  # (B,)
         positions = torch.arange(length, device=embeds.device).expand(b, -1)
         transformer, lm_head = self.gpt2.transformer, self.gpt2.lm_head
-        out = transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache)
-        logits = lm_head(out.last_hidden_state[torch.arange(b), prompt_lengths - 1])  # (B, V)
+        with torch.set_grad_enabled(keep_prompt):
+            out = transformer(
+                inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=use_cache or keep_prompt
+            )
+            last_hidden = out.last_hidden_state[torch.arange(b), prompt_lengths - 1]  # (B, d)
+        prompt = None
+        if keep_prompt:  # the cache grows by concatenation, so these prompt tensors stay as they are
+            kept = [(layer.keys, layer.values) for layer in out.cache.layers]
+            prompt = Prompt(keys_values=kept, mask=mask, lengths=prompt_lengths, last_hidden=last_hidden)
+        embeds, last_hidden = embeds.detach(), last_hidden.detach()
+        logits = lm_head(last_hidden)  # (B, V)
         cache = out.cache if use_cache else None
 
         generated, scores = [], []
@@ -247,4 +280,24 @@ class AnswerDecoder(nn.Module):
                 positions = torch.cat([positions, new_positions], dim=1)
                 out = transformer(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
             logits = lm_head(out.last_hidden_state[:, -1])
-        return Generation(ids=torch.stack(generated, dim=1), scores=scores)
+        return Generation(ids=torch.stack(generated, dim=1), scores=scores, prompt=prompt)
+
+    def continuation_hidden(self, prompt: Prompt, ids: Tensor, mask: Tensor) -> Tensor:
+        """Teacher-forced pass of ``ids`` appended after each row's prompt, on the prompt's kept keys and values.
+
+        Positions and masking are those of generation (token k of row i at position ``prompt.lengths[i] + k``), so
+        the hidden states equal a full teacher-forced pass's. Autograd follows the prompt's graph.
+        Args: ids, mask (B, T) right-padded. Returns (B, 1 + T, d): the prompt's last hidden state, then one per id.
+        """
+        if ids.shape[1] == 0:
+            return prompt.last_hidden[:, None]
+        if int(prompt.lengths.max()) + ids.shape[1] > self.max_positions:
+            raise ValueError(f"continuation exceeds model.decoder_positions={self.max_positions}")
+        transformer = self.gpt2.transformer
+        cache = DynamicCache(prompt.keys_values, config=self.gpt2.config)
+        positions = prompt.lengths[:, None] + torch.arange(ids.shape[1], device=ids.device)
+        out = transformer(
+            inputs_embeds=transformer.wte(ids), attention_mask=torch.cat([prompt.mask, mask], dim=1),
+            position_ids=positions, cache=cache, use_cache=True,
+        )  # fmt: skip
+        return torch.cat([prompt.last_hidden[:, None], out.last_hidden_state], dim=1)

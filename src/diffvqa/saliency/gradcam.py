@@ -8,6 +8,9 @@ to S x S, and cam /= max(cam) + ε per image.
 
 The decoder is causal, so s depends only on positions up to the last keyword token: when the CAM is computed on
 its own (inference), the teacher-forced pass stops there and applies the LM head only at the keyword positions.
+In two-pass inference the prompt (prefix, question, ``<answer>``) has already been through the decoder to generate
+the preliminary answer: :func:`keyword_gradcam_from_prompt` keeps that pass's graph and teacher-forces only the
+answer tokens on top of it, so the CAM costs one backward and a short forward instead of a full forward + backward.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffvqa.data.text import Tokenizer
-from diffvqa.model.decoder import IGNORE, TextBatch
+from diffvqa.model.decoder import IGNORE, Prompt, TextBatch
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.keywords import keyword_spans
+from diffvqa.saliency.lexicon import keyword_spans
 
 
 def keyword_token_mask(tokenizer: Tokenizer, answers: list[str], keywords: list[str], answer_ids: Tensor) -> Tensor:
@@ -116,3 +119,42 @@ def keyword_gradcam(
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut])
         return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False)
+
+
+def keyword_gradcam_from_prompt(
+    model: DiffVQA,
+    features: Tensor,
+    prompt: Prompt,
+    answer_ids: Tensor,
+    answer_mask: Tensor,
+    keyword_mask: Tensor,
+    eps: float = 1e-6,
+) -> tuple[Tensor, Tensor]:
+    """:func:`keyword_gradcam` on a kept prompt pass: the same maps (to float rounding), without re-running it.
+
+    ``features`` (2B, C, h, w) is the leaf (requires grad) the prompt's prefix was projected from, and ``prompt``
+    that generation's :class:`Prompt` (``AnswerDecoder.generate(..., keep_prompt=True)``). Only the answer tokens
+    up to the last scored one are teacher-forced, on the prompt's keys and values. Works under an outer
+    ``torch.no_grad()``; the prompt's graph is freed. Args: answer_ids, answer_mask, keyword_mask (B, La).
+    Returns cam_main, cam_ref (B, 1, S, S) in [0, 1].
+    """
+    decoder, tok = model.decoder, model.tokenizer
+    b = answer_ids.shape[0]
+    lengths = answer_mask.sum(dim=1)  # (B,)
+    rows = torch.arange(b, device=answer_ids.device)
+    # Targets in answer coordinates: hidden j (0 = the prompt's <answer>) predicts token j, <eos> after the answer.
+    targets = torch.cat([answer_ids, answer_ids.new_full((b, 1), tok.pad_id)], dim=1)
+    targets[rows, lengths] = tok.eos_id
+    scored = torch.arange(targets.shape[1], device=targets.device) <= lengths[:, None]  # answer tokens and <eos>
+    select = torch.cat([keyword_mask, keyword_mask.new_zeros(b, 1)], dim=1) & scored
+    empty = ~select.any(dim=1)
+    select[empty] = scored[empty]  # no keyword: the whole answer and <eos>
+    cut = int(select.nonzero(as_tuple=True)[1].max()) + 1  # causal: later tokens cannot change s
+    with torch.enable_grad():
+        hidden = decoder.continuation_hidden(prompt, answer_ids[:, : cut - 1], answer_mask[:, : cut - 1])
+        sel_rows, sel_cols = select[:, :cut].nonzero(as_tuple=True)
+        logits = decoder.gpt2.lm_head(hidden[sel_rows, sel_cols])
+        picked = targets[sel_rows, sel_cols][:, None]
+        token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, picked).squeeze(1)
+        score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, token_log_probs)
+        return cams_from_score(features, score, model.image_size, eps, retain_graph=False)

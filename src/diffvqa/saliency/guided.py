@@ -5,6 +5,9 @@ exactly as in a plain step (no ``find_unused_parameters``): align once; pass A o
 graph; Grad-CAM from pass A's own feature maps with the ground-truth answer's keyword gives M (detached); pass B
 on the masked pair; L = L_B + λ_A L_A + L_reg. The CAM's ``autograd.grad`` is taken w.r.t. the feature maps only,
 so it writes no parameter ``.grad`` and fires no DDP hook.
+
+Inference re-uses pass 1's work: its feature maps (a detached leaf: no encoder backward) and its prompt pass
+through the decoder, kept with its graph, so the Grad-CAM teacher-forces only the preliminary answer's tokens.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from torch import Tensor, nn
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import (
     cams_from_score,
-    keyword_gradcam,
+    keyword_gradcam_from_prompt,
     keyword_log_prob,
     keyword_token_mask,
     score_selection,
@@ -56,7 +59,16 @@ class SaliencyGuidedVQA(nn.Module):
         main, ref = model.inputs(main, ref)
         aligned = model.align(main, ref)
         text = model.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
-        features_a = model.encode(aligned.aligned, ref)
+        # λ_A = 0: L_A does not count, so pass A serves the CAM alone: no graph into the encoder, and the CAM's
+        # gradient frees the decoder's. The step's gradients are unchanged (they lose only λ_A ∂L_A = 0), and pass B
+        # still uses every parameter (DDP-safe).
+        cam_only = cfg.enabled and cfg.unmasked_loss_weight == 0
+        if cam_only:
+            with torch.no_grad():
+                features_a = model.encode(aligned.aligned, ref)
+            features_a.requires_grad_(torch.is_grad_enabled())  # a leaf: the CAM's gradient stops here
+        else:
+            features_a = model.encode(aligned.aligned, ref)
         loss_a, hidden_a = model.decode_loss(features_a, text)
         if not cfg.enabled:
             losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss}
@@ -64,7 +76,9 @@ class SaliencyGuidedVQA(nn.Module):
 
         select = score_selection(text, question_mask, keyword_mask)
         score = keyword_log_prob(model.decoder, hidden_a, text, select)
-        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps)
+        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps, retain_graph=not cam_only)
+        if cam_only:
+            loss_a = loss_a.detach()
         mask = shared_mask(cam_main, cam_ref, cfg.mask)
         features_b = model.encode(
             apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor)
@@ -119,16 +133,26 @@ def two_pass_answer(
     main, ref = model.inputs(main, ref)
     aligned = model.align(main, ref)
     features = model.encode(aligned.aligned, ref)
-    preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
     if single_pass or not cfg.enabled:
+        preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
         return TwoPassResult(preliminary, [""] * len(preliminary), None, None, None, aligned.theta, aligned.aligned,
                              list(preliminary))  # fmt: skip
 
+    # Pass 1 projects the feature maps from a leaf and keeps its prompt pass's graph: the Grad-CAM re-uses both
+    # (no encoder backward, no second prompt pass).
+    with torch.enable_grad():
+        leaf = features.detach().requires_grad_(True)
+        prefix_main, prefix_ref = model.prefix(leaf)
+    generation = model.decoder.generate(
+        prefix_main, prefix_ref, question_ids, question_mask,
+        max_new_tokens=model.config.data.max_answer_tokens + 1, keep_prompt=True,
+    )  # fmt: skip
+    preliminary = [model.tokenizer.decode(row) for row in generation.ids.tolist()]
     keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
     answer_ids, answer_mask = _encode_answers(model, preliminary, main.device)
     keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
-    cam_main, cam_ref = keyword_gradcam(
-        model, features, question_ids, question_mask, answer_ids, answer_mask, keyword_mask, cfg.cam_eps
+    cam_main, cam_ref = keyword_gradcam_from_prompt(
+        model, leaf, generation.prompt, answer_ids, answer_mask, keyword_mask, cfg.cam_eps
     )
     mask = shared_mask(cam_main, cam_ref, cfg.mask)
     masked = model.encode(apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor))

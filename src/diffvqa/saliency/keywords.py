@@ -39,7 +39,6 @@ from pathlib import Path
 
 from diffvqa.config import SaliencyConfig
 from diffvqa.saliency.lexicon import (
-    keyword_spans,  # noqa: F401  (re-exported: gradcam.py imports it from here)
     lexicon_keyword,
     normalise_keyword,
     normalise_text,
