@@ -12,7 +12,6 @@ through the decoder, kept with its graph, so the Grad-CAM teacher-forces only th
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +25,8 @@ from diffvqa.saliency.gradcam import (
     keyword_token_mask,
     score_selection,
 )
+from diffvqa.saliency.keywords import KeywordFn
 from diffvqa.saliency.mask import apply_mask, shared_mask
-
-KeywordFn = Callable[[str, str], str]  # (answer, question) -> keyword, "" for none
 
 
 @dataclass
