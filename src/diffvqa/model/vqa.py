@@ -108,12 +108,16 @@ class DiffVQA(nn.Module):
         )  # fmt: skip
 
     def generate_from_features(
-        self, features: Tensor, question_ids: Tensor, question_mask: Tensor, use_cache: bool = True
-    ) -> tuple[list[str], Generation]:
-        prefix_main, prefix_ref = self.prefix(features)
+        self, features: Tensor, question_ids: Tensor, question_mask: Tensor, use_cache: bool = True,
+        keep_prompt: bool = False,
+    ) -> tuple[list[str], Generation]:  # fmt: skip
+        """Greedy answers from feature maps (2B, C, h, w). ``keep_prompt`` keeps the prompt pass's graph from the
+        feature maps on (pass them as a leaf that requires grad), so a Grad-CAM can re-use it."""
+        with torch.set_grad_enabled(keep_prompt):
+            prefix_main, prefix_ref = self.prefix(features)
         generation = self.decoder.generate(
             prefix_main, prefix_ref, question_ids, question_mask,
-            max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache,
+            max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache, keep_prompt=keep_prompt,
         )  # fmt: skip
         return [self.tokenizer.decode(row) for row in generation.ids.tolist()], generation
 

@@ -138,14 +138,8 @@ def two_pass_answer(
 
     # Pass 1 projects the feature maps from a leaf and keeps its prompt pass's graph: the Grad-CAM re-uses both
     # (no encoder backward, no second prompt pass).
-    with torch.enable_grad():
-        leaf = features.detach().requires_grad_(True)
-        prefix_main, prefix_ref = model.prefix(leaf)
-    generation = model.decoder.generate(
-        prefix_main, prefix_ref, question_ids, question_mask,
-        max_new_tokens=model.config.data.max_answer_tokens + 1, keep_prompt=True,
-    )  # fmt: skip
-    preliminary = [model.tokenizer.decode(row) for row in generation.ids.tolist()]
+    leaf = features.detach().requires_grad_(True)
+    preliminary, generation = model.generate_from_features(leaf, question_ids, question_mask, keep_prompt=True)
     keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
     answer_ids, answer_mask = _encode_answers(model, preliminary, main.device)
     keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
