@@ -108,3 +108,23 @@ def run_torchrun(args, timeout=240):
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
+
+
+MODEL_INPUTS = ("main", "ref", "question_ids", "question_mask", "answer_ids", "answer_mask")
+
+
+def model_inputs(batch):
+    """The tensors ``DiffVQA.forward`` takes, in order, from a batch dict."""
+    return tuple(batch[k] for k in MODEL_INPUTS)
+
+
+def train_briefly(model, batch, steps=20):
+    """A few Adam steps of the single-pass loss on one batch, so a test's model is not a random net (which says
+    <eos> at once and has uninformative gradients). Leaves no ``.grad`` behind."""
+    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        model(*model_inputs(batch)).loss.backward()
+        optimiser.step()
+    optimiser.zero_grad(set_to_none=True)
+    return model

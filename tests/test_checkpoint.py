@@ -140,8 +140,6 @@ def test_import_is_lazy():
         "import sys, diffvqa, diffvqa.config, diffvqa.cli, diffvqa.model.vqa, diffvqa.model.checkpoint\n"
         "heavy = [m for m in ('diffvqa.train', 'diffvqa.evaluate', 'pycocoevalcap', 'pydicom') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
-        "import diffvqa as d\n"
-        "assert 'torch' not in sys.modules or True\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     light = "import sys, diffvqa, diffvqa.config, diffvqa.cli; assert 'torch' not in sys.modules"

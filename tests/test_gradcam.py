@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import train_briefly
 
 from diffvqa.saliency.gradcam import (
     keyword_gradcam,
@@ -8,25 +9,6 @@ from diffvqa.saliency.gradcam import (
     keyword_token_mask,
     score_selection,
 )
-
-
-def _trained(model, batch, steps=20):
-    """A briefly trained tiny model, so the gradients are not those of a random net."""
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        optimiser.zero_grad()
-        model(
-            batch["main"],
-            batch["ref"],
-            batch["question_ids"],
-            batch["question_mask"],
-            batch["answer_ids"],
-            batch["answer_mask"],
-        ).loss.backward()
-        optimiser.step()
-    optimiser.zero_grad(set_to_none=True)
-    return model
-
 
 KEYWORDS = ["edema", "", "", "lung opacity"]  # row 4's keyword is absent from its answer -> whole answer
 
@@ -76,7 +58,7 @@ def _captum_maps(model, batch, keyword_mask):
 
 
 def test_gradcam_equals_captum_layergradcam(tiny_model, tokenizer, tiny_batch):
-    model = _trained(tiny_model, tiny_batch).eval()
+    model = train_briefly(tiny_model, tiny_batch).eval()
     b = tiny_batch
     keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
     with torch.no_grad():
@@ -131,15 +113,7 @@ def test_cam_step_gives_encoder_no_gradient(tiny_model, tokenizer, tiny_batch):
 def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, tiny_batch):
     """Two-pass inference's CAM (pass 1's prompt pass kept, only the answer teacher-forced on top) gives
     keyword_gradcam's maps, on a padded batch with keyword and whole-answer rows, without side effects."""
-    model, b = tiny_model, tiny_batch
-    optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(20):  # a briefly trained model, so the gradients are not those of a random net
-        optimiser.zero_grad()
-        model(
-            b["main"], b["ref"], b["question_ids"], b["question_mask"], b["answer_ids"], b["answer_mask"]
-        ).loss.backward()
-        optimiser.step()
-    optimiser.zero_grad(set_to_none=True)
+    model, b = train_briefly(tiny_model, tiny_batch), tiny_batch
     model.eval()
     keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
     answers = (b["answer_ids"], b["answer_mask"], keyword_mask)

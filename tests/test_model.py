@@ -2,23 +2,13 @@ import math
 
 import pytest
 import torch
+from conftest import model_inputs, train_briefly
 
 from diffvqa.model.align import Aligner, corner_error, registration_loss, warp
 
 
-def _forward(model, batch):
-    return model(
-        batch["main"],
-        batch["ref"],
-        batch["question_ids"],
-        batch["question_mask"],
-        batch["answer_ids"],
-        batch["answer_mask"],
-    )
-
-
 def test_forward_shapes_and_finite_loss(tiny_model, tiny_batch, tiny_config):
-    out = _forward(tiny_model, tiny_batch)
+    out = tiny_model(*model_inputs(tiny_batch))
     s = tiny_config.data.image_size
     assert set(out.losses) == {"answer", "registration"}
     assert torch.isfinite(out.loss) and out.loss.ndim == 0
@@ -33,7 +23,7 @@ def test_every_parameter_gets_a_gradient(tiny_model, tiny_batch):
     # head small weights first so every path is live, as it is after the first optimiser step.
     with torch.no_grad():
         tiny_model.aligner.head.weight.normal_(0, 1e-2)
-    _forward(tiny_model, tiny_batch).loss.backward()
+    tiny_model(*model_inputs(tiny_batch)).loss.backward()
     dead = [
         n for n, p in tiny_model.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
     ]
@@ -117,11 +107,7 @@ def _generate(model, batch, use_cache):
 
 def test_cached_and_uncached_generation_agree_on_a_padded_batch(tiny_model, tiny_batch):
     # A briefly trained model produces varied, multi-token answers (a random one says <eos> at once).
-    optimiser = torch.optim.Adam(tiny_model.parameters(), lr=3e-3)
-    for _ in range(30):
-        optimiser.zero_grad()
-        _forward(tiny_model, tiny_batch).loss.backward()
-        optimiser.step()
+    train_briefly(tiny_model, tiny_batch, steps=30)
     text_cached, cached = _generate(tiny_model, tiny_batch, use_cache=True)
     text_plain, plain = _generate(tiny_model, tiny_batch, use_cache=False)
     assert torch.equal(cached.ids, plain.ids) and text_cached == text_plain
@@ -151,6 +137,6 @@ def test_blind_model_ignores_images(tiny_config, tokenizer, tiny_batch):
     tiny_config.model.blind = True
     torch.manual_seed(0)
     model = DiffVQA(tiny_config, tokenizer).eval()
-    a = _forward(model, tiny_batch).loss
+    a = model(*model_inputs(tiny_batch)).loss
     other = dict(tiny_batch, main=torch.rand_like(tiny_batch["main"]), ref=torch.rand_like(tiny_batch["ref"]))
-    assert torch.equal(a, _forward(model, other).loss)
+    assert torch.equal(a, model(*model_inputs(other)).loss)
