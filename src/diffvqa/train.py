@@ -267,10 +267,14 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     if world > 1:
         guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    decay = [p for n, p in guided.named_parameters() if p.ndim >= 2 and "wte" not in n and "wpe" not in n]
-    no_decay = [p for n, p in guided.named_parameters() if not (p.ndim >= 2 and "wte" not in n and "wpe" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.train.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.train.lr)  # fmt: skip
+    # Weight decay on matrices only; not on biases, norms, or the token/position embeddings.
+    decay, no_decay = [], []
+    for name, p in guided.named_parameters():
+        (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=config.train.lr,
+    )
     t = config.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
     start_step, best = 0, {}
