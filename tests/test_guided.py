@@ -92,6 +92,18 @@ def test_single_pass_mode(tiny_config, tokenizer, tiny_batch):
     assert torch.allclose(out.loss, plain.loss)
 
 
+def test_unguided_step_is_the_single_pass(tiny_model, tiny_batch):
+    """``guided=False`` (the steps before ``saliency.start_step``) is exactly the single pass, every parameter used."""
+    guided = SaliencyGuidedVQA(tiny_model)
+    out = guided(*_step_inputs(tiny_model, tiny_batch), guided=False)
+    assert set(out.losses) == {"answer_unmasked", "registration"} and out.mask is None
+    assert torch.allclose(out.loss, tiny_model(*_step_inputs(tiny_model, tiny_batch)[:6]).loss)
+    with torch.no_grad():
+        tiny_model.aligner.head.weight.normal_(0, 1e-2)
+    guided(*_step_inputs(tiny_model, tiny_batch), guided=False).loss.backward()
+    assert all(p.grad is not None for p in tiny_model.parameters())
+
+
 def test_two_pass_outputs(tiny_model, tiny_batch):
     model = tiny_model
     optimiser = torch.optim.Adam(model.parameters(), lr=3e-3)

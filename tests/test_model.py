@@ -140,3 +140,44 @@ def test_blind_model_ignores_images(tiny_config, tokenizer, tiny_batch):
     a = model(*model_inputs(tiny_batch)).loss
     other = dict(tiny_batch, main=torch.rand_like(tiny_batch["main"]), ref=torch.rand_like(tiny_batch["ref"]))
     assert torch.equal(a, model(*model_inputs(other)).loss)
+
+
+def test_blind_encoding_of_one_pair_equals_the_whole_batch(tiny_config, tokenizer, tiny_batch):
+    """The blind baseline encodes one zero pair and broadcasts it; in train mode too (BatchNorm batch stats)."""
+    from diffvqa.model.vqa import DiffVQA
+
+    torch.manual_seed(0)
+    seeing = DiffVQA(tiny_config, tokenizer).train()
+    tiny_config.model.blind = True
+    blind = DiffVQA(tiny_config, tokenizer).train()
+    blind.load_state_dict(seeing.state_dict())
+    zeros = torch.zeros_like(tiny_batch["main"])
+    expected = seeing.encode(zeros, zeros)
+    got = blind.encode(zeros, zeros)
+    assert got.shape == expected.shape == (8, *expected.shape[1:])
+    assert torch.allclose(got, expected, atol=1e-6)
+    for a, b in zip(seeing.encoder.buffers(), blind.encoder.buffers(), strict=True):  # running statistics
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_prefix_pooling(tiny_config, tokenizer, tiny_batch):
+    from diffvqa.model.decoder import PrefixProjection
+    from diffvqa.model.vqa import DiffVQA
+
+    torch.manual_seed(0)
+    prefix = PrefixProjection(8, 16, (4, 4), pool=2)
+    features = torch.randn(6, 8, 4, 4)
+    main, ref = prefix(features)
+    assert main.shape == ref.shape == (3, 4, 16)  # 2x2 tokens per image
+    pooled = features.reshape(6, 8, 2, 2, 2, 2).mean(dim=(3, 5))  # (2B, C, 2, 2) block means
+    expected = torch.einsum("nchw,dc->nhwd", pooled, prefix.project.weight[:, :, 0, 0]) + prefix.project.bias
+    expected = (expected + prefix.row + prefix.col).flatten(1, 2)
+    assert torch.allclose(main, expected[:3] + prefix.image_type[0], atol=1e-6)
+    with pytest.raises(ValueError, match="prefix_pool=3"):
+        PrefixProjection(8, 16, (4, 4), pool=3)
+    # the model: fewer prefix tokens, Grad-CAM layer (the encoder's maps) unchanged
+    tiny_config.model.prefix_pool = 2
+    model = DiffVQA(tiny_config, tokenizer)
+    out = model(*model_inputs(tiny_batch))
+    assert out.features.shape[-2:] == (4, 4) and torch.isfinite(out.loss)
+    assert model.prefix(out.features)[0].shape[1] == 4

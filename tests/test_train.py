@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 from conftest import run_torchrun
@@ -41,6 +43,20 @@ def test_resume_is_exact(phantom_cache, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], halfway[k]) for k in a)  # steps 3-4 really trained
+
+
+def test_saliency_start_step(phantom_cache, tmp_path):
+    """Steps before saliency.start_step train single-pass; the guided objective takes over from it."""
+    run = tmp_path / "run"
+    assert main(["--data", str(phantom_cache), "--out", str(run), *TINY, "train.steps=3", "train.log_every=1",
+                 "train.eval_every=1", "saliency.start_step=2"]) == 0  # fmt: skip
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    guided = {r["step"]: "loss/answer_masked" in r for r in records if "loss" in r}
+    assert guided == {1: False, 2: False, 3: True}
+    # validation is single-pass while the masked pass is untrained, and only a two-pass score can make the best
+    single = {r["step"]: r["val/single_pass"] for r in records if "val/CIDEr" in r}
+    assert single == {1: True, 2: True, 3: False}
+    assert read_pointer(run, "best").name == "step-0000003"
 
 
 def test_resume_refuses_a_changed_config(phantom_cache, tmp_path, capsys):

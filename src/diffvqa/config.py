@@ -66,6 +66,9 @@ class ModelConfig:
     decoder_pretrained: str = ""  # local directory saved with GPT2LMHeadModel.save_pretrained
     tokenizer: str = "word"  # "word" (built from training text) or "gpt2" (BPE files from a local directory)
     tokenizer_path: str = ""  # directory with vocab.json + merges.txt for tokenizer="gpt2"
+    # Average-pool the feature maps by this factor before the prefix projection: fewer prefix tokens (the decoder's
+    # cost grows with them) while Grad-CAM keeps the encoder's full-resolution maps. 1 = one token per cell.
+    prefix_pool: int = 1
     # --- ablation ---
     blind: bool = False  # question-only baseline: both images replaced by zeros (training and inference)
 
@@ -84,6 +87,9 @@ class SaliencyConfig:
     llm_timeout: float = 30.0
     llm_cache: str = ""  # JSON file of answer -> keyword; empty: <run dir>/keywords_llm.json
     unmasked_loss_weight: float = 1.0  # lambda_A
+    # Training steps before this one run single-pass (pass A only): a model trained from scratch has no Grad-CAM
+    # worth masking with yet. 0 (the paper's setting: it starts from pretrained weights) guides every step.
+    start_step: int = 0
 
 
 @dataclass

@@ -45,7 +45,9 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
         overrides = ["data.question_types=[difference]", *overrides]
     config = load_config(preset, overrides=overrides)
     types = config.data.question_types
-    if steps is not None:
+    if steps is not None:  # keep the preset's share of single-pass steps unless it was set explicitly
+        if not any(o.startswith("saliency.start_step=") for o in overrides):
+            config.saliency.start_step = round(config.saliency.start_step * steps / config.train.steps)
         config.train.steps = steps
     size = config.data.image_size
 
@@ -58,7 +60,9 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     prepare(out / "release", out / "release", out / "cache", size=size, workers=workers, progress=progress)
     _done(t)
 
-    t = _stage(f"3/5 train the {preset} config with the saliency loop ({config.train.steps} steps) -> {out / 'run'}")
+    warm = min(config.saliency.start_step, config.train.steps) if config.saliency.enabled else config.train.steps
+    plan = f"{warm} single-pass steps, then {config.train.steps - warm} with the saliency loop"
+    t = _stage(f"3/5 train the {preset} config: {plan} -> {out / 'run'}")
     train(config, out / "cache", out / "run", progress=progress)
     _done(t)
 

@@ -118,12 +118,13 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
 
 # -- validation --------------------------------------------------------------------------------------------
 def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
-             device: torch.device) -> dict[str, float]:  # fmt: skip
+             device: torch.device, single_pass: bool = False) -> dict[str, float]:  # fmt: skip
     """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split."""
     from diffvqa.metrics import cider_score
 
     subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
-    records, _, _ = predict(model, subset, keyword_fn, batch_size, device=device, examples=0, progress=False)
+    records, _, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device, examples=0,
+                            progress=False)  # fmt: skip
     model.train()
     predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
     exact = sum(p.strip().rstrip(".") == r.strip().rstrip(".") for p, r in zip(predictions, references, strict=True))
@@ -205,12 +206,13 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch.Tensor, optimizer, scheduler,
-                   config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
-    """One optimiser step: one forward of the top-level module, one backward, clip, step."""
+                   config: Config, device: torch.device, step: int) -> dict[str, float]:  # fmt: skip
+    """Optimiser step ``step`` (0-based): one forward of the top-level module, one backward, clip, step."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
         out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                     batch["answer_ids"], batch["answer_mask"], keyword_mask)  # fmt: skip
+                     batch["answer_ids"], batch["answer_mask"], keyword_mask,
+                     guided=step >= config.saliency.start_step)  # fmt: skip
     if not torch.isfinite(out.loss):
         terms = {k: v.item() for k, v in out.losses.items()}
         raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
@@ -254,6 +256,9 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
             raise FileExistsError(f"{run_dir} already holds a training run; use --resume or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
+        if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
+            print(f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
+                  f"{config.train.steps}: no step will use the saliency loop", file=sys.stderr)  # fmt: skip
 
     torch.manual_seed(config.train.seed)
     model = _build_model(config, data) if not resume else None
@@ -309,7 +314,7 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         tic = time.perf_counter()
         keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
         keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
-        record = train_one_step(guided, _to(batch, dev), keyword_mask.to(dev), optimizer, scheduler, config, dev)
+        record = train_one_step(guided, _to(batch, dev), keyword_mask.to(dev), optimizer, scheduler, config, dev, step)
         step += 1
         pairs += len(batch["answer"]) * world
         busy += time.perf_counter() - tic
@@ -326,11 +331,17 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         if at_checkpoint and is_main:
             improved = False
             if at_eval and len(val_set):
-                scores = validate(model, val_set, keyword_fn, t.eval_samples, t.batch_size, dev)
-                log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}})
+                # Before saliency.start_step the masked pass is untrained: validate the single pass, and let only
+                # checkpoints whose two-pass answers were scored (what `evaluate` runs) become the best.
+                warming_up = config.saliency.enabled and step <= config.saliency.start_step
+                scores = validate(model, val_set, keyword_fn, t.eval_samples, t.batch_size, dev, warming_up)
+                log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}, "val/single_pass": warming_up})
                 if bar is not None:
-                    bar.write(f"step {step}: validation CIDEr {scores['CIDEr']:.3f} on {scores['n']} questions")
-                if scores["CIDEr"] > best.get("CIDEr", -math.inf):
+                    bar.write(
+                        f"step {step}: validation CIDEr {scores['CIDEr']:.3f} on {scores['n']} questions"
+                        + (" (single pass: before saliency.start_step)" if warming_up else "")
+                    )
+                if not warming_up and scores["CIDEr"] > best.get("CIDEr", -math.inf):
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
             path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best)
             if improved:

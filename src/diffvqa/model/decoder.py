@@ -32,11 +32,16 @@ FUSED_ACTIVATIONS = {"gelu_new": "gelu_pytorch_tanh"}
 
 
 class PrefixProjection(nn.Module):
-    """Feature maps -> prefix tokens: 1x1 projection C -> d, learned 2-D position and image-type embeddings."""
+    """Feature maps -> prefix tokens: optional average pooling, 1x1 projection C -> d, learned 2-D position and
+    image-type embeddings. ``grid`` is the feature maps' (h, w); the tokens form a (h / pool, w / pool) grid."""
 
-    def __init__(self, in_channels: int, width: int, grid: tuple[int, int]):
+    def __init__(self, in_channels: int, width: int, grid: tuple[int, int], pool: int = 1):
         super().__init__()
+        if pool < 1 or grid[0] % pool or grid[1] % pool:
+            raise ValueError(f"model.prefix_pool={pool} must be >= 1 and divide the {grid[0]}x{grid[1]} feature maps")
         self.grid = grid
+        self.pool = pool
+        grid = (grid[0] // pool, grid[1] // pool)
         self.project = nn.Conv2d(in_channels, width, kernel_size=1)
         self.row = nn.Parameter(torch.randn(grid[0], 1, width) * 0.02)  # (h, 1, d)
         self.col = nn.Parameter(torch.randn(1, grid[1], width) * 0.02)  # (1, w, d)
@@ -46,6 +51,8 @@ class PrefixProjection(nn.Module):
         """features (2B, C, h, w), main images first -> main and reference tokens, each (B, h*w, d)."""
         if tuple(features.shape[-2:]) != self.grid:
             raise ValueError(f"feature maps are {tuple(features.shape[-2:])}, the prefix expects {self.grid}")
+        if self.pool > 1:
+            features = F.avg_pool2d(features, self.pool)
         x = self.project(features).permute(0, 2, 3, 1)  # (2B, h, w, d)
         x = (x + self.row + self.col).flatten(1, 2)  # (2B, h*w, d)
         main, ref = x.chunk(2, dim=0)

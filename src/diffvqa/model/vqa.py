@@ -52,12 +52,13 @@ class DiffVQA(nn.Module):
                 f"({len(m.encoder_depths)} stages)"
             )
         grid = self.image_size // stride
-        prefix_len = 2 * grid * grid + 2
+        tokens = grid // m.prefix_pool
+        prefix_len = 2 * tokens * tokens + 2
         longest = prefix_len + config.data.max_question_tokens + config.data.max_answer_tokens + 3
         if longest > m.decoder_positions:
             raise ValueError(
                 f"model.decoder_positions={m.decoder_positions} is too short: the prefix takes {prefix_len} positions "
-                f"({grid}x{grid} feature maps per image) and the text up to "
+                f"({tokens}x{tokens} tokens per image) and the text up to "
                 f"{config.data.max_question_tokens + config.data.max_answer_tokens + 3}"
             )
         self.aligner = (
@@ -66,7 +67,7 @@ class DiffVQA(nn.Module):
             else None
         )
         self.encoder = ImageEncoder(m, load_pretrained=load_pretrained)
-        self.prefix = PrefixProjection(self.encoder.out_channels, m.decoder_width, (grid, grid))
+        self.prefix = PrefixProjection(self.encoder.out_channels, m.decoder_width, (grid, grid), m.prefix_pool)
         self.decoder = AnswerDecoder(m, tokenizer, load_pretrained=load_pretrained)
 
     def inputs(self, main: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
@@ -84,6 +85,12 @@ class DiffVQA(nn.Module):
 
     def encode(self, main: Tensor, ref: Tensor) -> Tensor:
         """Both images through the shared encoder as one batch -> (2B, C, h, w), main images first."""
+        if self.config.model.blind:
+            # Every image is zeros: encode one pair and broadcast it. Identical to encoding the whole batch (its
+            # BatchNorm statistics over identical images equal one image's) at a 1/B of the cost.
+            batch = main.shape[0]
+            one = self.encoder.features(torch.cat([main[:1], ref[:1]], dim=0))
+            return torch.cat([one[:1].expand(batch, -1, -1, -1), one[1:].expand(batch, -1, -1, -1)], dim=0)
         return self.encoder.features(torch.cat([main, ref], dim=0))
 
     def decode_loss(self, features: Tensor, text: TextBatch) -> tuple[Tensor, Tensor]:

@@ -50,17 +50,19 @@ class SaliencyGuidedVQA(nn.Module):
 
     def forward(
         self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
-        answer_mask: Tensor, keyword_mask: Tensor,
+        answer_mask: Tensor, keyword_mask: Tensor, guided: bool = True,
     ) -> GuidedOutput:  # fmt: skip
+        """``guided=False`` runs this step single-pass (``saliency.start_step``); every parameter is still used."""
         model = self.model
         cfg = model.config.saliency
+        enabled = cfg.enabled and guided
         main, ref = model.inputs(main, ref)
         aligned = model.align(main, ref)
         text = model.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
         # λ_A = 0: L_A does not count, so pass A serves the CAM alone: no graph into the encoder, and the CAM's
         # gradient frees the decoder's. The step's gradients are unchanged (they lose only λ_A ∂L_A = 0), and pass B
         # still uses every parameter (DDP-safe).
-        cam_only = cfg.enabled and cfg.unmasked_loss_weight == 0
+        cam_only = enabled and cfg.unmasked_loss_weight == 0
         if cam_only:
             with torch.no_grad():
                 features_a = model.encode(aligned.aligned, ref)
@@ -68,7 +70,7 @@ class SaliencyGuidedVQA(nn.Module):
         else:
             features_a = model.encode(aligned.aligned, ref)
         loss_a, hidden_a = model.decode_loss(features_a, text)
-        if not cfg.enabled:
+        if not enabled:
             losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss}
             return GuidedOutput(loss_a + aligned.reg_loss, losses, aligned.theta, None)
 
