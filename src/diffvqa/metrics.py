@@ -362,7 +362,13 @@ def _check_predictions(predictions: Sequence[str]) -> None:
 
 
 def _empty_scores() -> dict[str, Any]:
-    return {**dict.fromkeys(METRIC_KEYS), "n": 0, "n_empty_predictions": 0, "unavailable": {}}
+    return {
+        **dict.fromkeys(METRIC_KEYS),
+        "n": 0,
+        "n_empty_predictions": 0,
+        "n_distinct_predictions": 0,
+        "unavailable": {},
+    }
 
 
 def _score_subsets(
@@ -430,6 +436,8 @@ def _score_subsets(
                 "CIDEr": float(cider),
                 "n": len(rows),
                 "n_empty_predictions": sum(not predictions[i].strip() for i in rows),
+                # a model that ignores its inputs collapses to a few answers: this shows it at a glance
+                "n_distinct_predictions": len({predictions[i].strip() for i in rows}),
                 "unavailable": {},
             }
 
@@ -479,7 +487,8 @@ def caption_scores(
 
     Returns:
         ``{"BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr"}`` (float or ``None``),
-        ``"n"`` (rows), ``"n_empty_predictions"``, ``"unavailable"`` (``{what: why}``, empty when all ran) and
+        ``"n"`` (rows), ``"n_empty_predictions"``, ``"n_distinct_predictions"`` (after trimming white space),
+        ``"unavailable"`` (``{what: why}``, empty when all ran) and
         ``"implementation"`` (``pycocoevalcap`` version, ``tokenizer`` ``"ptb"`` or ``"fallback"``, ``java``
         version or ``None``, ``comparable_with_papers``: true when the PTB tokenizer was used, so every number
         present is computed as in papers). ``CIDEr`` is pycocoevalcap's ``Cider()``, i.e. CIDEr-D, with its
