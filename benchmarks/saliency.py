@@ -57,6 +57,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from diffvqa.config import Config, load_config  # noqa: E402
 from diffvqa.data.text import Tokenizer, build_word_tokenizer, load_gpt2_tokenizer  # noqa: E402
+from diffvqa.model.encoder import feature_stride  # noqa: E402
 from diffvqa.model.vqa import DiffVQA  # noqa: E402
 from diffvqa.saliency.gradcam import (  # noqa: E402
     cams_from_score,
@@ -435,10 +436,11 @@ def kv_cache(model: DiffVQA, b: dict, repeats: int, warmup: int) -> dict[str, fl
 
 def describe(config: Config, tokenizer: Tokenizer, batch: int) -> str:
     m = config.model
-    grid = config.data.image_size // (4 * 2 ** (len(m.encoder_depths) - 1))
+    grid = config.data.image_size // feature_stride(m)
+    tokens = grid // m.prefix_pool
     return (
         f"S={config.data.image_size}, batch {batch}; ResNet {m.encoder_layer_type} {m.encoder_depths} -> "
-        f"{m.encoder_hidden_sizes[-1]}x{grid}x{grid} maps, prefix {2 * grid * grid + 2} tokens; GPT-2 "
+        f"{m.encoder_hidden_sizes[-1]}x{grid}x{grid} maps, prefix {2 * tokens * tokens + 2} tokens; GPT-2 "
         f"{m.decoder_layers}x{m.decoder_width}, vocabulary {len(tokenizer)}"
     )
 
