@@ -18,6 +18,10 @@ def test_preset_values_differ():
     assert paper.model.encoder_depths == [3, 4, 6, 3] and paper.model.encoder_layer_type == "bottleneck"
     assert paper.model.decoder_width == 768 and paper.model.tokenizer == "gpt2"
     assert paper.train.lr == 1.5e-4 and paper.train.weight_decay == 0.05
+    # the paper's recipe: every step guided, the plain M * I mask, one prefix token per feature-map cell
+    assert (paper.saliency.start_step, paper.saliency.mask_floor, paper.model.prefix_pool) == (0, 0.0, 1)
+    # the CPU demo's departures from it (README "What the demo shows")
+    assert (small.saliency.start_step, small.saliency.mask_floor, small.model.prefix_pool) == (900, 0.5, 2)
 
 
 def test_overrides_are_typed():

@@ -121,8 +121,12 @@ def test_torchrun_two_processes_through_the_cli(phantom_cache, tmp_path):
             *TINY,
             "train.steps=2",
             "train.batch_size=2",
+            "train.log_every=1",
+            "saliency.start_step=1",  # one single-pass step, then one guided step: DDP runs both kinds
         ]
     )
     assert read_pointer(run, "latest").name == "step-0000002"
     assert result.stdout.count("run:") == 1  # only rank 0 reports and writes
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [("loss/answer_masked" in r) for r in records if "loss" in r] == [False, True]
     load_checkpoint(run)
