@@ -4,22 +4,7 @@ Decoding a 2500 x 3000 JPEG costs tens of milliseconds; training reads each imag
 ``diffvqa prepare`` decodes every needed image once (reduced-size JPEG decoding + aspect-preserving resize + pad,
 ``diffvqa.data.images``) and training reads S x S bytes from a memory map.
 
-Cache directory layout (``S`` = size, ``N`` = images)::
-
-    manifest.json           written last: sources, size, preprocessing, versions, counts, skips by reason
-    report.txt              the reader's report plus the cache's counts (what ``diffvqa prepare`` prints)
-    questions.csv           one row per question: question_index, subject_id, study_id, ref_id, main_dicom_id,
-                            ref_dicom_id, question_type, question, answer (verbatim), split[, truth_keyword]
-    images.csv              the index, row i = array row i: dicom_id, subject_id, study_id, path (relative to
-                            the images directory); sorted by dicom_id
-    images.u8.npy           (N, S, S) uint8 = round(255 * gray); zeros for unreadable images
-    geometry.npy            (N, 6) int32: orig_h, orig_w, resized_h, resized_w, pad_top, pad_left
-    status.npy              (N,) uint8: 0 pending, 1 decoded, 2 unreadable
-    unreadable.tsv          row, dicom_id, error for each unreadable image
-    prepare.json            the settings and the image list's digest, written first (resume/merge checks)
-    reader.json, reader_questions.csv   the reader's counts and table, staged for finalising (and merging)
-    truth/                  phantom releases only: theta_true, change and finding masks in the cache frames
-                            (layout and conventions: :mod:`diffvqa.data.cache_truth`)
+The layout of a cache directory and its reader: :mod:`diffvqa.data.image_cache`.
 
 Resuming: images are decoded in chunks; every ``CHECKPOINT_SECONDS`` (and when a run is interrupted) the finished
 chunks' pixels and geometry are flushed to disk before their ``status`` entries are written and flushed, so
@@ -45,24 +30,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffvqa.data.cache_truth import CacheTruth, write_truth
-from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, Geometry, ImageReadError, load_image, to_uint8
+from diffvqa.data.cache_truth import write_truth
+from diffvqa.data.image_cache import (
+    CACHE_VERSION,
+    DONE,
+    GEOMETRY,
+    IMAGES,
+    INDEX,
+    MANIFEST,
+    PARAMS,
+    PENDING,
+    QUESTIONS,
+    READER,
+    READER_QUESTIONS,
+    REPORT,
+    STATUS,
+    UNREADABLE,
+    UNREADABLE_IMAGE,
+    geometry_from_row,
+)
+from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
 
-CACHE_VERSION = 1
-MANIFEST = "manifest.json"
-REPORT = "report.txt"
-QUESTIONS = "questions.csv"
-INDEX = "images.csv"
-IMAGES = "images.u8.npy"
-GEOMETRY = "geometry.npy"
-STATUS = "status.npy"
-UNREADABLE = "unreadable.tsv"
-PARAMS = "prepare.json"
-READER = "reader.json"
-READER_QUESTIONS = "reader_questions.csv"
-
-PENDING, DONE, UNREADABLE_IMAGE = 0, 1, 2
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
 
@@ -88,11 +77,6 @@ def _decode_chunk(job: tuple[list[int], list[str], int, bool]) -> list[tuple]:
         except ImageReadError as exc:
             out.append((row, None, None, str(exc)))
     return out
-
-
-def _geometry(ints: Sequence[int], size: int) -> Geometry:
-    orig_h, orig_w, resized_h, resized_w, pad_top, pad_left = (int(v) for v in ints)
-    return Geometry(orig_h, orig_w, size / max(orig_h, orig_w), pad_top, pad_left, size, resized_h, resized_w)
 
 
 def _imap(function, jobs: list, workers: int, ordered: bool = False) -> Iterable:
@@ -323,7 +307,7 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
     truth_summary = None
     if release.truth is not None:
         questions["truth_keyword"] = [release.truth.keywords.get(int(i), "") for i in questions.question_index]
-        decoded = {d: _geometry(geometry[i], size) for i, d in enumerate(index.dicom_id) if status[i] == DONE}
+        decoded = {d: geometry_from_row(geometry[i], size) for i, d in enumerate(index.dicom_id) if status[i] == DONE}
         imap = functools.partial(_imap, workers=workers, ordered=True)
         truth_summary = write_truth(out, release, decoded, size, imap, progress)
     questions.to_csv(out / QUESTIONS, index=False, lineterminator="\n")
@@ -492,90 +476,6 @@ def merge_shards(
     if strict:
         _raise_on_unreadable(out)
     return _finalise(out, _load_staged_release(out), strict, workers, progress)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# reading a cache
-
-
-class ImageCache:
-    """Read access to a prepared cache directory.
-
-    The (N, S, S) array is memory-mapped on first access, not in ``__init__``, and dropped when pickled: each
-    DataLoader worker opens its own map after fork/spawn.
-    """
-
-    def __init__(self, directory: str | Path):
-        self.directory = Path(directory)
-        manifest_path = self.directory / MANIFEST
-        if not manifest_path.is_file():
-            raise ValueError(
-                f"{self.directory}: not a prepared cache (no {MANIFEST}); run `diffvqa prepare` "
-                "(an interrupted prepare resumes when rerun)"
-            )
-        self.manifest = json.loads(manifest_path.read_text())
-        self.size: int = int(self.manifest["size"])
-        index = pd.read_csv(self.directory / INDEX, dtype=str, keep_default_na=False)
-        self.dicom_ids: list[str] = index.dicom_id.tolist()
-        self.row: dict[str, int] = {d: i for i, d in enumerate(self.dicom_ids)}
-        self._geometry = np.load(self.directory / GEOMETRY)  # (N, 6) int32, small
-        self._status = np.load(self.directory / STATUS)
-        self._images: np.ndarray | None = None
-        self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use
-
-    def __len__(self) -> int:
-        return len(self.dicom_ids)
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state["_images"] = state["_truth"] = None  # never ship a memory map to another process
-        return state
-
-    @property
-    def images(self) -> np.ndarray:
-        """(N, S, S) uint8, memory-mapped read-only."""
-        if self._images is None:
-            self._images = np.load(self.directory / IMAGES, mmap_mode="r")
-        return self._images
-
-    def _row(self, dicom_id: str) -> int:
-        row = self.row.get(dicom_id)
-        if row is None:
-            raise KeyError(f"{self.directory}: dicom_id {dicom_id!r} is not in this cache")
-        if self._status[row] != DONE:
-            raise KeyError(f"{self.directory}: dicom_id {dicom_id!r} could not be decoded (see {UNREADABLE})")
-        return row
-
-    def image(self, dicom_id: str) -> np.ndarray:
-        """(S, S) uint8 (a copy: safe to hand to torch)."""
-        return np.array(self.images[self._row(dicom_id)])
-
-    def geometry(self, dicom_id: str) -> Geometry:
-        return _geometry(self._geometry[self._row(dicom_id)], self.size)
-
-    def questions(self) -> pd.DataFrame:
-        """questions.csv: ids as int64, text verbatim (see the module docstring for the columns)."""
-        ints = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
-        header = pd.read_csv(self.directory / QUESTIONS, nrows=0).columns
-        dtypes = {c: ints.get(c, str) for c in header}
-        return pd.read_csv(self.directory / QUESTIONS, dtype=dtypes, keep_default_na=False)
-
-    @property
-    def has_truth(self) -> bool:
-        return CacheTruth.exists(self.directory)
-
-    def _load_truth(self) -> CacheTruth:
-        if self._truth is None:
-            self._truth = CacheTruth(self.directory)
-        return self._truth
-
-    def pair_truth(self, study_id: int, ref_id: int) -> dict | None:
-        """Ground truth of a pair (phantom caches), else None (:meth:`.CacheTruth.pair`)."""
-        return self._load_truth().pair(study_id, ref_id) if self.has_truth else None
-
-    def findings(self, dicom_id: str) -> list[dict]:
-        """The ground-truth findings of an image (phantom caches; [] otherwise; :meth:`.CacheTruth.findings`)."""
-        return self._load_truth().findings(dicom_id) if self.has_truth else []
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diffvqa.data.cache import ImageCache
+from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.release import QUESTION_TYPES, SPLITS, validate_choices
 
 ID_KEYS = ("question_index", "subject_id", "study_id", "ref_id", "main_dicom_id", "ref_dicom_id")
