@@ -128,3 +128,31 @@ def train_briefly(model, batch, steps=20):
         optimiser.step()
     optimiser.zero_grad(set_to_none=True)
     return model
+
+
+def write_dicom(path, pixels, photometric: str = "MONOCHROME2", bits_stored: int = 16, **tags):
+    """Write an uncompressed single-frame DICOM of uint16 ``pixels``; ``tags`` set (or override) attributes,
+    e.g. patient-identifying ones that no output may carry, or a VOI window. Returns ``path``."""
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName = "Doe^Jane"  # present in the file; the reader must not need it
+    ds.PatientID = "12345678"
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    ds.PixelData = np.asarray(pixels).astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import write_dicom
 from PIL import Image
 
 from diffvqa.ask import PNG_FILES, main
@@ -48,29 +49,9 @@ def _write_png(path, h: int, w: int, seed: int):
 
 def _write_dicom(path, h: int, w: int, seed: int):
     """A 16-bit MONOCHROME2 DICOM carrying patient-identifying tags."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PHI-9876543"
-    ds.PatientBirthDate = "19700101"
-    ds.InstitutionName = "St Elsewhere"
-    ds.AccessionNumber = "ACC-55501"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = h, w
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = np.rint(_image(h, w, seed) * 65535).astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return path
+    pixels = np.rint(_image(h, w, seed) * 65535).astype(np.uint16)
+    return write_dicom(path, pixels, PatientName="Doe^Jane", PatientID="PHI-9876543", PatientBirthDate="19700101",
+                       InstitutionName="St Elsewhere", AccessionNumber="ACC-55501")  # fmt: skip
 
 
 def _ask(checkpoint, main_path, ref_path, *extra: str, question: str = QUESTION) -> int:

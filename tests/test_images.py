@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_dicom
 from PIL import Image
 
 from diffvqa.data.images import Geometry, ImageReadError, is_dicom, load_image, read_image, resize_pad
@@ -101,38 +102,10 @@ def test_unreadable_names_the_file(tmp_path):
         load_image(tmp_path / "missing.jpg", 32)
 
 
-def _write_dicom(path, pixels: np.ndarray, photometric: str, bits_stored: int, **extra) -> None:
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"  # present in the file; the reader must not need it
-    ds.PatientID = "12345678"
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for key, value in extra.items():
-        setattr(ds, key, value)
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_dicom_monochrome1_16bit_is_inverted_and_scaled(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 65536, (40, 30)).astype(np.uint16)
     path = tmp_path / "image.dcm"
-    _write_dicom(path, pixels, "MONOCHROME1", 16)
+    write_dicom(path, pixels, "MONOCHROME1", 16)
     image = read_image(path)
     np.testing.assert_allclose(image, 1.0 - pixels / 65535.0, atol=1e-6)
 
@@ -140,7 +113,7 @@ def test_dicom_monochrome1_16bit_is_inverted_and_scaled(tmp_path):
 def test_dicom_monochrome2_12bit_window(tmp_path):
     pixels = np.random.default_rng(1).integers(0, 4096, (30, 40)).astype(np.uint16)
     path = tmp_path / "no_suffix"  # recognised by the DICM magic
-    _write_dicom(path, pixels, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=1024)
+    write_dicom(path, pixels, "MONOCHROME2", 12, WindowCenter=2048, WindowWidth=1024)
     assert is_dicom(path)
     image = read_image(path)
     # DICOM PS3.3 C.11.2.1.2.1 linear window, into [0, 1]
@@ -148,7 +121,7 @@ def test_dicom_monochrome2_12bit_window(tmp_path):
     expected = np.clip((pixels - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
     np.testing.assert_allclose(image, expected, atol=1e-6)
     # without a window: 12-bit values scaled by BitsStored
-    _write_dicom(tmp_path / "raw.dcm", pixels, "MONOCHROME2", 12)
+    write_dicom(tmp_path / "raw.dcm", pixels, "MONOCHROME2", 12)
     np.testing.assert_allclose(read_image(tmp_path / "raw.dcm"), pixels / 4095.0, atol=1e-6)
     out, geometry = load_image(tmp_path / "raw.dcm", 16)
     assert out.shape == (16, 16) and (geometry.orig_h, geometry.orig_w) == (30, 40)
