@@ -205,14 +205,17 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch.Tensor, optimizer, scheduler,
-                   config: Config, device: torch.device, step: int) -> dict[str, float]:  # fmt: skip
-    """Optimiser step ``step`` (0-based): one forward of the top-level module, one backward, clip, step."""
+def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch.Tensor | None, optimizer,
+                   scheduler, config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
+    """One optimiser step: one forward of the top-level module, one backward, clip, step. ``keyword_mask=None``
+    runs it single-pass (a step before ``saliency.start_step``, or the saliency loop off)."""
     optimizer.zero_grad(set_to_none=True)
+    is_guided = keyword_mask is not None
+    if keyword_mask is None:  # the module takes a mask either way; a single-pass step never reads it
+        keyword_mask = torch.zeros_like(batch["answer_ids"], dtype=torch.bool)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
         out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                     batch["answer_ids"], batch["answer_mask"], keyword_mask,
-                     guided=step >= config.saliency.start_step)  # fmt: skip
+                     batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided)  # fmt: skip
     if not torch.isfinite(out.loss):
         terms = {k: v.item() for k, v in out.losses.items()}
         raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
@@ -312,9 +315,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         if step >= end_step:
             break
         tic = time.perf_counter()
-        keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
-        keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
-        record = train_one_step(guided, _to(batch, dev), keyword_mask.to(dev), optimizer, scheduler, config, dev, step)
+        keyword_mask = None  # keywords only for the steps that use them (an LLM source costs a request each)
+        if config.saliency.enabled and step >= config.saliency.start_step:
+            keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
+            keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"]).to(dev)
+        record = train_one_step(guided, _to(batch, dev), keyword_mask, optimizer, scheduler, config, dev)
         step += 1
         pairs += len(batch["answer"]) * world
         busy += time.perf_counter() - tic
