@@ -1,9 +1,9 @@
 """The assembled model: align main -> reference, encode both at once, project to a prefix, decode with GPT-2.
 
 :class:`DiffVQA` exposes the pieces the saliency loop re-combines (``align``, ``encode``, ``prefix``,
-``decoder``) and a plain single-pass ``forward`` (training without the saliency loop) and ``answer``
-(generation). Inputs are gray images in [0, 1], (B, 1, S, S); normalisation happens inside the encoder, after
-any masking.
+``decoder``), a plain single-pass ``forward`` (training without the saliency loop) and ``generate_from_features``
+(greedy answers; inference runs :func:`diffvqa.saliency.guided.two_pass_answer`). Inputs are gray images in
+[0, 1], (B, 1, S, S); normalisation happens inside the encoder, after any masking.
 """
 
 from __future__ import annotations
@@ -27,15 +27,6 @@ class VQAOutput:
     theta: Tensor  # (B, 2, 3)
     aligned_main: Tensor  # (B, 1, S, S)
     features: Tensor  # (2B, C, h, w): main images first, then references
-
-
-@dataclass
-class Answer:
-    text: list[str]
-    generation: Generation
-    theta: Tensor  # (B, 2, 3)
-    aligned_main: Tensor  # (B, 1, S, S)
-    features: Tensor  # (2B, C, h, w)
 
 
 class DiffVQA(nn.Module):
@@ -127,12 +118,3 @@ class DiffVQA(nn.Module):
             max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache, keep_prompt=keep_prompt,
         )  # fmt: skip
         return [self.tokenizer.decode(row) for row in generation.ids.tolist()], generation
-
-    @torch.no_grad()
-    def answer(self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor) -> Answer:
-        """Single-pass inference: align, encode, greedy-decode. Call in eval mode."""
-        main, ref = self.inputs(main, ref)
-        aligned = self.align(main, ref)
-        features = self.encode(aligned.aligned, ref)
-        text, generation = self.generate_from_features(features, question_ids, question_mask)
-        return Answer(text, generation, aligned.theta, aligned.aligned, features)
