@@ -16,6 +16,7 @@ the outputs name the input files by basename only.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -88,17 +89,6 @@ def encode_question(tokenizer, question: str, max_tokens: int) -> tuple[list[int
     return ids[:max_tokens], notes
 
 
-def _keyword_fn(source: str, config):
-    from diffvqa.saliency.keywords import make_keyword_fn
-
-    s = config.saliency
-    if source == "llm":
-        return make_keyword_fn(
-            "llm", base_url=s.llm_base_url, model=s.llm_model, timeout=s.llm_timeout, cache_path=s.llm_cache or None
-        )
-    return make_keyword_fn(source)
-
-
 def write_outputs(out: Path, images: dict[str, np.ndarray | None], record: dict) -> list[Path]:
     """The overlay PNGs (maps missing in single-pass mode are skipped), a combined panel and answer.json."""
     from PIL import Image
@@ -150,6 +140,7 @@ def run(args: argparse.Namespace) -> dict:
     from diffvqa.data.images import ImageReadError, load_image
     from diffvqa.model.checkpoint import load_checkpoint
     from diffvqa.saliency.guided import two_pass_answer
+    from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 
     try:
         model = load_checkpoint(args.checkpoint, map_location=args.device).eval()
@@ -171,7 +162,7 @@ def run(args: argparse.Namespace) -> dict:
     source = args.keyword_source or (
         config.saliency.keyword_source if config.saliency.keyword_source in KEYWORD_SOURCES else "lexicon"
     )
-    keyword_fn = _keyword_fn(source, config)
+    keyword_fn = answer_keyword_fn(dataclasses.replace(config.saliency, keyword_source=source))
     single_pass = args.single_pass or not config.saliency.enabled
 
     device = next(model.parameters()).device
@@ -180,9 +171,8 @@ def run(args: argparse.Namespace) -> dict:
         model, _batch(main, device), _batch(ref, device), question_ids, torch.ones_like(question_ids), [question],
         keyword_fn, single_pass=single_pass,
     )  # fmt: skip
-    if hasattr(keyword_fn, "save"):  # the LLM backend: keep its cache, say where keywords came from
-        keyword_fn.save()
-        print(keyword_fn.report(), file=sys.stderr)
+    if (keywords_report := finish_keywords(keyword_fn)) is not None:  # the LLM backend: where keywords came from
+        print(keywords_report, file=sys.stderr)
 
     record = {
         "question": question,

@@ -18,15 +18,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffvqa.config import Config
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import QUESTION_TYPES
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
-from diffvqa.saliency.keywords import make_keyword_fn
-from diffvqa.saliency.lexicon import lexicon_keyword
+from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 
 
 def evenly_spaced(size: int, count: int) -> list[int]:
@@ -34,17 +32,6 @@ def evenly_spaced(size: int, count: int) -> list[int]:
     if count <= 0 or count >= size:
         return list(range(size))
     return [int(i * size / count) for i in range(count)]
-
-
-def keyword_function(config: Config, run_dir: Path | None) -> KeywordFn:
-    """The keyword of a generated answer at inference. ``truth`` falls back to the lexicon: a generated
-    answer has no ground truth. The LLM cache defaults to ``<run_dir>/keywords_llm.json``."""
-    s = config.saliency
-    if s.keyword_source in ("lexicon", "truth"):
-        return lexicon_keyword
-    cache = s.llm_cache or (str(Path(run_dir) / "keywords_llm.json") if run_dir is not None else None)
-    return make_keyword_fn(s.keyword_source, base_url=s.llm_base_url, model=s.llm_model, timeout=s.llm_timeout,
-                           cache_path=cache)  # fmt: skip
 
 
 def pointing_hits(mask: torch.Tensor, change_mask: torch.Tensor) -> torch.Tensor:
@@ -182,9 +169,11 @@ def evaluate(
         raise ValueError(f"{data}: no {split} questions of types {question_types or 'all'}")
     if limit:
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
-    keyword_fn = keyword_function(model.config, out)
+    keyword_fn = answer_keyword_fn(model.config.saliency, out)
     records, saliency, examples = predict(model, dataset, keyword_fn, batch_size, single_pass, device,
                                           progress=progress)  # fmt: skip
+    if (keywords_report := finish_keywords(keyword_fn)) is not None:
+        print(keywords_report, file=sys.stderr)
     with (out / "predictions.jsonl").open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

@@ -37,11 +37,12 @@ from torch import nn
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import build_tokenizer
-from diffvqa.evaluate import evenly_spaced, keyword_function, predict
+from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.model.checkpoint import CONFIG_FILE, load_weights, read_pointer, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
+from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 
 TRAINER_STATE = "trainer_state.pt"
 METRICS_LOG = "metrics.jsonl"
@@ -302,7 +303,7 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.data.num_workers,
                                          generator=torch.Generator().manual_seed(t.seed))  # fmt: skip
-    keyword_fn = keyword_function(config, run_dir)
+    keyword_fn = answer_keyword_fn(config.saliency, run_dir)
     log = MetricsLog(run_dir, enabled=is_main)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = None
@@ -357,6 +358,8 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     if bar is not None:
         bar.close()
     log.close()
+    if is_main and (keywords_report := finish_keywords(keyword_fn)) is not None:
+        print(keywords_report, file=sys.stderr)
     if world > 1:
         # Release DDP's reducer while the process group is alive: tearing it down after destroy_process_group
         # can leave a gloo rank hanging at interpreter exit.

@@ -358,6 +358,25 @@ def make_keyword_fn(
     raise ValueError(f"unknown keyword source {source!r}; choose one of lexicon, llm, truth")
 
 
+def answer_keyword_fn(saliency: SaliencyConfig, run_dir: str | Path | None = None) -> KeywordFn:
+    """The keyword of a *generated* answer (inference, and training's Grad-CAM on the ground-truth answer when
+    the source is a function of it). ``truth`` falls back to the lexicon: a generated answer has no ground truth.
+    The LLM cache defaults to ``<run_dir>/keywords_llm.json``."""
+    if saliency.keyword_source in ("lexicon", "truth"):
+        return lexicon_keyword
+    cache = saliency.llm_cache or (str(Path(run_dir) / "keywords_llm.json") if run_dir is not None else None)
+    return make_keyword_fn(saliency.keyword_source, base_url=saliency.llm_base_url, model=saliency.llm_model,
+                           timeout=saliency.llm_timeout, cache_path=cache)  # fmt: skip
+
+
+def finish_keywords(keyword_fn: KeywordFn) -> str | None:
+    """End of a run: write an LLM backend's cache and return its one-line report (None for the lexicon)."""
+    if not isinstance(keyword_fn, LLMKeywords):
+        return None
+    keyword_fn.save()
+    return keyword_fn.report()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # diffvqa keywords
 
