@@ -48,6 +48,7 @@ from diffvqa.data.image_cache import (
     UNREADABLE,
     UNREADABLE_IMAGE,
     geometry_from_row,
+    read_questions_csv,
 )
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
@@ -178,12 +179,8 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
 
 def _load_staged_release(directory: Path) -> Release:
     reader = json.loads((directory / READER).read_text())
-    dtypes = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
-    questions = pd.read_csv(
-        directory / READER_QUESTIONS, dtype={c: dtypes.get(c, str) for c in COLUMNS}, keep_default_na=False
-    )
     return Release(
-        questions=questions,
+        questions=read_questions_csv(directory / READER_QUESTIONS),
         steps=reader["steps"],
         skipped=reader["skipped"],
         notes=reader["notes"],

@@ -47,6 +47,14 @@ READER_QUESTIONS = "reader_questions.csv"
 PENDING, DONE, UNREADABLE_IMAGE = 0, 1, 2
 
 
+def read_questions_csv(path: Path) -> pd.DataFrame:
+    """A question table written by prepare (questions.csv, reader_questions.csv): ids as int64, the rest
+    verbatim strings (an answer "none" or "NA" stays a string)."""
+    ints = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
+    header = pd.read_csv(path, nrows=0).columns
+    return pd.read_csv(path, dtype={c: ints.get(c, str) for c in header}, keep_default_na=False)
+
+
 def geometry_from_row(ints: Sequence[int], size: int) -> Geometry:
     """An images.csv/geometry.npy row (orig_h, orig_w, resized_h, resized_w, pad_top, pad_left) -> Geometry."""
     orig_h, orig_w, resized_h, resized_w, pad_top, pad_left = (int(v) for v in ints)
@@ -81,6 +89,7 @@ class ImageCache:
         self._status = np.load(self.directory / STATUS)
         self._images: np.ndarray | None = None
         self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use
+        self.has_truth = CacheTruth.exists(self.directory)  # asked per sample: look once
 
     def __len__(self) -> int:
         return len(self.dicom_ids)
@@ -114,14 +123,7 @@ class ImageCache:
 
     def questions(self) -> pd.DataFrame:
         """questions.csv: ids as int64, text verbatim (see the module docstring for the columns)."""
-        ints = {c: np.int64 for c in ("question_index", "subject_id", "study_id", "ref_id")}
-        header = pd.read_csv(self.directory / QUESTIONS, nrows=0).columns
-        dtypes = {c: ints.get(c, str) for c in header}
-        return pd.read_csv(self.directory / QUESTIONS, dtype=dtypes, keep_default_na=False)
-
-    @property
-    def has_truth(self) -> bool:
-        return CacheTruth.exists(self.directory)
+        return read_questions_csv(self.directory / QUESTIONS)
 
     def _load_truth(self) -> CacheTruth:
         if self._truth is None:
