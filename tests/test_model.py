@@ -102,7 +102,8 @@ def test_aligner_learns_a_shift():
 def _generate(model, batch, use_cache):
     model.eval()
     features = model.encode(batch["main"], batch["ref"])
-    return model.generate_from_features(features, batch["question_ids"], batch["question_mask"], use_cache=use_cache)
+    return model.generate_from_features(features, batch["question_ids"], batch["question_mask"], use_cache=use_cache,
+                                        keep_scores=True)  # fmt: skip
 
 
 def test_cached_and_uncached_generation_agree_on_a_padded_batch(tiny_model, tiny_batch):
@@ -112,6 +113,7 @@ def test_cached_and_uncached_generation_agree_on_a_padded_batch(tiny_model, tiny
     text_plain, plain = _generate(tiny_model, tiny_batch, use_cache=False)
     assert torch.equal(cached.ids, plain.ids) and text_cached == text_plain
     assert cached.ids.shape[1] > 3  # several decoding steps were compared
+    assert len(cached.scores) == len(plain.scores) == cached.ids.shape[1]
     for a, b in zip(cached.scores, plain.scores, strict=True):
         assert (a - b).abs().max() < 1e-5
     # and batching with right padding changes nothing: each row alone gives the same answer

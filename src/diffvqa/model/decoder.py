@@ -82,7 +82,7 @@ class Prompt:
 @dataclass
 class Generation:
     ids: Tensor  # (B, N) generated ids, <eos> included, <pad> after it
-    scores: list[Tensor]  # N tensors (B, V): the logits each token was chosen from
+    scores: list[Tensor]  # with ``keep_scores``: N tensors (B, V), the logits each token was chosen from
     prompt: Prompt | None = None  # with ``keep_prompt=True``
 
 
@@ -227,6 +227,7 @@ class AnswerDecoder(nn.Module):
         max_new_tokens: int = 64,
         use_cache: bool = True,
         keep_prompt: bool = False,
+        keep_scores: bool = False,
     ) -> Generation:
         """Greedy decoding, batched over right-padded questions, stopping at <eos> or ``max_new_tokens``.
 
@@ -235,7 +236,8 @@ class AnswerDecoder(nn.Module):
         slots between them stay masked. ``use_cache=False`` recomputes the whole sequence at every step
         (the reference the KV-cached path is tested against). ``keep_prompt=True`` runs the prompt pass with
         autograd on (a graph exists only if the prefix requires grad) and returns it as ``Generation.prompt``
-        for :meth:`continuation_hidden`; the decoding steps run without graph either way.
+        for :meth:`continuation_hidden`; the decoding steps run without graph either way. ``keep_scores`` keeps
+        every step's (B, V) logits (off by default: with GPT-2's 50k vocabulary they outweigh everything else).
         """
         tok = self.tokenizer
         text = self.text_batch(question_ids, question_mask)
@@ -267,7 +269,8 @@ class AnswerDecoder(nn.Module):
         generated, scores = [], []
         finished = torch.zeros(b, dtype=torch.bool, device=embeds.device)
         for step in range(max_new_tokens):
-            scores.append(logits)
+            if keep_scores:
+                scores.append(logits)
             next_ids = logits.argmax(dim=-1).masked_fill(finished, tok.pad_id)
             generated.append(next_ids)
             finished |= next_ids == tok.eos_id

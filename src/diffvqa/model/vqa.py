@@ -107,7 +107,7 @@ class DiffVQA(nn.Module):
 
     def generate_from_features(
         self, features: Tensor, question_ids: Tensor, question_mask: Tensor, use_cache: bool = True,
-        keep_prompt: bool = False,
+        keep_prompt: bool = False, keep_scores: bool = False,
     ) -> tuple[list[str], Generation]:  # fmt: skip
         """Greedy answers from feature maps (2B, C, h, w). ``keep_prompt`` keeps the prompt pass's graph from the
         feature maps on (pass them as a leaf that requires grad), so a Grad-CAM can re-use it."""
@@ -116,5 +116,6 @@ class DiffVQA(nn.Module):
         generation = self.decoder.generate(
             prefix_main, prefix_ref, question_ids, question_mask,
             max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache, keep_prompt=keep_prompt,
+            keep_scores=keep_scores,
         )  # fmt: skip
         return [self.tokenizer.decode(row) for row in generation.ids.tolist()], generation
