@@ -23,14 +23,16 @@ from typing import Any
 PRESETS = ("tiny", "small", "paper")
 
 
+# The seven question types of Medical-Diff-VQA, in the release's order.
+QUESTION_TYPES = ("abnormality", "presence", "view", "location", "level", "type", "difference")
+
+
 @dataclass
 class DataConfig:
     """What the dataset reader and the image pipeline use (``diffvqa.data``)."""
 
     image_size: int = 128  # S: images are resized (aspect kept) and padded to S x S
-    question_types: list[str] = field(
-        default_factory=lambda: ["abnormality", "presence", "view", "location", "level", "type", "difference"]
-    )
+    question_types: list[str] = field(default_factory=lambda: list(QUESTION_TYPES))
     max_question_tokens: int = 24
     max_answer_tokens: int = 64
     num_workers: int = 0

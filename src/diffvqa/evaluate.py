@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
-from diffvqa.data.release import QUESTION_TYPES
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA

@@ -48,8 +48,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from diffvqa.config import QUESTION_TYPES
+
 METRIC_KEYS = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-QUESTION_TYPES = ("abnormality", "presence", "view", "location", "level", "type", "difference")
 DIFFERENCE = "difference"
 CLOSED_ANSWERS = ("yes", "no")
 

@@ -15,8 +15,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.image_cache import ImageCache
-from diffvqa.data.release import QUESTION_TYPES, SPLITS, validate_choices
+from diffvqa.data.release import SPLITS, validate_choices
 
 ID_KEYS = ("question_index", "subject_id", "study_id", "ref_id", "main_dicom_id", "ref_dicom_id")
 
@@ -110,6 +111,19 @@ def texts(cache_dir: str | Path, split: str | None = "train") -> list[str]:
     return q.question.tolist() + q.answer.tolist()
 
 
+def pad_token_ids(tokenizer, texts: Sequence[str], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids of ``texts`` truncated to ``limit``, right-padded with ``<pad>`` -> ids and mask (B, T) long;
+    at least one column, so an all-empty batch is still a valid tensor."""
+    encoded = [list(tokenizer.encode(t))[:limit] for t in texts]
+    length = max(1, max(len(e) for e in encoded))
+    ids = torch.full((len(texts), length), int(tokenizer.pad_id), dtype=torch.long)
+    mask = torch.zeros((len(texts), length), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, : len(tokens)] = 1
+    return ids, mask
+
+
 class Collate:
     """Stack samples of :class:`PairQADataset` into a batch.
 
@@ -134,16 +148,6 @@ class Collate:
         self.max_question_tokens = max_question_tokens
         self.max_answer_tokens = max_answer_tokens
 
-    def _pad(self, texts: list[str], limit: int) -> tuple[torch.Tensor, torch.Tensor]:
-        encoded = [list(self.tokenizer.encode(t))[:limit] for t in texts]
-        length = max(1, max(len(e) for e in encoded))  # never a zero-width tensor
-        ids = torch.full((len(texts), length), int(self.tokenizer.pad_id), dtype=torch.long)
-        mask = torch.zeros((len(texts), length), dtype=torch.long)
-        for row, tokens in enumerate(encoded):
-            ids[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-            mask[row, : len(tokens)] = 1
-        return ids, mask
-
     def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         if not samples:
             raise ValueError("cannot collate an empty list of samples")
@@ -163,6 +167,7 @@ class Collate:
                 "keyword": [s["truth"]["keyword"] for s in samples],
             }
         if self.tokenizer is not None:
-            batch["question_ids"], batch["question_mask"] = self._pad(batch["question"], self.max_question_tokens)
-            batch["answer_ids"], batch["answer_mask"] = self._pad(batch["answer"], self.max_answer_tokens)
+            tok, questions, answers = self.tokenizer, batch["question"], batch["answer"]
+            batch["question_ids"], batch["question_mask"] = pad_token_ids(tok, questions, self.max_question_tokens)
+            batch["answer_ids"], batch["answer_mask"] = pad_token_ids(tok, answers, self.max_answer_tokens)
         return batch

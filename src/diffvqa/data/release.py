@@ -39,11 +39,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.config import QUESTION_TYPES
+
 QUESTIONS_FILE = "mimic_pair_questions.csv"
 STUDIES_FILE = "mimic_all.csv"
 GROUND_TRUTH_DIR = "ground_truth"
 
-QUESTION_TYPES = ("abnormality", "presence", "view", "location", "level", "type", "difference")
 SPLITS = ("train", "val", "test")
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 STUDY_COLUMNS = ("subject_id", "study_id", "dicom_id", "study_date")  # the ones we use of the 21

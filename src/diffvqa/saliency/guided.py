@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from diffvqa.data.dataset import pad_token_ids
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import (
     cams_from_score,
@@ -101,18 +102,6 @@ class TwoPassResult:
     final: list[str]  # pass-2 answers (masked images); equal to ``preliminary`` in single-pass mode
 
 
-def _encode_answers(model: DiffVQA, answers: list[str], device) -> tuple[Tensor, Tensor]:
-    """Right-padded token ids of the generated answers (at least one column), truncated to the config's max."""
-    limit = model.config.data.max_answer_tokens
-    encoded = [model.tokenizer.encode(a)[:limit] for a in answers]
-    width = max(1, max(map(len, encoded)))
-    ids = torch.full((len(answers), width), model.tokenizer.pad_id, dtype=torch.long)
-    for i, row in enumerate(encoded):
-        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
-    mask = (ids != model.tokenizer.pad_id).long()
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def two_pass_answer(
     model: DiffVQA,
@@ -143,7 +132,8 @@ def two_pass_answer(
     leaf = features.detach().requires_grad_(True)
     preliminary, generation = model.generate_from_features(leaf, question_ids, question_mask, keep_prompt=True)
     keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
-    answer_ids, answer_mask = _encode_answers(model, preliminary, main.device)
+    limit = model.config.data.max_answer_tokens
+    answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, preliminary, limit))
     keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
     cam_main, cam_ref = keyword_gradcam_from_prompt(
         model, leaf, generation.prompt, answer_ids, answer_mask, keyword_mask, cfg.cam_eps
