@@ -121,14 +121,14 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
 def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
              device: torch.device, single_pass: bool = False) -> dict[str, float]:  # fmt: skip
     """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split."""
-    from diffvqa.metrics import cider_score
+    from diffvqa.metrics import cider_score, normalize_answer
 
     subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
     records, _, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device, examples=0,
                             progress=False)  # fmt: skip
     model.train()
     predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
-    exact = sum(p.strip().rstrip(".") == r.strip().rstrip(".") for p, r in zip(predictions, references, strict=True))
+    exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
     return {"CIDEr": cider_score(predictions, references), "exact_match": exact / len(records), "n": len(records)}
 
 
