@@ -372,6 +372,18 @@ def _empty_scores() -> dict[str, Any]:
     }
 
 
+def _tokenize(captions: Sequence[str], java: str | None) -> tuple[list[str], str, str | None]:
+    """Sanitised captions -> PTB tokens when Java runs it, else the fallback tokenizer's. Returns the tokens,
+    ``"ptb"`` or ``"fallback"``, and why PTB was not used when Java was there (else None)."""
+    captions = [sanitize_caption(c) for c in captions]
+    if java is not None:
+        try:
+            return ptb_tokenize(captions), "ptb", None
+        except RuntimeError as exc:
+            return fallback_tokenize(captions), "fallback", f"{exc}; used the Python fallback tokenizer"
+    return fallback_tokenize(captions), "fallback", None
+
+
 def _score_subsets(
     predictions: Sequence[str],
     references: list[list[str]],
@@ -400,17 +412,9 @@ def _score_subsets(
             except OSError as exc:
                 unavailable["METEOR"] = f"METEOR did not start: {exc}"
 
-        captions = [sanitize_caption(p) for p in predictions]
-        captions += [sanitize_caption(r) for refs in references for r in refs]
-        tokenizer = "fallback"
-        if java is not None:
-            try:
-                tokens = ptb_tokenize(captions)
-                tokenizer = "ptb"
-            except RuntimeError as exc:
-                unavailable["PTBTokenizer"] = f"{exc}; used the Python fallback tokenizer"
-        if tokenizer == "fallback":
-            tokens = fallback_tokenize(captions)
+        tokens, tokenizer, problem = _tokenize([*predictions, *(r for refs in references for r in refs)], java)
+        if problem is not None:
+            unavailable["PTBTokenizer"] = problem
         hyps, refs, pos = tokens[: len(predictions)], [], len(predictions)
         for r in references:
             refs.append(tokens[pos : pos + len(r)])
@@ -613,11 +617,7 @@ def cider_score(predictions: Sequence[str], references: Sequence[str]) -> float:
     _check_predictions(predictions)
     if len(predictions) == 0 or len(predictions) != len(references):
         raise ValueError(f"cider_score needs matching, non-empty lists ({len(predictions)} vs {len(references)})")
-    captions = [sanitize_caption(c) for c in [*predictions, *references]]
-    try:
-        tokens = ptb_tokenize(captions) if java_version() is not None else fallback_tokenize(captions)
-    except RuntimeError:
-        tokens = fallback_tokenize(captions)
+    tokens, _, _ = _tokenize([*predictions, *references], java_version())
     n = len(predictions)
     score, _ = Cider().compute_score({i: [tokens[n + i]] for i in range(n)}, {i: [tokens[i]] for i in range(n)})
     return float(score)
