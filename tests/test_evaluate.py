@@ -80,4 +80,9 @@ def test_format_table_with_baseline():
     blind = {"difference": {"BLEU-1": 0.3, "CIDEr": 0.4}, "accuracy_closed": 0.5}
     table = format_table(model, blind)
     assert "difference CIDEr" in table and "0.800" in table and "0.300" in table
+    lines = table.splitlines()
+    assert f"{'difference CIDEr':<28}{'1.200':>10}{'0.400':>10}{'0.800':>10}" in lines  # model, blind, Δ
+    assert f"{'accuracy closed':<28}{'0.800':>10}{'0.500':>10}{'0.300':>10}" in lines
+    worse = format_table({"difference": {"CIDEr": 0.5}}, {"difference": {"CIDEr": 0.75}}).splitlines()
+    assert f"{'difference CIDEr':<28}{'0.500':>10}{'0.750':>10}{'-0.250':>10}" in worse
     assert "registration" not in table  # rows with no value on either side are left out

@@ -106,8 +106,10 @@ def test_cam_step_gives_encoder_no_gradient(tiny_model, tokenizer, tiny_batch):
     select = score_selection(
         text, b["question_mask"], keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
     )
-    cams_from_score(features, keyword_log_prob(model.decoder, hidden, text, select), 64)
+    cam_main, cam_ref = cams_from_score(features, keyword_log_prob(model.decoder, hidden, text, select), 64)
     assert all(p.grad is None for p in model.parameters())
+    # the maps are constants for the masked pass: no graph leads back through them into the encoder
+    assert not cam_main.requires_grad and cam_main.grad_fn is None and cam_ref.grad_fn is None
 
 
 def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, tiny_batch):

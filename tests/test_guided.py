@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_torchrun
+from conftest import run_torchrun, train_briefly
 
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer
@@ -134,6 +134,26 @@ def test_two_pass_outputs(tiny_model, tiny_batch):
         single_pass=True,
     )
     assert single.final == single.preliminary == result.preliminary and single.mask is None
+
+
+def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, monkeypatch):
+    """Pass 2 answers from the masked pair: an all-ones mask gives pass 1's answers back; an all-zeros mask gives
+    the answers of a zero image pair."""
+    import diffvqa.saliency.guided as guided_module
+
+    train_briefly(tiny_model, tiny_batch, steps=30)  # varied, multi-token answers
+    model, b = tiny_model.eval(), tiny_batch
+    args = (model, b["main"], b["ref"], b["question_ids"], b["question_mask"], b["question"], lexicon_keyword)
+    model.config.saliency.mask = "none"
+    unmasked = two_pass_answer(*args)
+    assert torch.equal(unmasked.mask, torch.ones_like(unmasked.mask)) and unmasked.final == unmasked.preliminary
+    monkeypatch.setattr(guided_module, "shared_mask", lambda cam_main, cam_ref, variant: torch.zeros_like(cam_main))
+    blacked = two_pass_answer(*args)
+    zeros = torch.zeros_like(b["main"])
+    with torch.no_grad():
+        expected, _ = model.generate_from_features(model.encode(zeros, zeros), b["question_ids"], b["question_mask"])
+    assert blacked.preliminary == unmasked.preliminary and blacked.final == expected
+    assert expected != unmasked.preliminary  # the two checks tell the images apart
 
 
 def test_guided_objective_overfits_a_fixed_batch(tiny_model, tiny_batch):

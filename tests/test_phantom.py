@@ -384,8 +384,8 @@ def test_bad_arguments_are_named(tmp_path, capsys):
         simulate(tmp_path / "y", pairs=1, size=(48, 40), progress=False)
     simulate(tmp_path / "y", pairs=2, size=(48, 40), progress=False, overwrite=True)
     for argv, shown in (
-        (["--out", "z", "--pairs", "0"], "0"),
-        (["--out", "z", "--pairs", "2", "--size", "12", "9"], "12"),
+        (["--out", "z", "--pairs", "0"], "invalid value 0"),
+        (["--out", "z", "--pairs", "2", "--size", "12", "9"], "invalid size 12"),
     ):
         with pytest.raises(SystemExit) as exit_:
             simulate_main(argv)

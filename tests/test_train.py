@@ -81,12 +81,31 @@ def test_truth_keywords_and_ablation_keys(phantom_cache, tmp_path):
         "model.align_reg_weights=[0, 0, 0]",
     ]
     assert main(argv) == 0
-    assert load_checkpoint(run).aligner is None
+    model = load_checkpoint(run)
+    assert model.aligner is None
+    assert (model.config.saliency.keyword_source, model.config.saliency.mask) == ("truth", "mean")
+    assert model.config.model.align_reg_weights == [0, 0, 0]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/answer_masked" in r for r in records)  # the guided step ran on ground-truth keywords
 
 
-def test_bad_data_directory(tmp_path):
-    with pytest.raises(SystemExit):
+def test_batch_keywords_from_truth_or_the_answer():
+    from diffvqa.saliency.lexicon import lexicon_keyword
+    from diffvqa.train import batch_keywords
+
+    batch = {"answer": ["the main image has an additional finding of edema than the reference image. "],
+             "question": ["what has changed compared to the reference image?"],
+             "truth": {"keyword": ["pleural effusion"]}}  # fmt: skip
+    assert batch_keywords(batch, "truth", lexicon_keyword) == ["pleural effusion"]
+    assert batch_keywords(batch, "lexicon", lexicon_keyword) == ["edema"]
+    with pytest.raises(ValueError, match="ground-truth keywords"):
+        batch_keywords({**batch, "truth": None}, "truth", lexicon_keyword)
+
+
+def test_bad_data_directory(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
         main(["--data", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert exit_.value.code == 2 and "not a prepared cache" in capsys.readouterr().err
 
 
 def test_sampler_is_a_function_of_seed_and_step():
