@@ -47,10 +47,6 @@ class Tokenizer:
     def __len__(self) -> int:
         return self.backend.get_vocab_size(with_added_tokens=True)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self)
-
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, without special tokens."""
         return self.backend.encode(text, add_special_tokens=False).ids
