@@ -36,9 +36,9 @@ from torch import nn
 
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
-from diffvqa.data.text import build_tokenizer
+from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.evaluate import evenly_spaced, predict
-from diffvqa.model.checkpoint import CONFIG_FILE, load_weights, read_pointer, save_checkpoint
+from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
@@ -265,12 +265,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
                   f"{config.train.steps}: no step will use the saliency loop", file=sys.stderr)  # fmt: skip
 
     torch.manual_seed(config.train.seed)
-    model = _build_model(config, data) if not resume else None
     if resume:
-        from diffvqa.data.text import Tokenizer
-
         model = DiffVQA(config, Tokenizer.load(latest, config.model.tokenizer), load_pretrained=False)
-        load_weights(model, latest / "model.safetensors")
+        load_weights(model, latest / WEIGHTS_FILE)
+    else:
+        model = _build_model(config, data)
     model.to(dev).train()
     guided: nn.Module = SaliencyGuidedVQA(model)
     if world > 1:
