@@ -42,6 +42,12 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     assert 0.0 <= metrics["pointing_game"] <= 1.0 and metrics["pointing_game_n"] > 0
     # an untrained aligner is near the identity: the error ratio is close to 1
     assert metrics["registration_error_ratio"] == pytest.approx(1.0, abs=0.2)
+    px = metrics["registration_error_px"]
+    assert metrics["registration_error_ratio"] == pytest.approx(px["after"] / px["before"])
+    assert px["pairs"] == len({(r["study_id"], r["ref_id"]) for r in records})  # once per pair, not per question
+    hits = metrics["pointing_game"] * metrics["pointing_game_n"]
+    assert hits == pytest.approx(round(hits))  # a share of whole questions
+    assert metrics["preliminary"]["n"] == sum(r["question_type"] == "difference" for r in records)
     assert metrics["run"]["mode"] == "two-pass" and metrics["run"]["questions"] == len(records)
     html = (out / "report.html").read_text()
     assert "report_images/" in html
