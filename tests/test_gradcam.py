@@ -4,10 +4,12 @@ import torch.nn.functional as F
 from conftest import train_briefly
 
 from diffvqa.saliency.gradcam import (
+    cams_from_score,
     keyword_gradcam,
     keyword_gradcam_from_prompt,
     keyword_token_mask,
     score_selection,
+    upsample_cells,
 )
 
 KEYWORDS = ["edema", "", "", "lung opacity"]  # row 4's keyword is absent from its answer -> whole answer
@@ -52,9 +54,77 @@ def _captum_maps(model, batch, keyword_mask):
 
     layer = model.encoder.resnet.encoder.stages[-1]
     maps = LayerGradCam(score, layer).attribute((batch["main"], batch["ref"]), relu_attributions=True)
-    maps = F.interpolate(maps, size=(model.image_size,) * 2, mode="bilinear", align_corners=False)
+    # captum is the oracle for the cell values (gradients, weights, ReLU); the placement of the cells on the pixel
+    # grid is ours, and checked against the network's receptive fields in test_cells_sit_on_their_receptive_fields.
+    maps = upsample_cells(maps, model.image_size)
     maps = maps / (maps.amax(dim=(2, 3), keepdim=True) + 1e-6)
     return maps.chunk(2, dim=0)
+
+
+ENCODERS = {  # preset -> (S, overrides keeping the preset's stride geometry at a small width)
+    "tiny": (64, {}),
+    "small": (128, {}),
+    "paper": (224, {"encoder_hidden_sizes": [16, 32, 64, 128], "encoder_depths": [1, 1, 1, 1],
+                    "encoder_embedding_size": 16, "encoder_channels": 1}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("preset", sorted(ENCODERS))
+def test_cells_sit_on_their_receptive_fields(preset):
+    """The centroid of a central cell's input gradient lies on pixel stride * i (within 1 px), not where a bilinear
+    align_corners=False resize would put it (stride * i + (stride - 1) / 2)."""
+    from diffvqa.config import load_config
+    from diffvqa.model.encoder import ImageEncoder, feature_stride
+
+    config = load_config(preset)
+    for key, value in ENCODERS[preset][1].items():
+        setattr(config.model, key, value)
+    stride = feature_stride(config.model)
+    size = 12 * stride  # big enough that the central cell's receptive field is not cut by the border
+    i, j = 6, 5
+    total = torch.zeros(size, size)
+    for seed in range(3):
+        torch.manual_seed(seed)
+        encoder = ImageEncoder(config.model, load_pretrained=False).eval()
+        x = torch.rand(1, 1, size, size, requires_grad=True)
+        (grad,) = torch.autograd.grad(encoder.features(x)[0, :, i, j].sum(), x)
+        total += grad[0, 0].abs()
+    ys, xs = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    centroid = torch.stack([(total * ys).sum(), (total * xs).sum()]) / total.sum()
+    assert (centroid - torch.tensor([stride * i, stride * j]).float()).abs().max() < 1.0
+    old = torch.tensor([stride * i, stride * j]).float() + (stride - 1) / 2
+    assert (centroid - old).abs().min() > 3.0
+
+
+@pytest.mark.parametrize(("size", "cells"), [(64, 4), (128, 8), (128, 16), (224, 7)])
+def test_a_hot_cell_lands_on_its_pixel(size, cells):
+    """A single hot cell of a synthetic feature map peaks at pixel (stride*i, stride*j), through the whole CAM."""
+    stride = size // cells
+    for i, j in [(0, 0), (1, cells - 2), (cells // 2, 1), (cells - 1, cells - 1)]:
+        features = torch.zeros(2, 3, cells, cells)
+        features[:, 1, i, j] = 1.0
+        features.requires_grad_(True)
+        score = features[:, 1].sum(dim=(1, 2)).view(2, 1).sum(dim=0)  # (B=1,): positive gradient on channel 1
+        cam_main, cam_ref = cams_from_score(features, score, size, retain_graph=False)
+        for cam in (cam_main, cam_ref):
+            peak = int(cam[0, 0].flatten().argmax())
+            assert divmod(peak, size) == (stride * i, stride * j)
+            assert cam[0, 0, stride * i, stride * j] > 0.99
+            if i < cells - 1 and j < cells - 1:  # the map falls to 0 one cell away (bilinear between centres)
+                assert cam[0, 0, stride * (i + 1), stride * j] == 0 and cam[0, 0, stride * i, stride * (j + 1)] == 0
+
+
+def test_cam_is_zero_outside_the_content():
+    features = torch.rand(2, 4, 8, 8, requires_grad=True)
+    score = (features * torch.randn(2, 4, 8, 8)).sum(dim=(1, 2, 3)).view(2, 1).sum(dim=0)
+    content = torch.zeros(2, 1, 128, 128)
+    content[:, :, 20:100, 10:128] = 1.0
+    for method in ("gradcam", "hirescam"):
+        cam_main, cam_ref = cams_from_score(features, score, 128, retain_graph=True, method=method, content=content)
+        for cam in (cam_main, cam_ref):
+            assert cam[..., :20, :].abs().max() == 0 and cam[..., 100:, :].abs().max() == 0
+            assert cam[..., :, :10].abs().max() == 0
+            assert cam.amax() > 0.99  # renormalised inside the content
 
 
 def test_gradcam_equals_captum_layergradcam(tiny_model, tokenizer, tiny_batch):

@@ -57,7 +57,7 @@ def _step_inputs(model, batch):
 def test_guided_objective_terms_and_one_backward(tiny_model, tiny_batch):
     guided = SaliencyGuidedVQA(tiny_model)
     out = guided(*_step_inputs(tiny_model, tiny_batch))
-    assert set(out.losses) == {"answer_masked", "answer_unmasked", "registration"}
+    assert set(out.losses) == {"answer_masked", "answer_unmasked", "registration", "alignment_similarity"}
     total = out.losses["answer_masked"] + out.losses["answer_unmasked"] + out.losses["registration"]
     assert torch.allclose(out.loss, total)
     assert out.mask.shape == (4, 1, 64, 64) and not out.mask.requires_grad
@@ -87,7 +87,7 @@ def test_single_pass_mode(tiny_config, tokenizer, tiny_batch):
     torch.manual_seed(0)
     model = DiffVQA(tiny_config, tokenizer)
     out = SaliencyGuidedVQA(model)(*_step_inputs(model, tiny_batch))
-    assert set(out.losses) == {"answer_unmasked", "registration"} and out.mask is None
+    assert set(out.losses) == {"answer_unmasked", "registration", "alignment_similarity"} and out.mask is None
     plain = model(*_step_inputs(model, tiny_batch)[:6])
     assert torch.allclose(out.loss, plain.loss)
 
@@ -96,7 +96,7 @@ def test_unguided_step_is_the_single_pass(tiny_model, tiny_batch):
     """``guided=False`` (the steps before ``saliency.start_step``) is exactly the single pass, every parameter used."""
     guided = SaliencyGuidedVQA(tiny_model)
     out = guided(*_step_inputs(tiny_model, tiny_batch), guided=False)
-    assert set(out.losses) == {"answer_unmasked", "registration"} and out.mask is None
+    assert set(out.losses) == {"answer_unmasked", "registration", "alignment_similarity"} and out.mask is None
     assert torch.allclose(out.loss, tiny_model(*_step_inputs(tiny_model, tiny_batch)[:6]).loss)
     with torch.no_grad():
         tiny_model.aligner.head.weight.normal_(0, 1e-2)
@@ -137,8 +137,9 @@ def test_two_pass_outputs(tiny_model, tiny_batch):
 
 
 def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, monkeypatch):
-    """Pass 2 answers from the masked pair: an all-ones mask gives pass 1's answers back; an all-zeros mask gives
-    the answers of a zero image pair."""
+    """Pass 2 answers from the masked pair: an all-ones mask gives pass 1's answers back; a mask of 1e-30 (black
+    images, to float32 precision after normalising) gives the answers of a zero image pair; an all-zero mask falls
+    back to all ones and is flagged."""
     import diffvqa.saliency.guided as guided_module
 
     train_briefly(tiny_model, tiny_batch, steps=30)  # varied, multi-token answers
@@ -148,6 +149,11 @@ def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, m
     unmasked = two_pass_answer(*args)
     assert torch.equal(unmasked.mask, torch.ones_like(unmasked.mask)) and unmasked.final == unmasked.preliminary
     monkeypatch.setattr(guided_module, "shared_mask", lambda cam_main, cam_ref, variant: torch.zeros_like(cam_main))
+    empty = two_pass_answer(*args)
+    assert empty.empty_mask.all() and torch.equal(empty.mask, torch.ones_like(empty.mask))
+    assert empty.final == unmasked.preliminary
+    assert not unmasked.empty_mask.any()
+    monkeypatch.setattr(guided_module, "shared_mask", lambda cam_main, cam_ref, variant: torch.full_like(cam_main, 1e-30))
     blacked = two_pass_answer(*args)
     zeros = torch.zeros_like(b["main"])
     with torch.no_grad():

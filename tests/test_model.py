@@ -10,7 +10,7 @@ from diffvqa.model.align import Aligner, corner_error, registration_loss, warp
 def test_forward_shapes_and_finite_loss(tiny_model, tiny_batch, tiny_config):
     out = tiny_model(*model_inputs(tiny_batch))
     s = tiny_config.data.image_size
-    assert set(out.losses) == {"answer", "registration"}
+    assert set(out.losses) == {"answer", "registration", "alignment_similarity"}
     assert torch.isfinite(out.loss) and out.loss.ndim == 0
     assert out.theta.shape == (4, 2, 3) and out.aligned_main.shape == (4, 1, s, s)
     assert out.features.shape == (8, tiny_config.model.encoder_hidden_sizes[-1], 4, 4)

@@ -52,6 +52,9 @@ class ModelConfig:
     align_max_delta: float = 0.2  # |delta| bound (tanh-scaled): about +-10 deg, +-20 % scale, +-10 % shift
     align_reg_weights: list[float] = field(default_factory=lambda: [1e-4, 1e-5, 1e-6])  # Frobenius, det, t
     align_corners: bool = False
+    # Weight of 1 - NCC(warped main, ref) on the content overlap (an extension; 0 = the paper: the aligner learns
+    # through the answer loss only). The answer loss carries almost no alignment signal on the phantom.
+    align_similarity: float = 0.0
     # --- encoder (model/encoder.py), a transformers ResNetModel ---
     encoder_channels: int = 1  # 3 for ImageNet-pretrained weights: the gray image is repeated
     encoder_embedding_size: int = 32
@@ -83,6 +86,8 @@ class SaliencyConfig:
     mask: str = "max"  # max | mean | min | main | ref | none
     mask_floor: float = 0.0  # beta: masked = (beta + (1 - beta) * M) * I
     cam_eps: float = 1e-6
+    # gradcam (the paper's) | hirescam (a departure: gradient x activation per cell, no channel averaging)
+    cam_method: str = "gradcam"
     keyword_source: str = "lexicon"  # lexicon | llm | truth
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3:70b"

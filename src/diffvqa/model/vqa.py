@@ -22,7 +22,7 @@ from diffvqa.model.encoder import ImageEncoder, feature_stride
 
 @dataclass
 class VQAOutput:
-    loss: Tensor  # scalar: the sum of ``losses``
+    loss: Tensor  # scalar: answer + registration + model.align_similarity * alignment_similarity
     losses: dict[str, Tensor]  # named scalar terms
     theta: Tensor  # (B, 2, 3)
     aligned_main: Tensor  # (B, 1, S, S)
@@ -53,7 +53,8 @@ class DiffVQA(nn.Module):
                 f"{config.data.max_question_tokens + config.data.max_answer_tokens + 3}"
             )
         self.aligner = (
-            Aligner(m.align_input_size, m.align_channels, m.align_max_delta, m.align_reg_weights, m.align_corners)
+            Aligner(m.align_input_size, m.align_channels, m.align_max_delta, m.align_reg_weights, m.align_corners,
+                    m.align_similarity)  # fmt: skip
             if m.align
             else None
         )
@@ -67,12 +68,17 @@ class DiffVQA(nn.Module):
             return torch.zeros_like(main), torch.zeros_like(ref)
         return main, ref
 
-    def align(self, main: Tensor, ref: Tensor) -> AlignOutput:
-        """Warp main (B, 1, S, S) onto ref; the identity (and zero L_reg) when the aligner is off."""
+    def align(self, main: Tensor, ref: Tensor, main_content: Tensor | None = None,
+              ref_content: Tensor | None = None) -> AlignOutput:  # fmt: skip
+        """Warp main (B, 1, S, S) onto ref; the identity (and zero losses) when the aligner is off.
+
+        ``main_content``/``ref_content`` (B, 1, S, S) mark each image's content (not letterbox); None: all of it.
+        """
         if self.aligner is None:
             theta = identity_theta(main.shape[0], main.device, main.dtype)
-            return AlignOutput(aligned=main, theta=theta, reg_loss=main.new_zeros(()))
-        return self.aligner(main, ref)
+            zero = main.new_zeros(())
+            return AlignOutput(aligned=main, theta=theta, reg_loss=zero, similarity_loss=zero, content=main_content)
+        return self.aligner(main, ref, main_content, ref_content)
 
     def encode(self, main: Tensor, ref: Tensor) -> Tensor:
         """Both images through the shared encoder as one batch -> (2B, C, h, w), main images first."""
@@ -91,17 +97,19 @@ class DiffVQA(nn.Module):
 
     def forward(
         self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
-        answer_mask: Tensor,
+        answer_mask: Tensor, main_content: Tensor | None = None, ref_content: Tensor | None = None,
     ) -> VQAOutput:  # fmt: skip
-        """Single pass (no saliency loop): losses ``answer`` and ``registration``."""
+        """Single pass (no saliency loop): losses ``answer``, ``registration`` and ``alignment_similarity``."""
         main, ref = self.inputs(main, ref)
-        aligned = self.align(main, ref)
+        aligned = self.align(main, ref, main_content, ref_content)
         features = self.encode(aligned.aligned, ref)
         text = self.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
         answer_loss, _ = self.decode_loss(features, text)
-        losses = {"answer": answer_loss, "registration": aligned.reg_loss}
+        losses = {"answer": answer_loss, "registration": aligned.reg_loss,
+                  "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+        loss = answer_loss + aligned.reg_loss + self.config.model.align_similarity * aligned.similarity_loss
         return VQAOutput(
-            loss=sum(losses.values()), losses=losses, theta=aligned.theta, aligned_main=aligned.aligned,
+            loss=loss, losses=losses, theta=aligned.theta, aligned_main=aligned.aligned,
             features=features,
         )  # fmt: skip
 

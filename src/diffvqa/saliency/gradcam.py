@@ -4,7 +4,17 @@ score s = sum of log p(y_t) over the answer tokens that spell the keyword (the w
 there is no keyword), teacher-forced. G = ds/dF by ``torch.autograd.grad`` on the feature maps F of *the same
 forward* — no second encoder pass, no backward through the encoder, nothing written to any parameter's
 ``.grad``, no hooks, train/eval mode untouched. Then α = mean_{h,w} G, cam = ReLU(Σ_c α_c F_c), bilinear upsample
-to S x S, and cam /= max(cam) + ε per image.
+to S x S with each cell centred on its receptive field, zeroed outside the image's content (the letterbox holds
+no anatomy), and cam /= max(cam) + ε per image.
+
+Cell placement: the ResNet's stem (7x7 conv, stride 2, padding 3; 3x3 max-pool, stride 2, padding 1) and its
+stride-2 3x3 convolutions (padding 1) centre feature cell i's receptive field on input pixel stride·i (pixel
+centres at integer coordinates; measured as the centroid of the cell's input gradient in the tests). A bilinear
+resize with ``align_corners=False`` would put cell i at stride·i + (stride - 1)/2 instead — 7.5 px right and down
+at S = 128 — so the maps are upsampled with :func:`upsample_cells`. Beyond the last cell centre the map is flat.
+
+``saliency.cam_method=hirescam`` (a departure from the paper, for ablation) keeps the gradient's spatial
+detail: cam = ReLU(Σ_c G_c ⊙ F_c) instead of the channel-averaged weights.
 
 The decoder is causal, so s depends only on positions up to the last keyword token: when the CAM is computed on
 its own (inference), the teacher-forced pass stops there and applies the LM head only at the keyword positions.
@@ -74,19 +84,50 @@ def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor) -
     return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_log_probs)
 
 
+CAM_METHODS = ("gradcam", "hirescam")
+
+
+def cell_weights(cells: int, size: int, device=None) -> Tensor:
+    """(size, cells) linear-interpolation weights that put cell i at pixel ``stride * i``, stride = size / cells.
+
+    Pixel p reads the cells around position p / stride (clamped to the last cell: the map is flat beyond it).
+    """
+    position = (torch.arange(size, device=device, dtype=torch.float32) * cells / size).clamp(max=cells - 1)
+    return (1.0 - (position[:, None] - torch.arange(cells, device=device)[None, :]).abs()).clamp(min=0.0)
+
+
+def upsample_cells(maps: Tensor, size: int) -> Tensor:
+    """(N, 1, h, w) cell maps -> (N, 1, S, S), each cell centred on its receptive field (module docstring)."""
+    wy = cell_weights(maps.shape[-2], size, maps.device).to(maps.dtype)
+    wx = cell_weights(maps.shape[-1], size, maps.device).to(maps.dtype)
+    return torch.einsum("yi,ncij,xj->ncyx", wy, maps, wx)
+
+
+def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam") -> Tensor:
+    """Class activation maps at the feature resolution: (N, C, h, w) features and their gradient -> (N, 1, h, w)."""
+    if method == "gradcam":
+        alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
+        return F.relu((alpha * features).sum(dim=1, keepdim=True))
+    if method == "hirescam":
+        return F.relu((grads * features).sum(dim=1, keepdim=True))
+    raise ValueError(f"saliency.cam_method={method!r}: expected one of {', '.join(CAM_METHODS)}")
+
+
 def cams_from_score(
-    features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True
-) -> tuple[Tensor, Tensor]:
+    features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
+    method: str = "gradcam", content: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
     Rows are independent (no layer after the feature maps mixes samples), so one gradient of the summed score
-    gives every row's own gradient. In training the graph is retained for the loss's backward. Returns the main and
-    reference maps, each (B, 1, S, S) in [0, 1], detached.
+    gives every row's own gradient. In training the graph is retained for the loss's backward. ``content``
+    (2B, 1, S, S), main images first, zeroes each map outside its image's content before normalising. Returns the
+    main and reference maps, each (B, 1, S, S) in [0, 1], detached.
     """
     (grads,) = torch.autograd.grad(score.sum(), features, retain_graph=retain_graph)
-    alpha = grads.mean(dim=(2, 3), keepdim=True)  # (2B, C, 1, 1)
-    cam = F.relu((alpha * features.detach()).sum(dim=1, keepdim=True))  # (2B, 1, h, w)
-    cam = F.interpolate(cam, size=(size, size), mode="bilinear", align_corners=False)
+    cam = upsample_cells(cell_cams(features.detach(), grads, method), size)  # (2B, 1, S, S)
+    if content is not None:
+        cam = cam * content
     cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
     cam_main, cam_ref = cam.chunk(2, dim=0)
     return cam_main, cam_ref
@@ -101,13 +142,15 @@ def keyword_gradcam(
     answer_mask: Tensor,
     keyword_mask: Tensor,
     eps: float = 1e-6,
+    method: str = "gradcam",
+    content: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM from already computed feature maps (inference: the pass-1 features are re-used).
 
     Works under an outer ``torch.no_grad()``; the feature maps are taken as a detached leaf, so nothing
     upstream (encoder, aligner) is touched. The teacher-forced pass stops at the last scored token.
-    Args: features (2B, C, h, w); question/answer ids and masks (B, L); keyword_mask (B, La) bool.
-    Returns cam_main, cam_ref (B, 1, S, S) in [0, 1].
+    Args: features (2B, C, h, w); question/answer ids and masks (B, L); keyword_mask (B, La) bool; content
+    (2B, 1, S, S) or None (see :func:`cams_from_score`). Returns cam_main, cam_ref (B, 1, S, S) in [0, 1].
     """
     decoder = model.decoder
     text = decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
@@ -118,7 +161,7 @@ def keyword_gradcam(
         leaf = features.detach().requires_grad_(True)
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut])
-        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False)
+        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content)
 
 
 def keyword_gradcam_from_prompt(
@@ -129,6 +172,8 @@ def keyword_gradcam_from_prompt(
     answer_mask: Tensor,
     keyword_mask: Tensor,
     eps: float = 1e-6,
+    method: str = "gradcam",
+    content: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`keyword_gradcam` on a kept prompt pass: the same maps (to float rounding), without re-running it.
 
@@ -157,4 +202,5 @@ def keyword_gradcam_from_prompt(
         picked = targets[sel_rows, sel_cols][:, None]
         token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, picked).squeeze(1)
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, token_log_probs)
-        return cams_from_score(features, score, model.image_size, eps, retain_graph=False)
+        return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
+                               content=content)  # fmt: skip

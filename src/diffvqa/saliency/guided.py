@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from diffvqa.data.dataset import pad_token_ids
+from diffvqa.model.align import AlignOutput
+from diffvqa.model.content import box_masks
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import (
     cams_from_score,
@@ -27,15 +29,35 @@ from diffvqa.saliency.gradcam import (
     score_selection,
 )
 from diffvqa.saliency.keywords import KeywordFn
-from diffvqa.saliency.mask import apply_mask, shared_mask
+from diffvqa.saliency.mask import apply_mask, guard_empty, shared_mask
 
 
 @dataclass
 class GuidedOutput:
-    loss: Tensor  # scalar: L_B + λ_A L_A + L_reg (or the single-pass loss)
-    losses: dict[str, Tensor]  # unweighted terms: answer_masked, answer_unmasked, registration
+    loss: Tensor  # scalar: L_B + λ_A L_A + L_reg + w_sim L_sim (or the single-pass loss)
+    losses: dict[str, Tensor]  # unweighted terms: answer_masked, answer_unmasked, registration, alignment_similarity
     theta: Tensor  # (B, 2, 3)
     mask: Tensor | None  # (B, 1, S, S) shared mask M; None in single-pass mode
+    empty_mask: Tensor | None  # (B,) bool: rows whose M was all zero and fell back to all ones
+
+
+def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | None,
+                 ref_box: Tensor | None) -> tuple[AlignOutput, Tensor, Tensor | None]:  # fmt: skip
+    """Align main onto ref with their content masks -> (alignment, ref, content (2B, 1, S, S) or None).
+
+    ``content`` marks where the aligned main and the reference hold image (main first, as the feature maps);
+    None when neither image has a recorded content box (the whole frame counts).
+    """
+    size, batch = main.shape[-1], main.shape[0]
+    main_content = None if main_box is None else box_masks(main_box, size, device=main.device)
+    ref_content = None if ref_box is None else box_masks(ref_box, size, device=ref.device)
+    aligned = model.align(main, ref, main_content, ref_content)
+    if aligned.content is None and ref_content is None:
+        return aligned, ref, None
+    ones = torch.ones(batch, 1, size, size, device=main.device)
+    content = torch.cat([ones if aligned.content is None else aligned.content,
+                         ones if ref_content is None else ref_content])  # fmt: skip
+    return aligned, ref, content
 
 
 class SaliencyGuidedVQA(nn.Module):
@@ -51,14 +73,17 @@ class SaliencyGuidedVQA(nn.Module):
 
     def forward(
         self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
-        answer_mask: Tensor, keyword_mask: Tensor, guided: bool = True,
+        answer_mask: Tensor, keyword_mask: Tensor, guided: bool = True, main_box: Tensor | None = None,
+        ref_box: Tensor | None = None,
     ) -> GuidedOutput:  # fmt: skip
-        """``guided=False`` runs this step single-pass (``saliency.start_step``); every parameter is still used."""
+        """``guided=False`` runs this step single-pass (``saliency.start_step``); every parameter is still used.
+        ``main_box``/``ref_box`` (B, 4): each image's content box (``diffvqa.model.content``); None: whole frame."""
         model = self.model
         cfg = model.config.saliency
         enabled = cfg.enabled and guided
         main, ref = model.inputs(main, ref)
-        aligned = model.align(main, ref)
+        aligned, ref, content = aligned_pair(model, main, ref, main_box, ref_box)
+        similarity_weight = model.config.model.align_similarity
         text = model.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
         # λ_A = 0: L_A does not count, so pass A serves the CAM alone: no graph into the encoder, and the CAM's
         # gradient frees the decoder's. The step's gradients are unchanged (they lose only λ_A ∂L_A = 0), and pass B
@@ -71,23 +96,28 @@ class SaliencyGuidedVQA(nn.Module):
         else:
             features_a = model.encode(aligned.aligned, ref)
         loss_a, hidden_a = model.decode_loss(features_a, text)
+        alignment = aligned.reg_loss + similarity_weight * aligned.similarity_loss
         if not enabled:
-            losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss}
-            return GuidedOutput(loss_a + aligned.reg_loss, losses, aligned.theta, None)
+            losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss,
+                      "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+            return GuidedOutput(loss_a + alignment, losses, aligned.theta, None, None)
 
         select = score_selection(text, question_mask, keyword_mask)
         score = keyword_log_prob(model.decoder, hidden_a, text, select)
-        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps, retain_graph=not cam_only)
+        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps,
+                                            retain_graph=not cam_only, method=cfg.cam_method,
+                                            content=content)  # fmt: skip
         if cam_only:
             loss_a = loss_a.detach()
-        mask = shared_mask(cam_main, cam_ref, cfg.mask)
+        mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
         features_b = model.encode(
             apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor)
         )
         loss_b, _ = model.decode_loss(features_b, text)
-        losses = {"answer_masked": loss_b, "answer_unmasked": loss_a, "registration": aligned.reg_loss}
-        loss = loss_b + cfg.unmasked_loss_weight * loss_a + aligned.reg_loss
-        return GuidedOutput(loss, losses, aligned.theta, mask)
+        losses = {"answer_masked": loss_b, "answer_unmasked": loss_a, "registration": aligned.reg_loss,
+                  "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+        loss = loss_b + cfg.unmasked_loss_weight * loss_a + alignment
+        return GuidedOutput(loss, losses, aligned.theta, mask, empty)
 
 
 @dataclass
@@ -100,6 +130,9 @@ class TwoPassResult:
     theta: Tensor  # (B, 2, 3)
     aligned_main: Tensor  # (B, 1, S, S)
     final: list[str]  # pass-2 answers (masked images); equal to ``preliminary`` in single-pass mode
+    empty_mask: Tensor | None = None  # (B,) bool: rows whose M was all zero and fell back to all ones
+    content: Tensor | None = None  # (2B, 1, S, S) content of the aligned main and the reference; None: whole frame
+    features: Tensor | None = None  # (2B, C, h, w) pass-1 feature maps (for further CAMs of the same pass)
 
 
 @torch.no_grad()
@@ -112,20 +145,22 @@ def two_pass_answer(
     questions: list[str],
     keyword_fn: KeywordFn,
     single_pass: bool = False,
+    main_box: Tensor | None = None,
+    ref_box: Tensor | None = None,
 ) -> TwoPassResult:
     """Two-pass inference: answer, keyword, Grad-CAM on the pass-1 features, shared mask, answer again.
 
     Call with the model in eval mode. ``single_pass`` (or ``config.saliency.enabled = False``) skips the saliency
-    loop and returns the pass-1 answer as final.
+    loop and returns the pass-1 answer as final. ``main_box``/``ref_box`` (B, 4): content boxes (None: whole frame).
     """
     cfg = model.config.saliency
     main, ref = model.inputs(main, ref)
-    aligned = model.align(main, ref)
+    aligned, ref, content = aligned_pair(model, main, ref, main_box, ref_box)
     features = model.encode(aligned.aligned, ref)
     if single_pass or not cfg.enabled:
         preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
         return TwoPassResult(preliminary, [""] * len(preliminary), None, None, None, aligned.theta, aligned.aligned,
-                             list(preliminary))  # fmt: skip
+                             list(preliminary), content=content, features=features)  # fmt: skip
 
     # Pass 1 projects the feature maps from a leaf and keeps its prompt pass's graph: the Grad-CAM re-uses both
     # (no encoder backward, no second prompt pass).
@@ -136,9 +171,10 @@ def two_pass_answer(
     answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, preliminary, limit))
     keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
     cam_main, cam_ref = keyword_gradcam_from_prompt(
-        model, leaf, generation.prompt, answer_ids, answer_mask, keyword_mask, cfg.cam_eps
+        model, leaf, generation.prompt, answer_ids, answer_mask, keyword_mask, cfg.cam_eps, cfg.cam_method, content
     )
-    mask = shared_mask(cam_main, cam_ref, cfg.mask)
+    mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
     masked = model.encode(apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor))
     final, _ = model.generate_from_features(masked, question_ids, question_mask)
-    return TwoPassResult(preliminary, keywords, cam_main, cam_ref, mask, aligned.theta, aligned.aligned, final)
+    return TwoPassResult(preliminary, keywords, cam_main, cam_ref, mask, aligned.theta, aligned.aligned, final,
+                         empty_mask=empty, content=content, features=features)  # fmt: skip

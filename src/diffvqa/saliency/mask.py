@@ -33,6 +33,19 @@ def shared_mask(cam_main: Tensor, cam_ref: Tensor, variant: str = "max") -> Tens
     raise ValueError(f"saliency.mask={variant!r}: expected one of {', '.join(MASK_VARIANTS)}")
 
 
+def guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Replace an all-zero mask by all ones (no masking) -> (mask, fallback (B,) bool: which rows were replaced).
+
+    If ReLU(Σ α F) <= 0 everywhere on both images the shared mask is 0 and, without a floor, the masked pass
+    would see two black images; keeping the whole image is the neutral choice. The rows are counted in
+    ``metrics.json`` (``saliency.empty_mask_fallbacks``) so it cannot pass unnoticed.
+    """
+    empty = mask.flatten(1).amax(dim=1) <= 0
+    if empty.any():
+        mask = torch.where(empty[:, None, None, None], torch.ones_like(mask), mask)
+    return mask, empty
+
+
 def apply_mask(images: Tensor, mask: Tensor, floor: float = 0.0) -> Tensor:
     """(β + (1 - β) M) ⊙ I for images (B, 1, S, S) in [0, 1]; β = ``floor`` keeps some context everywhere."""
     if not 0.0 <= floor <= 1.0:
