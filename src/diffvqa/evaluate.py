@@ -4,7 +4,9 @@
 Writes ``predictions.jsonl`` (one record per question: ids, question type, question, ground truth, preliminary
 and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
-and, on the phantom, ``pointing_game`` and ``registration_error_ratio``) and ``report.html``.
+and, on the phantom, the mechanism scores of :mod:`diffvqa.mechanisms`: ``pointing_game`` beside its chance,
+fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``) and
+``report.html``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
-from diffvqa.model.align import corner_error, identity_theta
+from diffvqa.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
@@ -34,17 +36,6 @@ def evenly_spaced(size: int, count: int) -> list[int]:
     return [int(i * size / count) for i in range(count)]
 
 
-def pointing_hits(mask: torch.Tensor, change_mask: torch.Tensor) -> torch.Tensor:
-    """Pointing game per row: does the shared mask's maximum fall inside the changed region?
-
-    Args: mask, change_mask (B, 1, S, S). Returns (B,) bool. Ties at the maximum count as a hit when any tied
-    pixel is inside (a flat map points everywhere, so it only helps when the region covers the tie).
-    """
-    flat_mask = mask.flatten(1)
-    at_max = flat_mask >= flat_mask.amax(dim=1, keepdim=True)
-    return (at_max & (change_mask.flatten(1) > 0.5)).any(dim=1)
-
-
 @torch.no_grad()
 def predict(
     model: DiffVQA,
@@ -55,11 +46,14 @@ def predict(
     device: torch.device | str = "cpu",
     examples: int = 8,
     progress: bool = True,
+    prior_point: tuple[int, int] | None = None,
+    keyword_conditioning: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
 
-    Returns the prediction records, the saliency/registration scores (phantom only, else empty) and up to
-    ``examples`` difference questions with their images and maps for the report (one per pair).
+    Returns the prediction records, the mechanism scores (phantom only, else empty; :mod:`diffvqa.mechanisms`,
+    with the pointing game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with
+    their images and maps for the report (one per pair).
     """
     config = model.config
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
@@ -67,7 +61,7 @@ def predict(
                                          num_workers=config.data.num_workers)  # fmt: skip
     model.eval().to(device)
     records: list[dict[str, Any]] = []
-    hits, errors_after, errors_before, seen_pairs = [], [], [], set()
+    tally = MechanismTally(model, prior_point, keyword_conditioning)
     kept: list[dict[str, Any]] = []
     bar = None
     if progress:
@@ -77,7 +71,10 @@ def predict(
     for batch in loader:
         result = two_pass_answer(model, batch["main"].to(device), batch["ref"].to(device),
                                  batch["question_ids"].to(device), batch["question_mask"].to(device),
-                                 batch["question"], keyword_fn, single_pass=single_pass)  # fmt: skip
+                                 batch["question"], keyword_fn, single_pass=single_pass,
+                                 main_box=_maybe_to(batch.get("main_box"), device),
+                                 ref_box=_maybe_to(batch.get("ref_box"), device))  # fmt: skip
+        pointing = tally.add(batch, result)
         ids = batch["ids"]
         for i in range(len(batch["question"])):
             records.append({
@@ -88,25 +85,9 @@ def predict(
                 "preliminary": result.preliminary[i],
                 "keyword": result.keywords[i],
                 "final": result.final[i],
+                **({} if pointing[i] is None else {"pointing": pointing[i]}),
             })  # fmt: skip
         truth = batch["truth"]
-        if truth is not None:
-            theta = result.theta.cpu()
-            is_difference = torch.tensor([t == "difference" for t in batch["question_type"]])
-            changed = truth["change_mask"].flatten(1).amax(dim=1) > 0.5
-            if result.mask is not None:
-                scored = is_difference & changed
-                hits += pointing_hits(result.mask.cpu(), truth["change_mask"])[scored].tolist()
-            size = model.image_size
-            align_corners = config.model.align_corners
-            after = corner_error(theta, truth["theta"], size, align_corners)
-            before = corner_error(identity_theta(len(theta)), truth["theta"], size, align_corners)
-            for i in range(len(theta)):
-                pair = (int(ids["study_id"][i]), int(ids["ref_id"][i]))
-                if pair not in seen_pairs:  # registration is a property of the pair, not the question
-                    seen_pairs.add(pair)
-                    errors_after.append(float(after[i]))
-                    errors_before.append(float(before[i]))
         batch_records = records[-len(batch["question"]) :]
         for i, record in enumerate(batch_records):
             if len(kept) >= examples or record["question_type"] != "difference":
@@ -124,18 +105,23 @@ def predict(
             bar.update(len(batch["question"]))
     if bar is not None:
         bar.close()
-    saliency: dict[str, Any] = {}
-    if hits:
-        saliency["pointing_game"] = float(np.mean(hits))
-        saliency["pointing_game_n"] = len(hits)
-    if errors_after:
-        saliency["registration_error_ratio"] = float(np.mean(errors_after) / max(np.mean(errors_before), 1e-12))
-        saliency["registration_error_px"] = {
-            "after": float(np.mean(errors_after)),
-            "before": float(np.mean(errors_before)),
-            "pairs": len(errors_after),
-        }
-    return records, saliency, kept
+    return records, tally.summary(), kept
+
+
+def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
+    """The pointing game's fixed-point prior: the pixel inside the most regions of the *train* split's difference
+    questions (:mod:`diffvqa.scoring`); None for caches without ground truth."""
+    from diffvqa.data.dataset import question_regions
+    from diffvqa.scoring import best_fixed_point
+
+    regions = question_regions(data, "train", ("difference",))
+    if regions is None or len(regions) == 0:
+        return None
+    return best_fixed_point(torch.from_numpy(np.asarray(regions)))
+
+
+def _maybe_to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
+    return None if tensor is None else tensor.to(device)
 
 
 def evaluate(
@@ -171,7 +157,7 @@ def evaluate(
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
     records, saliency, examples = predict(model, dataset, keyword_fn, batch_size, single_pass, device,
-                                          progress=progress)  # fmt: skip
+                                          progress=progress, prior_point=fixed_point_prior(data))  # fmt: skip
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)
     with (out / "predictions.jsonl").open("w") as f:
@@ -213,7 +199,13 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
     rows = [(f"difference {k}", ("difference", k)) for k in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")]
     rows += [(f"all types {k}", ("all", k)) for k in ("BLEU-1", "CIDEr")]
     rows += [("accuracy closed", ("accuracy_closed",)), ("accuracy open", ("accuracy_open",))]
-    rows += [("pointing game", ("pointing_game",)), ("registration error ratio", ("registration_error_ratio",))]
+    rows += [("pointing game", ("pointing_game",)),
+             ("  chance (area share)", ("pointing_game_reference", "chance")),
+             ("  fixed-point prior", ("pointing_game_reference", "prior")),
+             ("  ceiling of the grid", ("pointing_game_reference", "ceiling")),
+             ("keyword conditioning", ("keyword_conditioning", "score")),
+             ("registration error ratio", ("registration_error_ratio",)),
+             ("  identity (no aligner)", ("registration_error_px", "identity_ratio"))]  # fmt: skip
 
     def get(m, path):
         for key in path:

@@ -120,16 +120,21 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
 # -- validation --------------------------------------------------------------------------------------------
 def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
              device: torch.device, single_pass: bool = False) -> dict[str, float]:  # fmt: skip
-    """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split."""
+    """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split; on caches
+    with ground truth also the pointing game and the registration error ratio (their curves over training)."""
     from diffvqa.metrics import cider_score, normalize_answer
 
     subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
-    records, _, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device, examples=0,
-                            progress=False)  # fmt: skip
+    records, mechanisms, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device,
+                                     examples=0, progress=False, keyword_conditioning=False)  # fmt: skip
     model.train()
     predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
-    return {"CIDEr": cider_score(predictions, references), "exact_match": exact / len(records), "n": len(records)}
+    scores = {"CIDEr": cider_score(predictions, references), "exact_match": exact / len(records), "n": len(records)}
+    for key in ("pointing_game", "registration_error_ratio"):
+        if key in mechanisms:
+            scores[key] = mechanisms[key]
+    return scores
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
@@ -216,7 +221,8 @@ def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch
         keyword_mask = torch.zeros_like(batch["answer_ids"], dtype=torch.bool)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
         out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                     batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided)  # fmt: skip
+                     batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
+                     main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
     if not torch.isfinite(out.loss):
         terms = {k: v.item() for k, v in out.losses.items()}
         raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
