@@ -1,8 +1,8 @@
 """A longitudinal chest X-ray phantom, written in the real Medical-Diff-VQA v1.0.1 + MIMIC-CXR-JPG format.
 
-No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom_plan`),
-renders every visit (:mod:`~diffvqa.data.phantom_anatomy`, :mod:`~diffvqa.data.phantom_findings`,
-:mod:`~diffvqa.data.phantom_imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom_qa`)
+No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom.plan`),
+renders every visit (:mod:`~diffvqa.data.phantom.anatomy`, :mod:`~diffvqa.data.phantom.findings`,
+:mod:`~diffvqa.data.phantom.imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom.qa`)
 and writes a release that the same reader, loader, training and metrics consume — plus ground truth that no real
 dataset has::
 
@@ -36,7 +36,7 @@ What it shows. Per patient, anatomy of varying size, shape and position (body an
 apices and sharp costophrenic angles, heart, mediastinum with aortic knob and trachea, hemidiaphragms and gastric
 bubble, posterior and anterior ribs, clavicles, spine, hila and branching lung markings, breast shadows) and 22 of
 the 30 official findings, each where it occurs clinically, its level changing its extent (``SPECS``,
-:mod:`~diffvqa.data.phantom_plan`): pleural effusion / blunting of the costophrenic angle filling the base up
+:mod:`~diffvqa.data.phantom.plan`): pleural effusion / blunting of the costophrenic angle filling the base up
 to a meniscus; cardiomegaly / enlargement of the cardiac silhouette as a wider heart; pneumothorax as a lucent
 apical rim without markings behind a pleural line; lung opacity, consolidation (air bronchograms) and pneumonia
 in a lung zone; linear / plate-like atelectasis above a hemidiaphragm, or retrocardiac; perihilar edema with
@@ -67,12 +67,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffvqa.data.phantom_anatomy import render_static
-from diffvqa.data.phantom_findings import render_canonical
-from diffvqa.data.phantom_imaging import Warp, compose, expose, invert, make_canvas
-from diffvqa.data.phantom_plan import SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
-from diffvqa.data.phantom_qa import NOTHING, pair_difference, pair_questions
-from diffvqa.data.phantom_sheet import contact_sheet
+from diffvqa.data.phantom.anatomy import render_static
+from diffvqa.data.phantom.findings import render_canonical
+from diffvqa.data.phantom.imaging import Warp, compose, expose, invert, make_canvas
+from diffvqa.data.phantom.plan import SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
+from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
+from diffvqa.data.phantom.sheet import contact_sheet
 
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 CHEXPERT = (
