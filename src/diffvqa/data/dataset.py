@@ -46,6 +46,9 @@ class PairQADataset(torch.utils.data.Dataset):
     ``dataset[i]`` is a dict:
 
     - ``main``, ``ref``: (1, S, S) float32 in [0, 1] (the current and the prior study)
+    - ``main_box``, ``ref_box``: (4,) long ``[y0, x0, y1, x1)``, end-exclusive: the part of each S x S frame
+      that holds image content, not letterbox padding (:meth:`.Geometry.content_box`, from the cache's stored
+      geometry, never from pixel values)
     - ``question``, ``answer`` (verbatim, e.g. with the difference answers' trailing space), ``question_type``: str
     - ``ids``: dict(question_index, subject_id, study_id, ref_id: int; main_dicom_id, ref_dicom_id: str)
     - ``truth`` (only in phantom caches, for pairs with ground truth): dict(``theta`` (2, 3) float32, the
@@ -78,11 +81,16 @@ class PairQADataset(torch.utils.data.Dataset):
     def _image(self, dicom_id: str) -> torch.Tensor:
         return torch.from_numpy(self.cache.image(dicom_id)).float().div_(255.0).unsqueeze(0)  # (1, S, S)
 
+    def _box(self, dicom_id: str) -> torch.Tensor:
+        return torch.tensor(self.cache.geometry(dicom_id).content_box(), dtype=torch.long)  # (4,)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         ids = {k: self._columns[k][i] for k in ID_KEYS}
         sample = {
             "main": self._image(ids["main_dicom_id"]),
             "ref": self._image(ids["ref_dicom_id"]),
+            "main_box": self._box(ids["main_dicom_id"]),
+            "ref_box": self._box(ids["ref_dicom_id"]),
             "question": self._columns["question"][i],
             "answer": self._columns["answer"][i],
             "question_type": self._columns["question_type"][i],
@@ -127,8 +135,9 @@ def pad_token_ids(tokenizer, texts: Sequence[str], limit: int) -> tuple[torch.Te
 class Collate:
     """Stack samples of :class:`PairQADataset` into a batch.
 
-    Batch keys: ``main``, ``ref`` (B, 1, S, S); ``question``, ``answer``, ``question_type``: lists of str;
-    ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``: dict(``theta`` (B, 2, 3),
+    Batch keys: ``main``, ``ref`` (B, 1, S, S); ``main_box``, ``ref_box`` (B, 4) long; ``question``, ``answer``,
+    ``question_type``: lists of str; ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``:
+    dict(``theta`` (B, 2, 3),
     ``change_mask`` (B, 1, S, S), ``keyword`` list of str) when every sample has ground truth, else None.
     With a tokenizer also ``question_ids``, ``question_mask`` (B, Lq) and ``answer_ids``, ``answer_mask``
     (B, La): LongTensors right-padded with ``tokenizer.pad_id`` to the longest in the batch, truncated to
@@ -154,6 +163,8 @@ class Collate:
         batch: dict[str, Any] = {
             "main": torch.stack([s["main"] for s in samples]),
             "ref": torch.stack([s["ref"] for s in samples]),
+            "main_box": torch.stack([s["main_box"] for s in samples]),
+            "ref_box": torch.stack([s["ref_box"] for s in samples]),
             "question": [s["question"] for s in samples],
             "answer": [s["answer"] for s in samples],
             "question_type": [s["question_type"] for s in samples],
