@@ -32,12 +32,12 @@ frame they are in; ``*_file`` paths are relative to ``ground_truth/``.
   ``study_id,ref_id,name,side,mask_file``, the mask in the reference JPG's frame made like the change mask
   (the finding's regions at both visits, an added one mapped back through M^-1). ``side`` is ``right`` or
   ``left`` (the patient's: ``left`` lies on the image's right) for findings of the lateral kinds
-  (``phantom.plan.LATERAL_KINDS``), one row per lung the finding involves, a bilateral finding's region cut at
-  the patient's midline; ``""`` for the others (cardiomegaly, hernia, emphysema, ...), one row. So a one-lung
-  difference question ("what has changed in the left lung area?") names exactly the findings of its pair's
-  ``left`` rows, and the union of a pair's rows is its change mask (up to the 0.5 threshold, taken per row). A
-  row's mask can be empty where the finding lies outside the frame. Releases written before this table have
-  no ``changes.csv``; readers then have no per-finding regions.
+  (:data:`~diffvqa.data.phantom.plan.LATERAL_KINDS`), one row per lung the finding involves, a bilateral
+  finding's region cut at the patient's midline; ``""`` for the others (cardiomegaly, hernia, emphysema, ...),
+  one row. So a one-lung difference question ("what has changed in the left lung area?") names exactly the
+  findings of its pair's ``left`` rows, and the union of a pair's rows is its change mask (up to the 0.5
+  threshold, taken per row). A row's mask can be empty where the finding lies outside the frame. Releases
+  written before this table have no ``changes.csv``; readers then have no per-finding regions.
 * ``questions.csv`` — ``question_index,keyword`` for every row of mimic_pair_questions.csv (question_index =
   0-based data row): the official finding name the answer is about ("" for view questions and "no
   abnormalities"); for a difference row the most visible change among those its answer names.
