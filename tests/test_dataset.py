@@ -40,7 +40,7 @@ def test_sample_keys_shapes_and_dtypes(caches):
     dataset = PairQADataset(plain, split="train")
     assert len(dataset) == 4
     sample = dataset[0]
-    assert set(sample) == {"main", "ref", "question", "answer", "question_type", "ids"}
+    assert set(sample) == {"main", "ref", "main_box", "ref_box", "question", "answer", "question_type", "ids"}
     for key in ("main", "ref"):
         assert sample[key].shape == (1, SIZE, SIZE) and sample[key].dtype == torch.float32
         assert 0 <= sample[key].min() and sample[key].max() <= 1
@@ -59,6 +59,27 @@ def test_sample_keys_shapes_and_dtypes(caches):
     assert texts(plain, "train") == dataset.texts()
     with pytest.raises(ValueError, match="unknown split"):
         PairQADataset(plain, split="valid")
+
+
+def test_content_boxes_come_from_the_geometry_and_hold_the_pixels(caches):
+    plain, _ = caches
+    dataset = PairQADataset(plain, split=None)
+    shapes = set()
+    for i in range(len(dataset)):
+        sample = dataset[i]
+        for image, box, dicom in (("main", "main_box", "main_dicom_id"), ("ref", "ref_box", "ref_dicom_id")):
+            assert sample[box].shape == (4,) and sample[box].dtype == torch.long
+            y0, x0, y1, x1 = sample[box].tolist()
+            assert (y0, x0, y1, x1) == dataset.cache.geometry(sample["ids"][dicom]).content_box()
+            outside = torch.ones(SIZE, SIZE, dtype=torch.bool)
+            outside[y0:y1, x0:x1] = False
+            assert sample[image][0][outside].eq(0).all()  # the letterbox is black ...
+            assert sample[image][0][y0:y1, x0:x1].gt(0).float().mean() > 0.9  # ... the box holds the image
+            shapes.add((y1 - y0, x1 - x0))
+    assert shapes == {(32, 27), (27, 32)}  # 48 x 40 portraits and a 40 x 48 landscape, fitted into 32 x 32
+    batch = Collate()([dataset[i] for i in range(3)])
+    assert batch["main_box"].shape == (3, 4) and batch["ref_box"].dtype == torch.long
+    assert torch.equal(batch["ref_box"][2], dataset[2]["ref_box"])
 
 
 def test_truth_in_phantom_caches(caches):

@@ -48,6 +48,30 @@ def test_resize_pad_geometry_maps_points_where_pixels_went(shape):
     np.testing.assert_allclose(geometry.from_normalised(u, v), (cx, cy), atol=1e-9)
 
 
+@pytest.mark.parametrize("shape, size", [((300, 250), 64), ((97, 203), 64), ((120, 120), 48), ((2544, 3056), 128)])
+def test_content_box_is_the_pixels_whose_centre_lies_in_the_image(shape, size):
+    h, w = shape  # portrait, landscape (odd padding), square, MIMIC-like landscape
+    geometry = Geometry.fit(h, w, size)
+    y0, x0, y1, x1 = geometry.content_box()
+    assert all(isinstance(v, int) for v in (y0, x0, y1, x1))
+    # the centre rule, from the map alone: the image's outer pixel edges (-0.5 and n - 0.5) in cache pixels
+    left, top = geometry.to_cache(-0.5, -0.5)
+    right, bottom = geometry.to_cache(w - 0.5, h - 0.5)
+    centres = np.arange(size)
+    rows = np.flatnonzero((centres > top) & (centres < bottom))
+    cols = np.flatnonzero((centres > left) & (centres < right))
+    assert (y0, x0, y1, x1) == (rows[0], cols[0], rows[-1] + 1, cols[-1] + 1)
+    # and where the pixels went: a white image fills exactly the box, the letterbox stays black
+    out, _ = resize_pad(np.ones((h, w), np.float32), size)
+    inside = np.zeros((size, size), bool)
+    inside[y0:y1, x0:x1] = True
+    assert np.all(out[inside] > 0.99) and np.all(out[~inside] == 0)
+    if h == w:
+        assert (y0, x0, y1, x1) == (0, 0, size, size)
+    else:  # the long side spans the frame, the short side is padded
+        assert (y1 - y0 == size) == (h > w) and (x1 - x0 == size) == (w > h)
+
+
 def test_normalised_coordinates_follow_align_corners_false():
     geometry = Geometry.fit(100, 100, 10)  # no padding, scale 0.1
     # cache pixel j <-> (2j + 1) / S - 1; the frame's outer edges are -1 and +1

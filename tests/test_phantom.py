@@ -356,9 +356,83 @@ def test_affine_registers_the_images_themselves(release, tables):
     assert ncc_registered > 0.97 and ncc_registered > ncc_identity + 0.01, (ncc_registered, ncc_identity)
 
 
+# ---- change regions per finding and side (ground_truth/changes.csv) -----------------------------------------
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    """A release with enough one-lung difference questions (about 1 in 10) to compare every one of them."""
+    out = tmp_path_factory.mktemp("phantom_many")
+    simulate(out, pairs=200, seed=1, size=(64, 48), progress=False, workers=1)
+    return out, _read(out / "mimic_pair_questions.csv"), _read(out / "ground_truth" / "changes.csv")
+
+
+def test_change_rows_name_exactly_what_each_difference_answer_names(many):
+    _, q, changes = many
+    assert _header(many[0] / "ground_truth" / "changes.csv") == ["study_id", "ref_id", "name", "side", "mask_file"]
+    assert set(changes.side) == {"left", "right", ""} and set(changes.name) <= set(NAMES)
+    rows = changes.groupby(["study_id", "ref_id"])
+    asked = {"left": 0, "right": 0, "whole": 0, "one lung, changed": 0}
+    for row in q[q.question_type == "difference"].itertuples():
+        named = set(re.findall(NAME, row.answer))
+        pair = rows.get_group((row.study_id, row.ref_id)) if (row.study_id, row.ref_id) in rows.groups else None
+        side = re.fullmatch(r"what has changed in the (left|right) lung area\?", row.question)
+        if side:  # one lung: the rows of that side, and only those
+            truth = set() if pair is None else set(pair.name[pair.side == side[1]])
+            asked[side[1]] += 1
+            asked["one lung, changed"] += bool(named)
+        else:
+            assert row.question == FULL_DIFFERENCE
+            truth = set() if pair is None else set(pair.name)
+            asked["whole"] += 1
+        assert named == truth, (row.question, row.answer, None if pair is None else pair[["name", "side"]])
+    assert min(asked.values()) >= 3, asked  # the comparison covered both sides and real changes
+
+
+def test_change_rows_lie_on_their_side_and_add_up_to_the_change_mask(many):
+    out, _, changes = many
+    pairs = _read(out / "ground_truth" / "pairs.csv")
+    width = 48
+    columns = np.arange(width)
+    for pair in pairs.itertuples():
+        union = _mask(out, pair.change_mask_file) > 0
+        rows = changes[(changes.study_id == pair.study_id) & (changes.ref_id == pair.ref_id)]
+        assert rows.empty == (not union.any()), pair.study_id
+        total = np.zeros_like(union)
+        for row in rows.itertuples():
+            assert row.mask_file.startswith("changes/"), row.mask_file
+            mask = _mask(out, row.mask_file)
+            assert mask.shape == union.shape and set(np.unique(mask)) <= {0, 255}, row.mask_file
+            region = mask > 0
+            total |= region
+            if row.side and region.any():
+                # The patient's left lies on the image's right. The midline sits within a few pixels of the
+                # image centre (pose within 2.5 deg / 2.5 %); the lungs start further out than that.
+                x = np.broadcast_to(columns, region.shape)[region]
+                centre, margin = (width - 1) / 2, 0.1 * width
+                if row.side == "left":
+                    assert x.min() > centre - margin and x.mean() > centre, (row.mask_file, x.min(), x.mean())
+                else:
+                    assert x.max() < centre + margin and x.mean() < centre, (row.mask_file, x.max(), x.mean())
+        # Each row is thresholded on its own: the union may differ from the change mask on its rim only.
+        differ = int((total ^ union).sum())
+        assert differ <= max(2, 0.05 * union.sum()), (pair.change_mask_file, differ, int(union.sum()))
+
+
+def test_bilateral_findings_split_into_a_left_and_a_right_row(many):
+    out, _, changes = many
+    named = changes[changes.side != ""].groupby(["study_id", "ref_id", "name"]).side.apply(sorted)
+    both = named[named.apply(lambda s: s == ["left", "right"])]
+    assert len(both) >= 5  # edema is always bilateral; effusions and opacities sometimes
+    assert (changes[changes.name.isin(["cardiomegaly", "hernia", "emphysema", "scoliosis"])].side == "").all()
+    for study_id, ref_id, name in both.index[:10]:
+        rows = changes[(changes.study_id == study_id) & (changes.ref_id == ref_id) & (changes.name == name)]
+        left, right = (_mask(out, rows.mask_file[rows.side == s].iloc[0]) > 0 for s in ("left", "right"))
+        assert not (left & right).any()  # cut at the midline: no pixel in both halves
+
+
 # ---- determinism, CLI, contact sheet --------------------------------------------------------------------
 FILES = ("mimic_pair_questions.csv", "mimic_all.csv", "mimic-cxr-2.0.0-metadata.csv.gz",
-         "ground_truth/findings.csv", "ground_truth/pairs.csv", "ground_truth/questions.csv")  # fmt: skip
+         "ground_truth/findings.csv", "ground_truth/pairs.csv", "ground_truth/changes.csv",
+         "ground_truth/questions.csv")  # fmt: skip
 
 
 def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path):
@@ -370,7 +444,9 @@ def test_same_seed_same_bytes_and_workers_do_not_matter(tmp_path):
     assert (tmp_path / "a" / FILES[0]).read_bytes() != (tmp_path / "c" / FILES[0]).read_bytes()
     jpgs = sorted((tmp_path / "a").rglob("*.jpg"))
     assert len(jpgs) == a["studies"]
-    for path in jpgs:
+    pngs = sorted((tmp_path / "a" / "ground_truth").rglob("*.png"))
+    assert len(pngs) == a["findings"] + a["pairs"] + a["change_regions"]
+    for path in jpgs + pngs:
         assert path.read_bytes() == (tmp_path / "b" / path.relative_to(tmp_path / "a")).read_bytes()
 
 

@@ -9,6 +9,12 @@ back for :class:`diffvqa.data.image_cache.ImageCache`. Layout of ``truth/`` (``P
     change_masks.u8.npy   (P, S, S) uint8 in {0, 1}, in the reference image's cache frame
     findings.csv          one row per finding of a cached image: dicom_id, name, location, level, type
     finding_masks.u8.npy  (F, S, S) uint8 in {0, 1}, in that image's cache frame
+    changes.csv           one row per (pair, changed finding, side) of the release's changes.csv: pair (row of
+                          pairs.csv), name, side ("left" | "right" | "", the patient's side)
+    change_regions.u8.npy (R, S, S) uint8 in {0, 1}, row r = changes.csv row r, in the reference's cache frame
+
+``changes.csv`` and ``change_regions.u8.npy`` exist only when the release has ``ground_truth/changes.csv``
+(phantom releases written before it have none: :attr:`CacheTruth.has_regions` is then False).
 
 theta_true (normalised coordinates of the S x S frames, ``align_corners=False``, pull direction): for a point u
 of the reference frame, ``theta_true @ [u, 1]`` is where the same anatomy lies in the main frame, so
@@ -54,6 +60,30 @@ def _write_masks(path: Path, jobs: list[MaskJob | None], masks: Iterator[np.ndar
         if job is not None:
             array[i] = next(masks)
     array.flush()
+
+
+def _region_rows(
+    changes: pd.DataFrame | None,
+    pairs: pd.DataFrame,
+    has_truth: np.ndarray,
+    geometries: Mapping[str, Geometry],
+    directory: Path,
+) -> tuple[pd.DataFrame | None, list[MaskJob]]:
+    """The release's change regions of the cached pairs with truth: (pair, name, side) rows and their mask jobs
+    (the reference's geometry); (None, []) when the release has no changes.csv."""
+    if changes is None:
+        return None, []
+    row_of = {
+        (int(s), int(r)): p for p, (s, r) in enumerate(zip(pairs.study_id, pairs.ref_id, strict=True)) if has_truth[p]
+    }
+    rows, jobs = [], []
+    for study_id, ref_id, name, side, mask_file in changes.itertuples(index=False):
+        p = row_of.get((int(study_id), int(ref_id)))
+        if p is None:  # a pair without questions in this cache (its split or question types were left out)
+            continue
+        rows.append((p, name, side))
+        jobs.append((str(directory / mask_file), geometries[pairs.ref_dicom_id.iloc[p]]))
+    return pd.DataFrame(rows, columns=["pair", "name", "side"]), jobs
 
 
 def write_truth(
@@ -113,10 +143,14 @@ def write_truth(
         (str(truth.directory / f), geometries[d]) if f else None
         for f, d in zip(findings.mask_file, findings.dicom_id, strict=True)
     ]
-    jobs = [j for j in mask_jobs + finding_jobs if j is not None]
+    regions, region_jobs = _region_rows(truth.changes, pairs, has_truth, geometries, truth.directory)
+    jobs = [j for j in mask_jobs + finding_jobs + region_jobs if j is not None]
     masks = iter(tqdm(imap(mask_to_cache_frame, jobs), total=len(jobs), desc="truth masks", disable=not progress))
     _write_masks(directory / "change_masks.u8.npy", mask_jobs, masks, size)
     _write_masks(directory / "finding_masks.u8.npy", finding_jobs, masks, size)
+    if regions is not None:
+        _write_masks(directory / "change_regions.u8.npy", region_jobs, masks, size)
+        regions.to_csv(directory / "changes.csv", index=False, lineterminator="\n")
 
     pairs["has_truth"] = has_truth
     pairs["keyword"] = keywords
@@ -129,6 +163,7 @@ def write_truth(
         "pairs": len(pairs),
         "pairs_with_truth": int(has_truth.sum()),
         "findings": len(findings),
+        "change_regions": None if regions is None else len(regions),
         "questions_with_keyword": int(sum(int(i) in truth.keywords for i in q.question_index)),
     }
 
@@ -147,6 +182,15 @@ class CacheTruth:
         self.findings_table = pd.read_csv(directory / "findings.csv", dtype=str, keep_default_na=False)
         self.change_masks = np.load(directory / "change_masks.u8.npy", mmap_mode="r")
         self.finding_masks = np.load(directory / "finding_masks.u8.npy", mmap_mode="r")
+        # Per-finding change regions: absent from caches of releases without ground_truth/changes.csv.
+        self.has_regions = (directory / "changes.csv").is_file()
+        self.region_rows: dict[int, list[int]] = {}  # pair row -> its rows of changes.csv, in file order
+        if self.has_regions:
+            regions = pd.read_csv(directory / "changes.csv", dtype={"name": str, "side": str}, keep_default_na=False)
+            self.region_name, self.region_side = regions.name.tolist(), regions.side.tolist()
+            for r, p in enumerate(regions.pair.tolist()):
+                self.region_rows.setdefault(int(p), []).append(r)
+            self.change_regions = np.load(directory / "change_regions.u8.npy", mmap_mode="r")
 
     @staticmethod
     def exists(cache_dir: str | Path) -> bool:
@@ -166,6 +210,22 @@ class CacheTruth:
             "change_mask": np.array(self.change_masks[p]),
             "keyword": self.keyword[p],
         }
+
+    def regions(self, study_id: int, ref_id: int) -> list[dict] | None:
+        """The per-finding change regions of a pair (release's changes.csv order); None when the pair has no
+        ground truth or the cache has no per-finding regions (:attr:`has_regions`).
+
+        Returns:
+            [dict(name, side ("left" | "right" | ""), mask (S, S) uint8 in {0, 1} in the reference frame)];
+            [] when nothing changed.
+        """
+        p = self.pair_row.get((int(study_id), int(ref_id)))
+        if p is None or not self.has_truth[p] or not self.has_regions:
+            return None
+        return [
+            {"name": self.region_name[r], "side": self.region_side[r], "mask": np.array(self.change_regions[r])}
+            for r in self.region_rows.get(p, [])
+        ]
 
     def findings(self, dicom_id: str) -> list[dict]:
         """The ground-truth findings of an image.

@@ -17,6 +17,7 @@ import torch
 
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.image_cache import ImageCache
+from diffvqa.data.regions import question_region, question_side
 from diffvqa.data.release import SPLITS, validate_choices
 
 ID_KEYS = ("question_index", "subject_id", "study_id", "ref_id", "main_dicom_id", "ref_dicom_id")
@@ -46,11 +47,25 @@ class PairQADataset(torch.utils.data.Dataset):
     ``dataset[i]`` is a dict:
 
     - ``main``, ``ref``: (1, S, S) float32 in [0, 1] (the current and the prior study)
+    - ``main_box``, ``ref_box``: (4,) long ``[y0, x0, y1, x1)``, end-exclusive: the part of each S x S frame
+      that holds image content, not letterbox padding (:meth:`.Geometry.content_box`, from the cache's stored
+      geometry, never from pixel values)
     - ``question``, ``answer`` (verbatim, e.g. with the difference answers' trailing space), ``question_type``: str
     - ``ids``: dict(question_index, subject_id, study_id, ref_id: int; main_dicom_id, ref_dicom_id: str)
-    - ``truth`` (only in phantom caches, for pairs with ground truth): dict(``theta`` (2, 3) float32, the
-      ``align_corners=False`` affine that pulls the main image onto the reference, ``change_mask`` (1, S, S)
-      float32 in {0, 1} in the reference frame, ``keyword`` str: the question's ground-truth keyword)
+    - ``truth`` (only in phantom caches, for pairs with ground truth; for scoring, never for training): dict
+
+      - ``theta`` (2, 3) float32: the ``align_corners=False`` affine that pulls the main image onto the reference
+      - ``change_mask`` (1, S, S) float32 in {0, 1}, reference frame: the region the question asks about — for a
+        one-lung difference question ("what has changed in the left lung area?") the changes in that lung
+        (empty when it did not change), otherwise the pair's whole change mask (:mod:`diffvqa.data.regions`)
+      - ``changes``: list of dict(``name`` str, ``side`` str, ``mask`` (S, S) uint8 tensor in {0, 1}, reference
+        frame): the changed findings that make up ``change_mask`` — a one-lung question's rows of its side
+        ("left" / "right"); otherwise one per finding, a bilateral one's two halves merged (side "both";
+        "" for findings without a side). [] without per-finding truth.
+      - ``side``: the asked lung for a one-lung difference question ("left" / "right", the patient's), else ""
+      - ``per_finding`` bool: the cache has per-finding change regions; False for caches of releases written
+        before them: then ``changes`` is [] and a one-lung question's ``change_mask`` is the whole change mask
+      - ``keyword`` str: the question's ground-truth keyword
 
     Safe with DataLoader workers: the cache opens its memory map lazily in each worker.
     """
@@ -78,11 +93,16 @@ class PairQADataset(torch.utils.data.Dataset):
     def _image(self, dicom_id: str) -> torch.Tensor:
         return torch.from_numpy(self.cache.image(dicom_id)).float().div_(255.0).unsqueeze(0)  # (1, S, S)
 
+    def _box(self, dicom_id: str) -> torch.Tensor:
+        return torch.tensor(self.cache.geometry(dicom_id).content_box(), dtype=torch.long)  # (4,)
+
     def __getitem__(self, i: int) -> dict[str, Any]:
         ids = {k: self._columns[k][i] for k in ID_KEYS}
         sample = {
             "main": self._image(ids["main_dicom_id"]),
             "ref": self._image(ids["ref_dicom_id"]),
+            "main_box": self._box(ids["main_dicom_id"]),
+            "ref_box": self._box(ids["ref_dicom_id"]),
             "question": self._columns["question"][i],
             "answer": self._columns["answer"][i],
             "question_type": self._columns["question_type"][i],
@@ -90,9 +110,15 @@ class PairQADataset(torch.utils.data.Dataset):
         }
         truth = self.cache.pair_truth(ids["study_id"], ids["ref_id"]) if self._keywords is not None else None
         if truth is not None:
+            regions = self.cache.pair_regions(ids["study_id"], ids["ref_id"])
+            side = question_side(sample["question"], sample["question_type"])
+            region, changes = question_region(truth["change_mask"], regions, side)
             sample["truth"] = {
                 "theta": torch.from_numpy(truth["theta"]).float(),
-                "change_mask": torch.from_numpy(truth["change_mask"]).float().unsqueeze(0),
+                "change_mask": torch.from_numpy(region).float().unsqueeze(0),
+                "changes": [dict(c, mask=torch.from_numpy(c["mask"])) for c in changes],
+                "side": side,
+                "per_finding": regions is not None,
                 "keyword": self._keywords[i],
             }
         return sample
@@ -127,9 +153,10 @@ def pad_token_ids(tokenizer, texts: Sequence[str], limit: int) -> tuple[torch.Te
 class Collate:
     """Stack samples of :class:`PairQADataset` into a batch.
 
-    Batch keys: ``main``, ``ref`` (B, 1, S, S); ``question``, ``answer``, ``question_type``: lists of str;
-    ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``: dict(``theta`` (B, 2, 3),
-    ``change_mask`` (B, 1, S, S), ``keyword`` list of str) when every sample has ground truth, else None.
+    Batch keys: ``main``, ``ref`` (B, 1, S, S); ``main_box``, ``ref_box`` (B, 4) long; ``question``, ``answer``,
+    ``question_type``: lists of str; ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``:
+    dict(``theta`` (B, 2, 3), ``change_mask`` (B, 1, S, S), ``changes`` (list of B lists, not stacked), ``side``,
+    ``keyword`` (lists of str), ``per_finding`` (list of bool)) when every sample has ground truth, else None.
     With a tokenizer also ``question_ids``, ``question_mask`` (B, Lq) and ``answer_ids``, ``answer_mask``
     (B, La): LongTensors right-padded with ``tokenizer.pad_id`` to the longest in the batch, truncated to
     ``max_question_tokens`` / ``max_answer_tokens``; masks are 1 on real tokens. No special tokens are added
@@ -154,6 +181,8 @@ class Collate:
         batch: dict[str, Any] = {
             "main": torch.stack([s["main"] for s in samples]),
             "ref": torch.stack([s["ref"] for s in samples]),
+            "main_box": torch.stack([s["main_box"] for s in samples]),
+            "ref_box": torch.stack([s["ref_box"] for s in samples]),
             "question": [s["question"] for s in samples],
             "answer": [s["answer"] for s in samples],
             "question_type": [s["question_type"] for s in samples],
@@ -164,6 +193,9 @@ class Collate:
             batch["truth"] = {
                 "theta": torch.stack([s["truth"]["theta"] for s in samples]),
                 "change_mask": torch.stack([s["truth"]["change_mask"] for s in samples]),
+                "changes": [s["truth"]["changes"] for s in samples],
+                "side": [s["truth"]["side"] for s in samples],
+                "per_finding": [s["truth"]["per_finding"] for s in samples],
                 "keyword": [s["truth"]["keyword"] for s in samples],
             }
         if self.tokenizer is not None:

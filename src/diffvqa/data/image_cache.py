@@ -15,7 +15,8 @@ Cache directory layout (``S`` = size, ``N`` = images)::
     unreadable.tsv          row, dicom_id, error for each unreadable image
     prepare.json            the settings and the image list's digest, written first (resume/merge checks)
     reader.json, reader_questions.csv   the reader's counts and table, staged for finalising (and merging)
-    truth/                  phantom releases only: theta_true, change and finding masks in the cache frames
+    truth/                  phantom releases only: theta_true, change masks (per pair, and per changed finding
+                            and side) and finding masks in the cache frames
                             (layout and conventions: :mod:`diffvqa.data.cache_truth`)
 """
 
@@ -133,6 +134,11 @@ class ImageCache:
     def pair_truth(self, study_id: int, ref_id: int) -> dict | None:
         """Ground truth of a pair (phantom caches), else None (:meth:`.CacheTruth.pair`)."""
         return self._load_truth().pair(study_id, ref_id) if self.has_truth else None
+
+    def pair_regions(self, study_id: int, ref_id: int) -> list[dict] | None:
+        """Per-finding change regions of a pair (phantom caches that have them), else None
+        (:meth:`.CacheTruth.regions`)."""
+        return self._load_truth().regions(study_id, ref_id) if self.has_truth else None
 
     def findings(self, dicom_id: str) -> list[dict]:
         """The ground-truth findings of an image (phantom caches; [] otherwise; :meth:`.CacheTruth.findings`)."""

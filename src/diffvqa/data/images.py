@@ -122,11 +122,20 @@ class Geometry:
         return _apply(np.linalg.inv(self.normalised_matrix()), u, v)
 
     # --- maps between frames ---
+    def content_box(self) -> tuple[int, int, int, int]:
+        """``(y0, x0, y1, x1)``, end-exclusive: the cache pixels that hold image content, not letterbox padding.
+
+        A pixel belongs to the content when its centre lies inside the original image's extent (its outer
+        pixel edges mapped by :meth:`cache_matrix`). The resize sends those edges exactly onto the edges of
+        the ``resized_h x resized_w`` block at ``(pad_top, pad_left)``, so no pixel is partly covered and the
+        box is that block (what :meth:`content` slices).
+        """
+        return self.pad_top, self.pad_left, self.pad_top + self.resized_h, self.pad_left + self.resized_w
+
     def content(self, cache_map: np.ndarray) -> np.ndarray:
         """The image part of an (..., S, S) cache-frame array, unpadded: (..., resized_h, resized_w)."""
-        rows = slice(self.pad_top, self.pad_top + self.resized_h)
-        cols = slice(self.pad_left, self.pad_left + self.resized_w)
-        return cache_map[..., rows, cols]
+        y0, x0, y1, x1 = self.content_box()
+        return cache_map[..., y0:y1, x0:x1]
 
     def to_cache_frame(self, image: np.ndarray) -> np.ndarray:
         """Resize + pad an (orig_h, orig_w) array of the original frame (e.g. a mask) like its image: (S, S)."""

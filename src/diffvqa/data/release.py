@@ -120,12 +120,16 @@ class GroundTruth:
             reference-JPG pixel to the same anatomy in the main JPG, ``[x_main, y_main] = M @ [x_ref, y_ref, 1]``
             (x right, y down, pixel centres at integers); the change mask is in the reference JPG's frame.
         keywords: question_index -> ground-truth keyword.
+        changes: one row per (pair, changed finding, side) (CHANGES_COLUMNS: study_id, ref_id int64; name; side
+            "left" | "right" | ""; mask_file in the reference JPG's frame), or None for a release written before
+            ``changes.csv`` existed (no per-finding change regions then).
     """
 
     directory: Path
     findings: pd.DataFrame
     pairs: pd.DataFrame
     keywords: dict[int, str]
+    changes: pd.DataFrame | None = None
 
     def matrix(self, row: int) -> np.ndarray:
         """(2, 3) float64 M of ``pairs`` row ``row`` (positional)."""
@@ -161,7 +165,40 @@ def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
             raise ValueError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
         pairs[column] = parsed.astype(np.float64)
     keywords = dict(zip(keywords_table["question_index"].tolist(), keywords_table["keyword"].tolist(), strict=True))
-    return GroundTruth(directory=directory, findings=findings, pairs=pairs, keywords=keywords)
+    changes = read_changes(directory, pairs)
+    return GroundTruth(directory=directory, findings=findings, pairs=pairs, keywords=keywords, changes=changes)
+
+
+CHANGES_COLUMNS = ("study_id", "ref_id", "name", "side", "mask_file")
+CHANGE_SIDES = ("left", "right", "")
+
+
+def read_changes(directory: Path, pairs: pd.DataFrame) -> pd.DataFrame | None:
+    """``ground_truth/changes.csv`` checked row by row against ``pairs`` (the parsed pairs.csv); None when the
+    release predates it. Raises ValueError naming the file, the 0-based data row and the bad value."""
+    path = directory / "changes.csv"
+    if not path.is_file():
+        return None
+    changes = _read_csv(path, CHANGES_COLUMNS, CHANGES_COLUMNS)
+    for column in ("study_id", "ref_id"):
+        parsed = _to_int(changes[column])
+        if parsed.isna().any():
+            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise ValueError(f"{path}: row {row}: {column}={changes[column].iloc[row]!r} is not an integer")
+        changes[column] = parsed.astype(np.int64)
+    known = set(zip(pairs.study_id.tolist(), pairs.ref_id.tolist(), strict=True))
+    seen: set = set()
+    for row, (study_id, ref_id, name, side, mask_file) in enumerate(changes.itertuples(index=False)):
+        if (study_id, ref_id, name, side) in seen:
+            raise ValueError(f"{path}: row {row}: a second row for ({study_id}, {ref_id}, {name!r}, {side!r})")
+        seen.add((study_id, ref_id, name, side))
+        if side not in CHANGE_SIDES:
+            raise ValueError(f"{path}: row {row}: side={side!r}; expected one of {list(CHANGE_SIDES)}")
+        if not name or not mask_file:
+            raise ValueError(f"{path}: row {row}: empty {'name' if not name else 'mask_file'}")
+        if (study_id, ref_id) not in known:
+            raise ValueError(f"{path}: row {row}: pair study_id={study_id}, ref_id={ref_id} is not in pairs.csv")
+    return changes
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -3,8 +3,8 @@
 ``SPECS`` lists the 22 official findings the phantom renders, each with its levels, types, sides, lung zones,
 clinical course over visits and prevalence. :func:`plan_subject` draws one patient from a seeded generator:
 anatomy, findings with their geometry and their level at every visit, and per visit the ids, date, time, view,
-pose and exposure. How a plan looks is :mod:`diffvqa.data.phantom_findings`'s business; what is asked about it,
-:mod:`diffvqa.data.phantom_qa`'s; :mod:`diffvqa.data.phantom` renders and writes it.
+pose and exposure. How a plan looks is :mod:`diffvqa.data.phantom.findings`'s business; what is asked about it,
+:mod:`diffvqa.data.phantom.qa`'s; :mod:`diffvqa.data.phantom.simulator` renders and writes it.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diffvqa.data.phantom_anatomy import Anatomy, sample_anatomy
-from diffvqa.data.phantom_findings import Lesion, sample_lesion
-from diffvqa.data.phantom_imaging import SIDES, Exposure, pose_matrix, sample_exposure
+from diffvqa.data.phantom.anatomy import Anatomy, sample_anatomy
+from diffvqa.data.phantom.findings import Lesion, sample_lesion
+from diffvqa.data.phantom.imaging import SIDES, Exposure, pose_matrix, sample_exposure
 
 # ----------------------------------------------------------------------------------------------------------
 # the findings the phantom shows
@@ -32,7 +32,7 @@ class Spec:
     """
 
     name: str
-    kind: str  # its renderer (phantom_findings.KINDS)
+    kind: str  # its renderer (findings.KINDS)
     levels: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
     sides: str = "none"

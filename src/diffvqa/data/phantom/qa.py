@@ -1,7 +1,7 @@
 """The phantom's questions and answers: DATA.md's templates, verbatim, filled in from a pair's findings.
 
 :func:`pair_questions` writes the ~7 QA rows of one (main, reference) pair of a subject's plan
-(:mod:`diffvqa.data.phantom_plan`); :func:`difference_answer` spells a difference in the release's wording,
+(:mod:`diffvqa.data.phantom.plan`); :func:`difference_answer` spells a difference in the release's wording,
 with the release's list rule (:func:`join_list`). The keyword of every row is the official name of the finding
 its answer is about (for a difference, the most visible change that it names).
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffvqa.data.phantom_imaging import SIDES
-from diffvqa.data.phantom_plan import EXCLUSIVE, LATERAL_KINDS, SPEC, SPECS, SubjectPlan
+from diffvqa.data.phantom.imaging import SIDES
+from diffvqa.data.phantom.plan import EXCLUSIVE, LATERAL_KINDS, SPEC, SPECS, SubjectPlan
 
 NOTHING = "nothing has changed."
 

@@ -3,7 +3,7 @@
 :func:`sample_anatomy` draws a subject's proportions (lungs, heart, ribs, hila, ...; :class:`Anatomy`, in chest
 units) and :func:`render_static` rasterises everything that does not change between the subject's studies
 (body, lungs, ribs, clavicles, spine, trachea, hila, lung markings; :class:`Static`). Frames, chest units and
-the intensity model: :mod:`diffvqa.data.phantom_imaging`.
+the intensity model: :mod:`diffvqa.data.phantom.imaging`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffvqa.data.phantom_imaging import AIR, Canvas, blur, disc, ellipse, segment, smooth_noise, soft_step
+from diffvqa.data.phantom.imaging import AIR, Canvas, blur, disc, ellipse, segment, smooth_noise, soft_step
 
 # ----------------------------------------------------------------------------------------------------------
 # the subject's proportions

@@ -1,7 +1,7 @@
 """A contact sheet of a release: pairs side by side with their findings, difference answer and change mask.
 
 Works on any release in the Medical-Diff-VQA format; a phantom's ``ground_truth/`` adds the findings of both
-visits and the change mask outlined on the reference (``diffvqa contact-sheet``, :mod:`diffvqa.data.phantom`).
+visits and the change mask outlined on the reference (``diffvqa contact-sheet``, :mod:`diffvqa.data.phantom.simulator`).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """A longitudinal chest X-ray phantom, written in the real Medical-Diff-VQA v1.0.1 + MIMIC-CXR-JPG format.
 
-No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom_plan`),
-renders every visit (:mod:`~diffvqa.data.phantom_anatomy`, :mod:`~diffvqa.data.phantom_findings`,
-:mod:`~diffvqa.data.phantom_imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom_qa`)
+No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom.plan`),
+renders every visit (:mod:`~diffvqa.data.phantom.anatomy`, :mod:`~diffvqa.data.phantom.findings`,
+:mod:`~diffvqa.data.phantom.imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom.qa`)
 and writes a release that the same reader, loader, training and metrics consume — plus ground truth that no real
 dataset has::
 
@@ -12,7 +12,7 @@ dataset has::
       mimic-cxr-2.0.0-metadata.csv.gz   one row per image (the metadata columns of DATA.md)
       files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg     8-bit grayscale JPEG, H x W (size=(H, W))
       ground_truth/
-        findings.csv  pairs.csv  questions.csv  masks/*.png  changes/*.png
+        findings.csv  pairs.csv  changes.csv  questions.csv  masks/*.png  changes/*.png
 
 Ground-truth contract (read by ``diffvqa.data.release.read_ground_truth``). Pixel coordinates: x to the right,
 y down, pixel centres at integer coordinates; masks are 8-bit PNGs holding 0 or 255, H x W like the JPG whose
@@ -28,6 +28,16 @@ frame they are in; ``*_file`` paths are relative to ``ground_truth/``.
   mapped back through M^-1, removed ones, and both extents of those whose level changed); it is empty exactly
   when the difference answer is ``nothing has changed.``. ``keyword`` = the official name of the most visible
   change (largest area of the symmetric difference of the finding's two regions), "" when nothing changed.
+* ``changes.csv`` — the change mask split by finding and side: one row per (pair, changed finding, side),
+  ``study_id,ref_id,name,side,mask_file``, the mask in the reference JPG's frame made like the change mask
+  (the finding's regions at both visits, an added one mapped back through M^-1). ``side`` is ``right`` or
+  ``left`` (the patient's: ``left`` lies on the image's right) for findings of the lateral kinds
+  (:data:`~diffvqa.data.phantom.plan.LATERAL_KINDS`), one row per lung the finding involves, a bilateral
+  finding's region cut at the patient's midline; ``""`` for the others (cardiomegaly, hernia, emphysema, ...),
+  one row. So a one-lung difference question ("what has changed in the left lung area?") names exactly the
+  findings of its pair's ``left`` rows, and the union of a pair's rows is its change mask (up to the 0.5
+  threshold, taken per row). A row's mask can be empty where the finding lies outside the frame. Releases
+  written before this table have no ``changes.csv``; readers then have no per-finding regions.
 * ``questions.csv`` — ``question_index,keyword`` for every row of mimic_pair_questions.csv (question_index =
   0-based data row): the official finding name the answer is about ("" for view questions and "no
   abnormalities"); for a difference row the most visible change among those its answer names.
@@ -36,7 +46,7 @@ What it shows. Per patient, anatomy of varying size, shape and position (body an
 apices and sharp costophrenic angles, heart, mediastinum with aortic knob and trachea, hemidiaphragms and gastric
 bubble, posterior and anterior ribs, clavicles, spine, hila and branching lung markings, breast shadows) and 22 of
 the 30 official findings, each where it occurs clinically, its level changing its extent (``SPECS``,
-:mod:`~diffvqa.data.phantom_plan`): pleural effusion / blunting of the costophrenic angle filling the base up
+:mod:`~diffvqa.data.phantom.plan`): pleural effusion / blunting of the costophrenic angle filling the base up
 to a meniscus; cardiomegaly / enlargement of the cardiac silhouette as a wider heart; pneumothorax as a lucent
 apical rim without markings behind a pleural line; lung opacity, consolidation (air bronchograms) and pneumonia
 in a lung zone; linear / plate-like atelectasis above a hemidiaphragm, or retrocardiac; perihilar edema with
@@ -67,12 +77,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffvqa.data.phantom_anatomy import render_static
-from diffvqa.data.phantom_findings import render_canonical
-from diffvqa.data.phantom_imaging import Warp, compose, expose, invert, make_canvas
-from diffvqa.data.phantom_plan import SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
-from diffvqa.data.phantom_qa import NOTHING, pair_difference, pair_questions
-from diffvqa.data.phantom_sheet import contact_sheet
+from diffvqa.data.phantom.anatomy import render_static
+from diffvqa.data.phantom.findings import render_canonical
+from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, make_canvas
+from diffvqa.data.phantom.plan import LATERAL_KINDS, SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
+from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
+from diffvqa.data.phantom.sheet import contact_sheet
 
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 CHEXPERT = (
@@ -87,6 +97,7 @@ METADATA_COLUMNS = (
 )  # fmt: skip
 FINDINGS_COLUMNS = ("subject_id", "study_id", "dicom_id", "name", "location", "level", "type", "mask_file")
 PAIRS_COLUMNS = ("study_id", "ref_id", "m00", "m01", "m02", "m10", "m11", "m12", "change_mask_file", "keyword")
+CHANGES_COLUMNS = ("study_id", "ref_id", "name", "side", "mask_file")
 MIN_SIDE = 32
 
 
@@ -111,13 +122,51 @@ def _slug(name: str) -> str:
     return name.replace(" ", "_")
 
 
+def _region_file(stem: str, name: str, side: str) -> str:
+    """``changes/s{main}_s{ref}_{finding}[_{side}].png``, relative to ``ground_truth/``."""
+    return f"changes/{stem}_{_slug(name)}{'_' + side if side else ''}.png"
+
+
+def change_regions(plan: SubjectPlan, k: int, ref_soft: dict, soft: dict, sides: list[np.ndarray]) -> list:
+    """The regions of the findings that differ between visit k - 1 and visit k, one per (finding, side).
+
+    A finding of the lateral kinds (``LATERAL_KINDS``: those a one-lung question asks about) gets a row per lung
+    it involves, a bilateral one's region cut at the patient's midline; any other finding one row with side "".
+    A region is the union of the finding's soft regions at both visits (an added one, a removed one, or both
+    extents of a level change), in the canonical frame.
+
+    Args:
+        ref_soft, soft: finding name -> soft region (Hc, Wc) at visit k - 1 and visit k.
+        sides: per side index (0 = patient right = image left), the canonical half-plane (Hc, Wc) float32.
+
+    Returns:
+        [(name, side word: "right" | "left" | "", soft region (Hc, Wc) float32)], lesions in plan order, sides
+        in index order.
+    """
+    rows = []
+    for i in plan.changed(k):
+        lesion = plan.lesions[i]
+        parts = [r for r in (ref_soft.get(lesion.name), soft.get(lesion.name)) if r is not None]
+        region = np.maximum(*parts) if len(parts) == 2 else parts[0]
+        if lesion.kind in LATERAL_KINDS and lesion.sides:
+            for side in lesion.sides:  # one lung: its whole region; both: each half, so the two add up to it
+                rows.append((lesion.name, SIDES[side], region * sides[side] if len(lesion.sides) > 1 else region))
+        else:
+            rows.append((lesion.name, "", region))
+    return rows
+
+
 def render_subject(plan: SubjectPlan, out: Path, size: tuple[int, int]) -> dict:
     """Write a subject's JPGs and ground-truth masks; return per-visit finding areas and per-pair change areas
-    (pixels), which rank findings by visibility for the answers and keywords."""
+    (pixels), which rank findings by visibility for the answers and keywords, and per pair the (name, side) of
+    each change region written (``change_regions``, in order)."""
     height, width = size
     cv = make_canvas(height, width)
     st = render_static(cv, plan.anatomy, np.random.default_rng(plan.render_seed))
-    areas, changes, previous = [], [], None
+    # The patient's midline splits the canonical frame into the right lung's half (image left) and the left's.
+    right = (cv.X < plan.anatomy.mid).astype(np.float32)
+    sides = [right, 1 - right]
+    areas, changes, regions, previous = [], [], [], None
     for k, study in enumerate(plan.studies):
         D, soft = render_canonical(cv, plan.anatomy, st, plan.present(k), study.view)
         warp = Warp(cv, study.pose)
@@ -146,13 +195,20 @@ def render_subject(plan: SubjectPlan, out: Path, size: tuple[int, int]) -> dict:
                 for region in (a, b):
                     if region is not None:
                         np.maximum(union, region, out=union)
-            mask = _binary(Warp(cv, ref_study.pose)(union)) if change_areas else np.zeros(size, np.uint8)
-            Image.fromarray(mask, mode="L").save(
-                out / "ground_truth" / "changes" / f"s{study.study_id}_s{ref_study.study_id}.png"
-            )
+            ref_warp = Warp(cv, ref_study.pose)
+            mask = _binary(ref_warp(union)) if change_areas else np.zeros(size, np.uint8)
+            stem = f"s{study.study_id}_s{ref_study.study_id}"
+            Image.fromarray(mask, mode="L").save(out / "ground_truth" / "changes" / f"{stem}.png")
             changes.append(change_areas)
+            pair_regions = []
+            for name, side, region in change_regions(plan, k, ref_soft, soft, sides):
+                Image.fromarray(_binary(ref_warp(region)), mode="L").save(
+                    out / "ground_truth" / _region_file(stem, name, side)
+                )
+                pair_regions.append((name, side))
+            regions.append(pair_regions)
         previous = (soft, study)
-    return {"areas": areas, "changes": changes}
+    return {"areas": areas, "changes": changes, "regions": regions}
 
 
 def _render_job(job: tuple[SubjectPlan, Path, tuple[int, int]]) -> dict:
@@ -216,8 +272,8 @@ def simulate(
             so a calling script needs the ``if __name__ == "__main__":`` guard; the CLI defaults to 0.
 
     Returns:
-        Counts: subjects, studies, pairs, questions, findings (rows of findings.csv), questions_by_type,
-        nothing_changed (difference rows answered "nothing has changed.").
+        Counts: subjects, studies, pairs, questions, findings (rows of findings.csv), change_regions (rows of
+        changes.csv), questions_by_type, nothing_changed (difference rows answered "nothing has changed.").
     """
     pairs, size = _validate(pairs, size, seed)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -253,7 +309,7 @@ def simulate(
     else:
         rendered = [_render_job(job) for job in tqdm(jobs, **bar)]
 
-    questions, keywords, studies, metadata, findings, pair_rows = [], [], [], [], [], []
+    questions, keywords, studies, metadata, findings, pair_rows, change_rows = [], [], [], [], [], [], []
     for plan, result in zip(plans, rendered, strict=True):
         rng = np.random.default_rng(plan.qa_seed)
         for k, study in enumerate(plan.studies):
@@ -278,6 +334,9 @@ def simulate(
             _, pair_keyword = pair_difference(plan, k, result["changes"][k - 1])
             pair_rows.append((study.study_id, ref.study_id, *(f"{v:.10g}" for v in M.ravel()),
                               f"changes/s{study.study_id}_s{ref.study_id}.png", pair_keyword))  # fmt: skip
+            stem = f"s{study.study_id}_s{ref.study_id}"
+            for name, side in result["regions"][k - 1]:
+                change_rows.append((study.study_id, ref.study_id, name, side, _region_file(stem, name, side)))
             for qtype, question, answer, keyword in pair_questions(plan, k, result, rng):
                 questions.append((study.study_id, plan.subject_id, ref.study_id, qtype, question, answer, plan.split))
                 keywords.append((len(keywords), keyword))
@@ -287,6 +346,7 @@ def simulate(
     _write_csv(out / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_COLUMNS, metadata, compress=True)
     _write_csv(out / "ground_truth" / "findings.csv", FINDINGS_COLUMNS, findings)
     _write_csv(out / "ground_truth" / "pairs.csv", PAIRS_COLUMNS, pair_rows)
+    _write_csv(out / "ground_truth" / "changes.csv", CHANGES_COLUMNS, change_rows)
     _write_csv(out / "ground_truth" / "questions.csv", ("question_index", "keyword"), keywords)
     by_type: dict[str, int] = {}
     for row in questions:
@@ -298,6 +358,7 @@ def simulate(
         "pairs": len(pair_rows),
         "questions": len(questions),
         "findings": len(findings),
+        "change_regions": len(change_rows),
         "questions_by_type": by_type,
         "nothing_changed": sum(1 for row in questions if row[3] == "difference" and row[5] == NOTHING),
     }

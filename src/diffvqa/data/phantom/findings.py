@@ -2,10 +2,10 @@
 
 A :class:`Lesion` is one finding of one subject, its geometry drawn once (:func:`sample_lesion`) so that a
 finding that stays renders identically between visits and only a level change alters it. :func:`render_canonical`
-composes one study in the canonical frame: the subject's static anatomy (:mod:`diffvqa.data.phantom_anatomy`),
+composes one study in the canonical frame: the subject's static anatomy (:mod:`diffvqa.data.phantom.anatomy`),
 the per-visit heart, aorta, gastric bubble and scapulae, and each finding present, and returns the attenuation
 and a soft region per finding (the masks before the threshold). Frames and conventions:
-:mod:`diffvqa.data.phantom_imaging`.
+:mod:`diffvqa.data.phantom.imaging`.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from diffvqa.data.phantom_anatomy import Anatomy, Static, hemidiaphragm, lung_field, lung_point, ribs_layer
-from diffvqa.data.phantom_imaging import AIR, Canvas, blur, disc, ellipse, segment, soft_step
+from diffvqa.data.phantom.anatomy import Anatomy, Static, hemidiaphragm, lung_field, lung_point, ribs_layer
+from diffvqa.data.phantom.imaging import AIR, Canvas, blur, disc, ellipse, segment, soft_step
 
 # ----------------------------------------------------------------------------------------------------------
 # findings

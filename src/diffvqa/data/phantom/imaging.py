@@ -1,7 +1,7 @@
 """The phantom's imaging model: frames, raster primitives, pose and warp, exposure.
 
-The phantom (:mod:`diffvqa.data.phantom`) draws a subject's anatomy (:mod:`~diffvqa.data.phantom_anatomy`) and
-findings (:mod:`~diffvqa.data.phantom_findings`) as attenuation on a canonical canvas, then images each study by
+The phantom (:mod:`diffvqa.data.phantom.simulator`) draws a subject's anatomy (:mod:`~diffvqa.data.phantom.anatomy`) and
+findings (:mod:`~diffvqa.data.phantom.findings`) as attenuation on a canonical canvas, then images each study by
 pulling the canvas through the study's pose and exposing it. This module holds what they share: the canvas and
 its chest units, soft-edged raster primitives, the pose affines and the warp, and the detector. Everything is
 vectorised numpy (PIL only draws the vessel tree, in the anatomy).
