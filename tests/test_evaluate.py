@@ -1,9 +1,8 @@
 import json
 
 import pytest
-import torch
 
-from diffvqa.evaluate import evaluate, evenly_spaced, format_table, main, pointing_hits
+from diffvqa.evaluate import evaluate, evenly_spaced, fixed_point_prior, format_table, main
 from diffvqa.train import main as train_main
 
 
@@ -45,8 +44,15 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     px = metrics["registration_error_px"]
     assert metrics["registration_error_ratio"] == pytest.approx(px["after"] / px["before"])
     assert px["pairs"] == len({(r["study_id"], r["ref_id"]) for r in records})  # once per pair, not per question
-    hits = metrics["pointing_game"] * metrics["pointing_game_n"]
-    assert hits == pytest.approx(round(hits))  # a share of whole questions
+    scored = [r for r in records if "pointing" in r]  # per-question scores: difference questions with a region
+    assert len(scored) == metrics["pointing_game_n"] and all(r["question_type"] == "difference" for r in scored)
+    assert metrics["pointing_game"] == pytest.approx(sum(r["pointing"] for r in scored) / len(scored))
+    reference = metrics["pointing_game_reference"]
+    assert 0 < reference["chance"] < 1 and 0 <= reference["ceiling"] <= 1 and reference["grid"] == "4x4"
+    assert 0 <= reference["prior"] <= 1 and reference["prior_point"] == list(fixed_point_prior(phantom_cache))
+    per_finding = metrics["pointing_game_per_finding"]
+    assert sum(v["n"] for v in per_finding.values()) == metrics["pointing_game_n"]
+    assert metrics["empty_mask_fallbacks"]["masks"] == len(records)
     assert metrics["preliminary"]["n"] == sum(r["question_type"] == "difference" for r in records)
     assert metrics["run"]["mode"] == "two-pass" and metrics["run"]["questions"] == len(records)
     html = (out / "report.html").read_text()
@@ -66,13 +72,13 @@ def test_evaluate_errors_are_named(tiny_run, phantom_cache, tmp_path, capsys):
     assert "best" in capsys.readouterr().err
 
 
-def test_pointing_hits():
-    mask = torch.zeros(2, 1, 4, 4)
-    mask[0, 0, 1, 1] = 1.0
-    mask[1, 0, 3, 3] = 1.0
-    change = torch.zeros(2, 1, 4, 4)
-    change[:, 0, :2, :2] = 1.0
-    assert pointing_hits(mask, change).tolist() == [True, False]
+def test_fixed_point_prior_is_learned_on_the_train_split(phantom_cache):
+    from diffvqa.data.regions import question_regions
+
+    y, x = fixed_point_prior(phantom_cache)
+    train = question_regions(phantom_cache, "train", ("difference",))
+    covered = train[:, y, x].sum()
+    assert covered == train.reshape(len(train), -1).sum(axis=0).max()  # no pixel lies in more train regions
 
 
 def test_evenly_spaced():

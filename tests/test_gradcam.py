@@ -1,6 +1,5 @@
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import train_briefly
 
 from diffvqa.saliency.gradcam import (

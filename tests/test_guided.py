@@ -153,7 +153,8 @@ def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, m
     assert empty.empty_mask.all() and torch.equal(empty.mask, torch.ones_like(empty.mask))
     assert empty.final == unmasked.preliminary
     assert not unmasked.empty_mask.any()
-    monkeypatch.setattr(guided_module, "shared_mask", lambda cam_main, cam_ref, variant: torch.full_like(cam_main, 1e-30))
+    black = lambda cam_main, cam_ref, variant: torch.full_like(cam_main, 1e-30)  # noqa: E731
+    monkeypatch.setattr(guided_module, "shared_mask", black)
     blacked = two_pass_answer(*args)
     zeros = torch.zeros_like(b["main"])
     with torch.no_grad():

@@ -111,11 +111,14 @@ def predict(
 def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
     """The pointing game's fixed-point prior: the pixel inside the most regions of the *train* split's difference
     questions (:mod:`diffvqa.scoring`); None for caches without ground truth."""
-    from diffvqa.data.dataset import question_regions
+    from diffvqa.data.image_cache import ImageCache
+    from diffvqa.data.regions import question_regions
     from diffvqa.scoring import best_fixed_point
 
+    if not ImageCache(data).has_truth:
+        return None
     regions = question_regions(data, "train", ("difference",))
-    if regions is None or len(regions) == 0:
+    if len(regions) == 0:
         return None
     return best_fixed_point(torch.from_numpy(np.asarray(regions)))
 
