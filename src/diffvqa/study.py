@@ -1,0 +1,285 @@
+"""The ablation study: ``diffvqa study --data CACHE --out DIR [--seeds 3] [--jobs N] [--variants ...] [key=value ...]``.
+
+Each variant of the method (:data:`VARIANTS`) is trained with each seed on a prepared cache and evaluated two-pass
+on the test split's difference questions, with the same code a user runs (``diffvqa train`` / ``evaluate``, as
+subprocesses so that ``--jobs`` runs share the cores). Finished runs are skipped and interrupted trainings resume,
+so the study can be stopped and restarted at will. It writes::
+
+    DIR/runs/<variant>/seed<k>/            the training run (diffvqa train) and its eval/ (diffvqa evaluate)
+    DIR/study.json                         per variant: every seed's numbers, their mean and sd
+    DIR/study.md                           the table (mean ± sd over seeds) with the reference levels
+    DIR/pointing_over_training.png         validation pointing game over steps (phantom caches)
+    DIR/registration_over_training.png     validation registration error ratio over steps
+    DIR/pointing_per_finding.png           the test pointing game per finding, with chance and prior
+
+The seed sets ``train.seed``: weight initialisation and data order both change with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+# variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "full": ("the method as configured (shared mask = max)", []),
+    "no_aligner": ("no pre-alignment (Θ = identity)", ["model.align=false"]),
+    "no_reg": ("aligner without L_reg", ["model.align_reg_weights=[0,0,0]"]),
+    "no_similarity": ("aligner trained by the answer loss only (the paper)", ["model.align_similarity=0"]),
+    "single_pass": ("no saliency loop", ["saliency.enabled=false"]),
+    "mask_mean": ("shared mask = mean of the two CAMs", ["saliency.mask=mean"]),
+    "mask_main": ("mask from the main image's CAM only", ["saliency.mask=main"]),
+    "mask_ref": ("mask from the reference image's CAM only", ["saliency.mask=ref"]),
+    "mask_none": ("no masking (pass 2 sees what pass 1 saw)", ["saliency.mask=none"]),
+    "blind": ("question only: both images replaced by zeros", ["model.blind=true", "saliency.enabled=false"]),
+}
+
+# (column, path into metrics.json)
+COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("BLEU-4", ("difference", "BLEU-4")),
+    ("METEOR", ("difference", "METEOR")),
+    ("ROUGE-L", ("difference", "ROUGE-L")),
+    ("CIDEr", ("difference", "CIDEr")),
+    ("pointing", ("pointing_game",)),
+    ("kw-cond", ("keyword_conditioning", "score")),
+    ("reg. ratio", ("registration_error_ratio",)),
+    ("distinct", ("difference", "n_distinct_predictions")),
+]
+REFERENCES: list[tuple[str, tuple[str, ...]]] = [
+    ("chance", ("pointing_game_reference", "chance")),
+    ("prior", ("pointing_game_reference", "prior")),
+    ("ceiling", ("pointing_game_reference", "ceiling")),
+]
+
+
+def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
+    value: Any = metrics
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def _command(args: list[str]) -> list[str]:
+    return [sys.executable, "-m", "diffvqa.cli", *args]
+
+
+def run_one(data: Path, run_dir: Path, preset: str, overrides: list[str], threads: int, log: Path) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; returns its metrics.json. Skips what is already done."""
+    metrics_file = run_dir / "eval" / "metrics.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    finished = run_dir / "finished"
+    with log.open("a") as out:
+        if not finished.is_file():
+            resume = ["--resume"] if (run_dir / "latest").is_file() else []
+            train = ["train", "--data", str(data), "--out", str(run_dir), "--preset", preset, "--no-progress",
+                     "--device", "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
+            subprocess.run(_command(train), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+            finished.write_text("ok\n")
+        evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--out", str(run_dir / "eval"),
+                    "--question-types", "difference", "--no-progress", "--no-report"]  # fmt: skip
+        subprocess.run(_command(evaluate), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+    return json.loads(metrics_file.read_text())
+
+
+def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Per variant: the seeds' values of every column and reference level, with mean and sd."""
+    summary: dict[str, Any] = {}
+    for variant, seeds in results.items():
+        entry: dict[str, Any] = {"what": VARIANTS[variant][0], "overrides": VARIANTS[variant][1],
+                                 "seeds": sorted(seeds)}  # fmt: skip
+        for name, path in COLUMNS + REFERENCES:
+            values = [_get(seeds[s], path) for s in sorted(seeds)]
+            mean, sd = _mean_sd(values)
+            entry[name] = {"values": values, "mean": mean, "sd": sd}
+        summary[variant] = entry
+    return summary
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    def cell(stats: dict[str, Any]) -> str:
+        if stats["mean"] is None:
+            return "—"
+        return f"{stats['mean']:.3f} ± {stats['sd']:.3f}" if len(stats["values"]) > 1 else f"{stats['mean']:.3f}"
+
+    names = [name for name, _ in COLUMNS]
+    lines = ["| variant | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for variant, entry in summary.items():
+        cells = [cell(entry[name]) for name in names]
+        lines.append(f"| {variant} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
+    refs = []
+    for name, _ in REFERENCES:
+        means = [e[name]["mean"] for e in summary.values() if e[name]["mean"] is not None]
+        if means:
+            refs.append(f"{name} {sum(means) / len(means):.3f}")
+    lines.append("")
+    lines.append("Pointing game reference levels (same test questions for every run): " + (", ".join(refs) or "—")
+                 + "; keyword conditioning: chance 0.5; registration ratio: identity 1.0.")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _validation_curves(run_dir: Path, key: str) -> tuple[list[int], list[float]]:
+    steps, values = [], []
+    log = run_dir / "metrics.jsonl"
+    if not log.is_file():
+        return steps, values
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if isinstance(record.get(f"val/{key}"), (int, float)):
+            steps.append(int(record["step"]))
+            values.append(float(record[f"val/{key}"]))
+    return steps, values
+
+
+def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, Any],
+               results: dict[str, dict[int, dict[str, Any]]]) -> list[Path]:  # fmt: skip
+    """The study's PNG plots (matplotlib, headless)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, title, file in (
+        ("pointing_game", "validation pointing game over training", "pointing_over_training.png"),
+        ("registration_error_ratio", "validation registration error ratio over training",
+         "registration_over_training.png"),
+    ):  # fmt: skip
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for variant, seeds in runs.items():
+            for k, (seed, run_dir) in enumerate(sorted(seeds.items())):
+                steps, values = _validation_curves(run_dir, key)
+                if steps:
+                    ax.plot(steps, values, marker="o", label=variant if k == 0 else None,
+                            color=f"C{list(runs).index(variant) % 10}", alpha=0.8)  # fmt: skip
+        ax.set_xlabel("step")
+        ax.set_ylabel(key.replace("_", " "))
+        ax.set_title(title)
+        if key == "registration_error_ratio":
+            ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="identity")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / file, dpi=110)
+        plt.close(fig)
+        written.append(out / file)
+
+    full = results.get("full", {})
+    per_finding: dict[str, list[dict[str, Any]]] = {}
+    for metrics in full.values():
+        for name, entry in (metrics.get("pointing_game_per_finding") or {}).items():
+            per_finding.setdefault(name, []).append(entry)
+    if per_finding:
+        names = sorted(per_finding, key=lambda n: -sum(e["n"] for e in per_finding[n]))
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names)), 4))
+        xs = range(len(names))
+        for offset, key, label in ((-0.27, "score", "full model"), (0.0, "prior", "fixed-point prior"),
+                                   (0.27, "chance", "chance")):  # fmt: skip
+            values = [_mean_sd([e[key] for e in per_finding[n] if e.get(key) is not None])[0] or 0.0 for n in names]
+            ax.bar([x + offset for x in xs], values, width=0.27, label=label)
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([f"{n} ({per_finding[n][0]['n']})" for n in names], rotation=60, ha="right", fontsize=7)
+        ax.set_ylabel("pointing game")
+        ax.set_title("test pointing game per finding (full model, mean over seeds)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / "pointing_per_finding.png", dpi=110)
+        plt.close(fig)
+        written.append(out / "pointing_per_finding.png")
+    return written
+
+
+def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs: int = 1,
+              variants: Sequence[str] | None = None, overrides: Sequence[str] = (),
+              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Run (or resume) the grid and write study.json, study.md and the plots; returns the summary."""
+    variants = list(variants or VARIANTS)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    if seeds < 1 or jobs < 1:
+        raise ValueError(f"--seeds and --jobs must be >= 1 (got {seeds}, {jobs})")
+    if not (Path(data) / "manifest.json").is_file():
+        raise FileNotFoundError(f"--data {data}: not a prepared cache (no manifest.json)")
+    out.mkdir(parents=True, exist_ok=True)
+    base = ["data.question_types=[difference]", *overrides]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    runs = {v: {s: out / "runs" / v / f"seed{s}" for s in range(seeds)} for v in variants}
+    jobs_list = [(v, s) for s in range(seeds) for v in variants]
+    started = time.perf_counter()
+
+    def work(job: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:
+        variant, seed = job
+        run_dir = runs[variant][seed]
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        log = run_dir.parent / f"seed{seed}.log"
+        settings = [*base, *VARIANTS[variant][1], f"train.seed={seed}"]
+        tic = time.perf_counter()
+        metrics = run_one(Path(data), run_dir, preset, settings, threads, log)
+        if progress:
+            cider = _get(metrics, ("difference", "CIDEr"))
+            print(f"study: {variant} seed {seed} done ({time.perf_counter() - tic:.0f} s, CIDEr {cider})", flush=True)
+        return variant, seed, metrics
+
+    results: dict[str, dict[int, dict[str, Any]]] = {v: {} for v in variants}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for variant, seed, metrics in pool.map(work, jobs_list):
+            results[variant][seed] = metrics
+    summary = summarise(results)
+    record = {"data": str(data), "preset": preset, "overrides": base, "seeds": seeds, "variants": summary,
+              "wall_s_this_invocation": round(time.perf_counter() - started, 1)}  # fmt: skip
+    (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
+    header = (f"# diffvqa study\n\n`{data}`, preset `{preset}`, overrides `{' '.join(base)}`, {seeds} seed(s); "
+              "test split, difference questions, two-pass.\n\n")  # fmt: skip
+    (out / "study.md").write_text(header + markdown_table(summary) + "\n")
+    plot_study(out, runs, summary, results)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="diffvqa study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--preset", default="small")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (they share the CPU cores)")
+    parser.add_argument("--variants", help=f"comma-separated subset of {','.join(VARIANTS)} (default: all)")
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. train.steps=200)")
+    args = parser.parse_args(argv)
+    variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
+    try:
+        record = run_study(args.data, args.out, args.preset, args.seeds, args.jobs, variants, args.overrides,
+                           progress=not args.no_progress)  # fmt: skip
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"diffvqa study: error: {exc}", file=sys.stderr)
+        return 2
+    except subprocess.CalledProcessError as exc:
+        print(f"diffvqa study: error: a run failed ({' '.join(exc.cmd[2:5])} ...); see its log under "
+              f"{args.out / 'runs'}; rerun the same command to resume", file=sys.stderr)  # fmt: skip
+        return 1
+    print((args.out / "study.md").read_text())
+    print(f"wall time of this invocation: {record['wall_s_this_invocation']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

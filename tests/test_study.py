@@ -1,0 +1,50 @@
+"""diffvqa study at toy size: the grid runs, resumes without redoing finished runs, and seeds change the runs."""
+
+import json
+
+import pytest
+
+from diffvqa.study import VARIANTS, main, markdown_table, summarise
+
+
+@pytest.mark.slow
+def test_study_runs_resumes_and_seeds_differ(phantom_cache, tmp_path, capsys):
+    out = tmp_path / "study"
+    argv = ["--data", str(phantom_cache), "--out", str(out), "--preset", "tiny", "--seeds", "2", "--jobs", "2",
+            "--variants", "full,no_aligner", "--no-progress", "train.steps=3", "train.eval_every=3",
+            "train.checkpoint_every=3", "saliency.start_step=1"]  # fmt: skip
+    assert main(argv) == 0
+    record = json.loads((out / "study.json").read_text())
+    assert set(record["variants"]) == {"full", "no_aligner"} and record["seeds"] == 2
+    full = record["variants"]["full"]
+    assert len(full["CIDEr"]["values"]) == 2 and full["pointing"]["mean"] is not None
+    assert full["reg. ratio"]["values"][0] != full["reg. ratio"]["values"][1]  # the seeds change the runs
+    assert record["variants"]["no_aligner"]["reg. ratio"]["values"] == [1.0, 1.0]  # identity: no aligner
+    for png in ("pointing_over_training.png", "registration_over_training.png", "pointing_per_finding.png"):
+        assert (out / png).stat().st_size > 1000
+    assert "| full | 2 |" in (out / "study.md").read_text()
+    weights = out / "runs" / "full" / "seed0" / "latest"
+    stamp = weights.stat().st_mtime_ns
+    assert main(argv) == 0  # resumed: every run finished, nothing is trained or evaluated again
+    assert weights.stat().st_mtime_ns == stamp
+    assert json.loads((out / "study.json").read_text())["variants"] == record["variants"]
+
+
+def test_study_rejects_unknown_variants_and_bad_counts(phantom_cache, tmp_path, capsys):
+    assert main(["--data", str(phantom_cache), "--out", str(tmp_path), "--variants", "full,nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+    assert main(["--data", str(phantom_cache), "--out", str(tmp_path), "--seeds", "0"]) == 2
+    assert main(["--data", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+def test_summary_mean_and_sd_over_seeds():
+    results = {"full": {0: {"difference": {"CIDEr": 1.0}, "pointing_game": 0.2},
+                        1: {"difference": {"CIDEr": 2.0}, "pointing_game": 0.4}}}  # fmt: skip
+    summary = summarise(results)
+    assert summary["full"]["CIDEr"]["mean"] == pytest.approx(1.5)
+    assert summary["full"]["CIDEr"]["sd"] == pytest.approx(0.7071, abs=1e-4)  # sample sd
+    assert summary["full"]["kw-cond"]["mean"] is None
+    assert "1.500 ± 0.707" in markdown_table(summary)
+    assert set(VARIANTS) >= {"full", "no_aligner", "no_reg", "no_similarity", "single_pass", "mask_mean",
+                             "mask_main", "mask_ref", "mask_none", "blind"}  # fmt: skip
