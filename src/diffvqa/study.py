@@ -166,7 +166,7 @@ def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, A
     ):  # fmt: skip
         fig, ax = plt.subplots(figsize=(7, 4))
         for variant, seeds in runs.items():
-            for k, (seed, run_dir) in enumerate(sorted(seeds.items())):
+            for k, (_seed, run_dir) in enumerate(sorted(seeds.items())):
                 steps, values = _validation_curves(run_dir, key)
                 if steps:
                     ax.plot(steps, values, marker="o", label=variant if k == 0 else None,
