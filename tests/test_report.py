@@ -206,3 +206,21 @@ def test_panel_lays_out_a_labelled_row():
     assert tuple(np.asarray(out)[out.height - 10, 10]) == (255, 0, 0)
     with pytest.raises(ValueError, match="2 images but 1 titles"):
         panel(images, ["a"])
+
+
+def test_report_shows_the_pointing_game_beside_its_reference_levels(tmp_path):
+    metrics = _metrics(1.0, comparable=True)
+    metrics["pointing_game"] = 0.4375
+    metrics["pointing_game_reference"] = {"chance": 0.0512, "prior": 0.3861, "ceiling": 0.8123, "grid": "8x8"}
+    metrics["pointing_game_per_finding"] = {
+        "pleural effusion": {"score": 0.61, "n": 40, "chance": 0.07, "prior": 0.55, "ceiling": 0.95},
+        "pneumothorax": {"score": 0.12, "n": 9, "chance": 0.02, "prior": 0.0, "ceiling": 0.44},
+    }
+    metrics["keyword_conditioning"] = {"score": 0.5833, "pairs": 24, "questions": 11, "chance": 0.5}
+    page = write_report(tmp_path / "rep", metrics, []).read_text(encoding="utf-8")
+    for text in ("0.438", "pointing_game_reference · chance", "0.051", "pointing_game_reference · prior", "0.386",
+                 "pointing_game_reference · ceiling", "0.812", "keyword_conditioning · score", "0.583"):  # fmt: skip
+        assert text in page, text
+    assert "Pointing game per finding" in page and "pleural effusion" in page and "0.440" in page
+    assert "fixed-point prior" in page  # the note that says what the reference levels are
+    assert "Pointing game per finding" not in write_report(tmp_path / "r2", _metrics(1.0, True), []).read_text()

@@ -30,7 +30,21 @@ MISSING = "—"
 
 # (key in metrics, label, higher is better)
 ACCURACY_ROWS = (("accuracy_closed", "Accuracy, closed (yes/no)", True), ("accuracy_open", "Accuracy, open", True))
-LOCALISATION_KEYS = ("pointing_game", "registration_error_ratio")
+LOCALISATION_KEYS = (
+    "pointing_game", "pointing_game_n", "pointing_game_reference", "keyword_conditioning",
+    "registration_error_ratio", "registration_error_px", "empty_mask_fallbacks",
+)  # fmt: skip
+MECHANISMS_NOTE = (
+    "Pointing game: the share of the shared mask's maximal pixels inside the question's true change region (the "
+    "asked lung for one-lung questions; a flat map scores its area share). It means something only beside its "
+    "reference levels: <b>chance</b> (a random pixel: the regions' mean area share), the <b>fixed-point prior</b> "
+    "(the one pixel inside the most change regions of the train split — what a map that ignores the images gets) "
+    "and the <b>ceiling</b> of the saliency grid (the share of regions that contain a feature-cell centre: no map "
+    "of that grid can do better). Keyword conditioning: for answers naming two changes in different regions, how "
+    "often the map computed for one keyword is higher in that finding's region than in the other's (0.5 for a "
+    "map that ignores the keyword). Registration error ratio: mean corner error of Θ against the true transform, "
+    "after / before alignment (1.0 = the identity, no aligner)."
+)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -145,6 +159,23 @@ def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
         rows.append(_group_header("Localisation", columns))
         rows += localisation
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def per_finding_table(metrics: Mapping[str, Any]) -> str:
+    """The pointing game per finding (the question's most visible change) beside its reference levels."""
+    per_finding = metrics.get("pointing_game_per_finding")
+    if not isinstance(per_finding, Mapping) or not per_finding:
+        return ""
+    head = "<th>finding</th><th>n</th><th>pointing game</th><th>chance</th><th>prior</th><th>ceiling</th>"
+    rows = []
+    for name, entry in per_finding.items():
+        cells = [f"<td>{_esc(name)}</td>", f'<td class="num count">{_fmt(entry.get("n"))}</td>']
+        cells += [f'<td class="num">{_fmt(entry.get(k))}</td>' for k in ("score", "chance", "prior", "ceiling")]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        "<h3>Pointing game per finding</h3>"
+        f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
 
 
 def per_type_table(metrics: Mapping[str, Any]) -> str:
@@ -442,6 +473,8 @@ def write_report(
 {metrics_table(metrics, baseline_metrics)}
 {baseline_note}
 {implementation_note(metrics)}
+{f'<p class="note">{MECHANISMS_NOTE}</p>' if any(k in metrics for k in LOCALISATION_KEYS) else ""}
+{per_finding_table(metrics)}
 {per_type_table(metrics)}
 <h2>Examples</h2>
 {legend}
