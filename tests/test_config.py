@@ -20,6 +20,9 @@ def test_preset_values_differ():
     assert paper.train.lr == 1.5e-4 and paper.train.weight_decay == 0.05
     # the paper's recipe: every step guided, the plain M * I mask, one prefix token per feature-map cell
     assert (paper.saliency.start_step, paper.saliency.mask_floor, paper.model.prefix_pool) == (0, 0.0, 1)
+    # ... the aligner learns through the answer loss only, and the CAM is the paper's Grad-CAM
+    assert (paper.model.align_similarity, paper.saliency.cam_method) == (0.0, "gradcam")
+    assert small.model.align_similarity > 0  # the demo's departure (README)
     # the CPU demo's departures from it (README "What the demo shows")
     assert (small.saliency.start_step, small.saliency.mask_floor, small.model.prefix_pool) == (900, 0.5, 2)
 
