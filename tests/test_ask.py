@@ -88,8 +88,15 @@ def test_ask_png_writes_answers_and_pictures(checkpoint, tmp_path, capsys):
     # the same answers as calling the library with the same preprocessing
     model = load_checkpoint(checkpoint).eval()
     ids = torch.tensor([model.tokenizer.encode(QUESTION)[: model.config.data.max_question_tokens]])
-    images = [torch.from_numpy(load_image(p, 64)[0])[None, None] for p in (main_path, ref_path)]
-    expected = two_pass_answer(model, *images, ids, torch.ones_like(ids), [QUESTION], lexicon_keyword)
+    loaded = [load_image(p, 64) for p in (main_path, ref_path)]
+    images = [torch.from_numpy(image)[None, None] for image, _ in loaded]
+    boxes = [torch.tensor([geometry.content_box()]) for _, geometry in loaded]
+    expected = two_pass_answer(model, *images, ids, torch.ones_like(ids), [QUESTION], lexicon_keyword,
+                               main_box=boxes[0], ref_box=boxes[1])  # fmt: skip
+    y0, x0, y1, x1 = loaded[0][1].content_box()
+    assert x0 > 0 and x1 < 64  # the portrait main image is letterboxed left and right ...
+    cam_main = expected.cam_main[0, 0]
+    assert cam_main[:, :x0].abs().max() == 0 and cam_main[:, x1:].abs().max() == 0  # ... and its CAM is 0 there
     assert (record["preliminary"], record["keyword"], record["final"]) == (
         expected.preliminary[0],
         expected.keywords[0],
