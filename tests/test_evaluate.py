@@ -98,3 +98,17 @@ def test_format_table_with_baseline():
     worse = format_table({"difference": {"CIDEr": 0.5}}, {"difference": {"CIDEr": 0.75}}).splitlines()
     assert f"{'difference CIDEr':<28}{'0.500':>10}{'0.750':>10}{'-0.250':>10}" in worse
     assert "registration" not in table  # rows with no value on either side are left out
+
+
+def test_inference_time_saliency_overrides(tiny_run, phantom_cache, tmp_path, capsys):
+    """saliency.* overrides change the maps (and are recorded); other keys are refused by name."""
+    common = ["--checkpoint", str(tiny_run), "--data", str(phantom_cache), "--no-progress", "--no-report",
+              "--question-types", "difference"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "saliency.mask=none"]) == 0
+    flat = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert flat["run"]["saliency_overrides"] == ["saliency.mask=none"]
+    # an all-ones mask ties every pixel: it scores each region's area share, i.e. exactly chance
+    assert flat["pointing_game"] == pytest.approx(flat["pointing_game_reference"]["chance"])
+    assert main([*common, "--out", str(tmp_path / "c"), "model.align=false"]) == 2
+    assert "saliency.*" in capsys.readouterr().err

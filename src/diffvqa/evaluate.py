@@ -142,6 +142,7 @@ def evaluate(
     keyword_source: str | None = None,
     baseline: dict[str, Any] | None = None,
     title: str | None = None,
+    saliency_overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics and a report (with a
     ``baseline``'s metrics beside the model's when given)."""
@@ -153,6 +154,13 @@ def evaluate(
     model = load_checkpoint(checkpoint)
     if keyword_source is not None:
         model.config.saliency.keyword_source = keyword_source
+    if saliency_overrides:  # inference-time ablations (e.g. saliency.cam_method=hirescam) on a trained model
+        from diffvqa.config import apply_overrides
+
+        bad = [o for o in saliency_overrides if not o.strip().startswith("saliency.")]
+        if bad:
+            raise ValueError(f"evaluate overrides may only set saliency.* keys (the weights fix the rest): {bad}")
+        apply_overrides(model.config, saliency_overrides)
     dataset = PairQADataset(data, split, question_types)
     if len(dataset) == 0:
         raise ValueError(f"{data}: no {split} questions of types {question_types or 'all'}")
@@ -178,6 +186,7 @@ def evaluate(
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "question_types": question_types,
         "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
         "blind": model.config.model.blind, "questions": len(records), "limit": limit,
+        "saliency_overrides": list(saliency_overrides or []),
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     if report:
@@ -246,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="saliency.* key=value overrides for inference, e.g. "
+                        "saliency.cam_method=hirescam saliency.mask=mean")
     args = parser.parse_args(argv)
     types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
     try:
         metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
                            args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
-                           args.keyword_source)  # fmt: skip
+                           args.keyword_source, saliency_overrides=args.overrides)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"diffvqa evaluate: error: {exc}", file=sys.stderr)
         return 2
