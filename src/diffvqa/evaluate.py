@@ -255,8 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="saliency.* key=value overrides for inference, e.g. "
-                        "saliency.cam_method=hirescam saliency.mask=mean")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="saliency.* key=value overrides for inference, e.g. saliency.cam_method=hirescam saliency.mask=mean",
+    )
     args = parser.parse_args(argv)
     types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
     try:

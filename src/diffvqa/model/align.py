@@ -170,5 +170,10 @@ class Aligner(nn.Module):
             else main.new_zeros(())
         )
         content = None if main_content is None else (warp(main_content, theta.detach(), self.align_corners) > 0.5)
-        return AlignOutput(aligned=aligned, theta=theta, reg_loss=registration_loss(theta, self.reg_weights),
-                           similarity_loss=similarity, content=None if content is None else content.float())
+        return AlignOutput(
+            aligned=aligned,
+            theta=theta,
+            reg_loss=registration_loss(theta, self.reg_weights),
+            similarity_loss=similarity,
+            content=None if content is None else content.float(),
+        )

@@ -53,8 +53,14 @@ class DiffVQA(nn.Module):
                 f"{config.data.max_question_tokens + config.data.max_answer_tokens + 3}"
             )
         self.aligner = (
-            Aligner(m.align_input_size, m.align_channels, m.align_max_delta, m.align_reg_weights, m.align_corners,
-                    m.align_similarity)  # fmt: skip
+            Aligner(
+                m.align_input_size,
+                m.align_channels,
+                m.align_max_delta,
+                m.align_reg_weights,
+                m.align_corners,
+                m.align_similarity,
+            )  # fmt: skip
             if m.align
             else None
         )
