@@ -77,6 +77,8 @@ class MechanismTally:
         if not scored.any():
             return per_question
         points = pointing_scores(result.mask, regions)
+        difference = self._difference_map(batch, result).to(regions.device)
+        difference_points = pointing_scores(difference, regions)
         chance = area_shares(regions)
         ceiling = grid_ceiling(regions, self.cells)
         prior = fixed_point_hits(regions, self.prior_point) if self.prior_point is not None else None
@@ -88,10 +90,21 @@ class MechanismTally:
                 "chance": float(chance[i]),
                 "ceiling": float(ceiling[i]),
                 "prior": None if prior is None else float(prior[i]),
+                "difference_map": float(difference_points[i]),
             })  # fmt: skip
         if self.conditioning and "changes" in truth:
             self._keyword_conditioning(batch, result, truth["changes"], scored)
         return per_question
+
+    def _difference_map(self, batch: dict[str, Any], result: TwoPassResult) -> Tensor:
+        """|aligned main - reference| on the overlap of their content: a non-learned map that points at change
+        when the registration is good (a reference level, computed with the model's own Θ, no ground truth)."""
+        ref = batch["ref"].to(result.aligned_main.device)
+        difference = (result.aligned_main - ref).abs()
+        if result.content is not None:
+            b = difference.shape[0]
+            difference = difference * result.content[:b] * result.content[b:]
+        return difference
 
     def _registration(self, batch: dict[str, Any], result: TwoPassResult, truth: dict[str, Any]) -> None:
         theta = result.theta.detach().cpu().double()
@@ -157,6 +170,7 @@ class MechanismTally:
                 "prior": None if self.prior_point is None else _mean(r["prior"] for r in self.rows),
                 "prior_point": None if self.prior_point is None else list(self.prior_point),
                 "ceiling": _mean(r["ceiling"] for r in self.rows),
+                "difference_map": _mean(r["difference_map"] for r in self.rows),
                 "grid": f"{self.cells}x{self.cells}",
                 "tie_rule": "a map scores the fraction of its tied maximum pixels inside the region",
             }

@@ -13,7 +13,9 @@ inside" rule gave a flat map 1.0). Every score comes with its reference levels, 
   lung bases), scored on the evaluated questions: what a map that ignores the images gets;
 * **ceiling** — the share of questions whose region contains a feature-cell centre: a map upsampled from an
   h x w grid peaks at a cell centre (:func:`diffvqa.saliency.gradcam.upsample_cells`), so no map of that grid can
-  point into a region that holds none (small or thin findings fall between centres).
+  point into a region that holds none (small or thin findings fall between centres);
+* **difference map** (computed in :mod:`diffvqa.mechanisms`) — |aligned main − reference| on the content overlap,
+  with the model's own Θ: what plain registration and subtraction point at, at full resolution.
 
 **Keyword conditioning** — the method's own claim: the CAM follows the keyword. For an answer naming two changed
 findings A and B in different regions, the map computed for keyword A should be higher inside A's region than
