@@ -50,6 +50,7 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     reference = metrics["pointing_game_reference"]
     assert 0 < reference["chance"] < 1 and 0 <= reference["ceiling"] <= 1 and reference["grid"] == "4x4"
     assert 0 <= reference["prior"] <= 1 and reference["prior_point"] == list(fixed_point_prior(phantom_cache))
+    assert 0 <= reference["difference_map"] <= 1
     per_finding = metrics["pointing_game_per_finding"]
     assert sum(v["n"] for v in per_finding.values()) == metrics["pointing_game_n"]
     assert metrics["empty_mask_fallbacks"]["masks"] == len(records)
