@@ -205,3 +205,20 @@ def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, 
         assert got.shape == (4, 1, 64, 64) and not got.requires_grad
         assert (got - want).abs().max() <= 1e-5
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_change_gated_cams_vanish_where_the_pair_does_not_differ():
+    from diffvqa.saliency.mask import registered_difference
+
+    ref = torch.rand(2, 1, 64, 64)
+    aligned = ref.clone()
+    aligned[:, :, 40:56, 8:24] += 0.5  # the only change
+    gate = registered_difference(aligned, ref, smooth=5, erode=0)
+    assert gate.amax() == 1.0 and gate[:, :, :30].abs().max() == 0 and gate[:, :, :, 30:].abs().max() == 0
+    features = torch.rand(4, 3, 4, 4, requires_grad=True)
+    score = (features * torch.rand(4, 3, 4, 4)).sum(dim=(1, 2, 3)).view(2, 2).sum(dim=0)
+    plain = cams_from_score(features, score, 64, method="gradcam", retain_graph=True)
+    gated = cams_from_score(features, score, 64, method="change_gated", gate=gate, retain_graph=True)
+    for p, g in zip(plain, gated, strict=True):
+        assert g[:, :, :30].abs().max() == 0 and g.amax() > 0.99  # renormalised inside the changed area
+        assert not torch.allclose(p, g)

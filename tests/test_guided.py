@@ -186,3 +186,20 @@ def test_ddp_two_processes_keep_parameters_identical(tmp_path):
     run_torchrun([worker, tmp_path])
     report = (tmp_path / "ddp_report.txt").read_text().split()
     assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3
+
+
+@pytest.mark.parametrize("method", ["hirescam", "change_gated"])
+def test_cam_variants_train_and_infer(tiny_model, tiny_batch, method):
+    """The departures behind saliency.cam_method run in the training step (every parameter used) and in two-pass
+    inference, with content boxes: masks in [0, 1] and zero in the letterbox."""
+    tiny_model.config.saliency.cam_method = method
+    boxes = torch.tensor([[0, 8, 64, 56]] * 4)  # letterboxed left and right
+    out = SaliencyGuidedVQA(tiny_model)(*_step_inputs(tiny_model, tiny_batch), main_box=boxes, ref_box=boxes)
+    out.loss.backward()
+    assert all(p.grad is not None for p in tiny_model.parameters())
+    assert out.mask.min() >= 0 and out.mask.max() <= 1
+    b = tiny_batch
+    result = two_pass_answer(tiny_model.eval(), b["main"], b["ref"], b["question_ids"], b["question_mask"],
+                             b["question"], lexicon_keyword, main_box=boxes, ref_box=boxes)  # fmt: skip
+    keep = ~result.empty_mask  # an all-zero map falls back to all ones (no masking)
+    assert result.mask[keep][..., :6].abs().max() == 0 and result.mask[keep][..., 58:].abs().max() == 0

@@ -23,8 +23,8 @@ from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import keyword_gradcam, keyword_token_mask
-from diffvqa.saliency.guided import TwoPassResult
-from diffvqa.saliency.mask import shared_mask
+from diffvqa.saliency.guided import TwoPassResult, cam_gate
+from diffvqa.saliency.mask import registered_difference, shared_mask
 from diffvqa.scoring import (
     area_shares,
     distinct_regions,
@@ -100,11 +100,9 @@ class MechanismTally:
         """|aligned main - reference| on the overlap of their content: a non-learned map that points at change
         when the registration is good (a reference level, computed with the model's own Θ, no ground truth)."""
         ref = batch["ref"].to(result.aligned_main.device)
-        difference = (result.aligned_main - ref).abs()
-        if result.content is not None:
-            b = difference.shape[0]
-            difference = difference * result.content[:b] * result.content[b:]
-        return difference
+        if self.model.config.model.blind:  # the model saw zeros: so does its difference map (flat: chance)
+            ref = torch.zeros_like(ref)
+        return registered_difference(result.aligned_main, ref, result.content)
 
     def _registration(self, batch: dict[str, Any], result: TwoPassResult, truth: dict[str, Any]) -> None:
         theta = result.theta.detach().cpu().double()
@@ -149,8 +147,13 @@ class MechanismTally:
         keyword_mask = keyword_token_mask(model.tokenizer, answers, keywords, answer_ids)
         question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
         cfg = model.config.saliency
+        gate = None
+        if cfg.cam_method == "change_gated":
+            ref = batch["ref"].to(device)[index]
+            pair_content = None if result.content is None else content
+            gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, pair_content)
         cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
-                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content)  # fmt: skip
+                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content, gate)  # fmt: skip
         maps = shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()  # (R, S, S)
         start = 0
         for masks in regions:

@@ -14,7 +14,10 @@ resize with ``align_corners=False`` would put cell i at stride·i + (stride - 1)
 at S = 128 — so the maps are upsampled with :func:`upsample_cells`. Beyond the last cell centre the map is flat.
 
 ``saliency.cam_method=hirescam`` (a departure from the paper, for ablation) keeps the gradient's spatial
-detail: cam = ReLU(Σ_c G_c ⊙ F_c) instead of the channel-averaged weights.
+detail: cam = ReLU(Σ_c G_c ⊙ F_c) instead of the channel-averaged weights. ``change_gated`` (also a departure)
+multiplies each Grad-CAM by a ``gate`` before normalising — the registered difference of the pair
+(:func:`diffvqa.saliency.mask.registered_difference`): the keyword says *what* to look for, the registered
+difference *where* something changed.
 
 The decoder is causal, so s depends only on positions up to the last keyword token: when the CAM is computed on
 its own (inference), the teacher-forced pass stops there and applies the LM head only at the keyword positions.
@@ -84,7 +87,7 @@ def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor) -
     return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_log_probs)
 
 
-CAM_METHODS = ("gradcam", "hirescam")
+CAM_METHODS = ("gradcam", "hirescam", "change_gated")
 
 
 def cell_weights(cells: int, size: int, device=None) -> Tensor:
@@ -105,7 +108,7 @@ def upsample_cells(maps: Tensor, size: int) -> Tensor:
 
 def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam") -> Tensor:
     """Class activation maps at the feature resolution: (N, C, h, w) features and their gradient -> (N, 1, h, w)."""
-    if method == "gradcam":
+    if method in ("gradcam", "change_gated"):  # change_gated: Grad-CAM, gated afterwards by the caller's ``gate``
         alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
         return F.relu((alpha * features).sum(dim=1, keepdim=True))
     if method == "hirescam":
@@ -115,19 +118,22 @@ def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam") -> Tenso
 
 def cams_from_score(
     features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
-    method: str = "gradcam", content: Tensor | None = None,
+    method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
     Rows are independent (no layer after the feature maps mixes samples), so one gradient of the summed score
     gives every row's own gradient. In training the graph is retained for the loss's backward. ``content``
     (2B, 1, S, S), main images first, zeroes each map outside its image's content before normalising. Returns the
-    main and reference maps, each (B, 1, S, S) in [0, 1], detached.
+    main and reference maps, each (B, 1, S, S) in [0, 1], detached. ``gate`` (B, 1, S, S), reference frame,
+    multiplies both maps before normalising (``change_gated``).
     """
     (grads,) = torch.autograd.grad(score.sum(), features, retain_graph=retain_graph)
     cam = upsample_cells(cell_cams(features.detach(), grads, method), size)  # (2B, 1, S, S)
     if content is not None:
         cam = cam * content
+    if gate is not None:
+        cam = cam * torch.cat([gate, gate])
     cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
     cam_main, cam_ref = cam.chunk(2, dim=0)
     return cam_main, cam_ref
@@ -144,6 +150,7 @@ def keyword_gradcam(
     eps: float = 1e-6,
     method: str = "gradcam",
     content: Tensor | None = None,
+    gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM from already computed feature maps (inference: the pass-1 features are re-used).
 
@@ -161,7 +168,8 @@ def keyword_gradcam(
         leaf = features.detach().requires_grad_(True)
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut])
-        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content)
+        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content,
+                               gate=gate)  # fmt: skip
 
 
 def keyword_gradcam_from_prompt(
@@ -174,6 +182,7 @@ def keyword_gradcam_from_prompt(
     eps: float = 1e-6,
     method: str = "gradcam",
     content: Tensor | None = None,
+    gate: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """:func:`keyword_gradcam` on a kept prompt pass: the same maps (to float rounding), without re-running it.
 
@@ -203,4 +212,4 @@ def keyword_gradcam_from_prompt(
         token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, picked).squeeze(1)
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, token_log_probs)
         return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
-                               content=content)  # fmt: skip
+                               content=content, gate=gate)  # fmt: skip

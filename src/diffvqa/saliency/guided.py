@@ -29,7 +29,7 @@ from diffvqa.saliency.gradcam import (
     score_selection,
 )
 from diffvqa.saliency.keywords import KeywordFn
-from diffvqa.saliency.mask import apply_mask, guard_empty, shared_mask
+from diffvqa.saliency.mask import apply_mask, guard_empty, registered_difference, shared_mask
 
 
 @dataclass
@@ -58,6 +58,13 @@ def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | N
     content = torch.cat([ones if aligned.content is None else aligned.content,
                          ones if ref_content is None else ref_content])  # fmt: skip
     return aligned, ref, content
+
+
+def cam_gate(method: str, aligned_main: Tensor, ref: Tensor, content: Tensor | None) -> Tensor | None:
+    """The gate ``change_gated`` multiplies the CAMs by (the registered difference, detached); None otherwise."""
+    if method != "change_gated":
+        return None
+    return registered_difference(aligned_main.detach(), ref.detach(), content)
 
 
 class SaliencyGuidedVQA(nn.Module):
@@ -105,8 +112,8 @@ class SaliencyGuidedVQA(nn.Module):
         select = score_selection(text, question_mask, keyword_mask)
         score = keyword_log_prob(model.decoder, hidden_a, text, select)
         cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps,
-                                            retain_graph=not cam_only, method=cfg.cam_method,
-                                            content=content)  # fmt: skip
+                                            retain_graph=not cam_only, method=cfg.cam_method, content=content,
+                                            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content))  # fmt: skip
         if cam_only:
             loss_a = loss_a.detach()
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
@@ -171,7 +178,16 @@ def two_pass_answer(
     answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, preliminary, limit))
     keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
     cam_main, cam_ref = keyword_gradcam_from_prompt(
-        model, leaf, generation.prompt, answer_ids, answer_mask, keyword_mask, cfg.cam_eps, cfg.cam_method, content
+        model,
+        leaf,
+        generation.prompt,
+        answer_ids,
+        answer_mask,
+        keyword_mask,
+        cfg.cam_eps,
+        cfg.cam_method,
+        content,
+        cam_gate(cfg.cam_method, aligned.aligned, ref, content),
     )
     mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
     masked = model.encode(apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor))

@@ -7,6 +7,7 @@ combine element-wise. Masking happens in intensity space, before the encoder nor
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 MASK_VARIANTS = ("max", "mean", "min", "main", "ref", "none")
@@ -31,6 +32,26 @@ def shared_mask(cam_main: Tensor, cam_ref: Tensor, variant: str = "max") -> Tens
     if variant == "none":
         return torch.ones_like(cam_main)
     raise ValueError(f"saliency.mask={variant!r}: expected one of {', '.join(MASK_VARIANTS)}")
+
+
+def registered_difference(aligned_main: Tensor, ref: Tensor, content: Tensor | None = None, smooth: int = 5,
+                          erode: int = 4) -> Tensor:  # fmt: skip
+    """Where the registered pair differs: |aligned main − ref|, box-smoothed, on the eroded content overlap.
+
+    Args: aligned_main, ref (B, 1, S, S) in [0, 1]; content (2B, 1, S, S) of the aligned main then the reference
+    (None: the whole frame). The overlap is eroded by ``erode`` pixels (the warped image's edge blends with the
+    zeros outside it) and the difference smoothed over ``smooth`` x ``smooth`` pixels (single-pixel noise would
+    otherwise hold the maximum). Returns (B, 1, S, S) in [0, 1] (max-normalised per image; zeros stay zeros).
+    No ground truth is read: it uses the model's own Θ.
+    """
+    b = aligned_main.shape[0]
+    overlap = torch.ones_like(ref) if content is None else (content[:b] * content[b:] > 0.5).to(ref.dtype)
+    if erode:
+        overlap = -F.max_pool2d(-overlap, 2 * erode + 1, stride=1, padding=erode)
+    difference = (aligned_main - ref).abs() * overlap
+    if smooth > 1:
+        difference = F.avg_pool2d(difference, smooth, stride=1, padding=smooth // 2, count_include_pad=False) * overlap
+    return difference / difference.amax(dim=(2, 3), keepdim=True).clamp(min=1e-12)
 
 
 def guard_empty(mask: Tensor) -> tuple[Tensor, Tensor]:
