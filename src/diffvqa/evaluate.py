@@ -9,7 +9,6 @@ and, on the phantom, ``pointing_game`` and ``registration_error_ratio``) and ``r
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,6 +19,8 @@ import torch
 
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
+from diffvqa.data.release import validate_choices
+from diffvqa.errors import ArgumentParser, UserError, command
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -166,7 +167,7 @@ def evaluate(
         model.config.saliency.keyword_source = keyword_source
     dataset = PairQADataset(data, split, question_types)
     if len(dataset) == 0:
-        raise ValueError(f"{data}: no {split} questions of types {question_types or 'all'}")
+        raise UserError(f"{data}: no {split} questions of types {question_types or 'all'}")
     if limit:
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
@@ -237,8 +238,9 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
     return "\n".join(lines)
 
 
+@command("diffvqa evaluate")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or a training run directory")
     parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
     parser.add_argument("--out", required=True, type=Path)
@@ -252,14 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: expected >= 1")
+    if args.limit < 0:
+        parser.error(f"--limit {args.limit}: expected 0 (all questions) or more")
     types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
-    try:
-        metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
-                           args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
-                           args.keyword_source)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diffvqa evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    if types is not None:
+        validate_choices(types, QUESTION_TYPES, "question type(s) in --question-types")
+    metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
+                       args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
+                       args.keyword_source)  # fmt: skip
     print(format_table(metrics))
     print(f"wrote {args.out / 'predictions.jsonl'}, {args.out / 'metrics.json'}")
     return 0

@@ -19,7 +19,6 @@ optimiser and scheduler an uninterrupted run would have had.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -37,6 +36,7 @@ from torch import nn
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -78,7 +78,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
                  world: int = 1):  # fmt: skip
         self.global_batch = batch_size * world
         if size < self.global_batch:
-            raise ValueError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
+            raise UserError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
         self.size, self.batch_size, self.steps, self.seed = size, batch_size, steps, seed
         self.start_step, self.rank = start_step, rank
         self.per_epoch = size // self.global_batch
@@ -112,7 +112,7 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
     """Training keywords: from the ground-truth answer (lexicon/LLM) or the data's own (``truth``)."""
     if source == "truth":
         if batch.get("truth") is None:
-            raise ValueError("saliency.keyword_source=truth needs ground-truth keywords (a phantom cache)")
+            raise UserError("saliency.keyword_source=truth needs ground-truth keywords (a phantom cache)")
         return list(batch["truth"]["keyword"])
     return [keyword_fn(a, q) for a, q in zip(batch["answer"], batch["question"], strict=True)]
 
@@ -240,7 +240,7 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
                for group in current for key in current[group]
                if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")]  # fmt: skip
     if changed:
-        raise ValueError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
+        raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
 
 
 def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_after: int | None = None,
@@ -253,11 +253,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     if resume:
         latest = read_pointer(run_dir, "latest")
         if latest is None or not latest.is_dir():
-            raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
+            raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
     elif is_main:
         if read_pointer(run_dir, "latest") is not None:
-            raise FileExistsError(f"{run_dir} already holds a training run; use --resume or another --out")
+            raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
         if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
@@ -368,8 +368,9 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     return run_dir
 
 
+@command("diffvqa train")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="a prepared cache (diffvqa prepare)")
     parser.add_argument("--out", required=True, type=Path, help="the run directory")
     parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
@@ -390,12 +391,10 @@ def main(argv: list[str] | None = None) -> int:
         apply_overrides(config, args.overrides)  # only train.steps may differ from the saved run (to extend it)
     else:
         config = load_config(args.preset, args.config, args.overrides)
-    try:
-        run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
-                    device=args.device, progress=not args.no_progress)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"diffvqa train: error: {exc}", file=sys.stderr)
-        return 2
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
+    run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
+                device=args.device, progress=not args.no_progress)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run}  latest: {read_pointer(run, 'latest')}  best: {read_pointer(run, 'best')}")
     return 0

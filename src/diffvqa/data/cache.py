@@ -52,6 +52,7 @@ from diffvqa.data.image_cache import (
 )
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
+from diffvqa.errors import ArgumentParser, UserError, command
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
@@ -130,7 +131,7 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype, create: bool) -> np.m
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     array = np.load(path, mmap_mode="r+")
     if array.shape != shape or array.dtype != dtype:
-        raise ValueError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
+        raise UserError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
     return array
 
 
@@ -162,7 +163,7 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
         previous = json.loads((out / PARAMS).read_text())
         changed = {k: (previous.get(k), v) for k, v in params.items() if previous.get(k) != v}
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{out}: holds a cache prepared with other settings or another image list "
                 f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
                 "use a new --out directory or delete this one"
@@ -390,9 +391,9 @@ def prepare(
         The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
     """
     if size < 8:
-        raise ValueError(f"size {size}: expected at least 8 pixels")
+        raise UserError(f"size {size}: expected at least 8 pixels")
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard {shard}: expected (i, n) with 0 <= i < n")
+        raise UserError(f"shard {shard}: expected (i, n) with 0 <= i < n")
     out = Path(out)
     reader = read_release(
         release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology
@@ -415,7 +416,7 @@ def _raise_on_unreadable(directory: Path) -> None:
     status = np.load(directory / STATUS)
     bad = [row for row in errors if status[row] == UNREADABLE_IMAGE]
     if bad:
-        raise ValueError(f"unreadable image (strict): {errors[min(bad)][1]}")
+        raise UserError(f"unreadable image (strict): {errors[min(bad)][1]}")
 
 
 def merge_shards(
@@ -429,20 +430,20 @@ def merge_shards(
     settings = [json.loads((d / PARAMS).read_text()) if (d / PARAMS).exists() else None for d in shard_dirs]
     for d, s in zip(shard_dirs, settings, strict=True):
         if s is None or s.get("shard") is None:
-            raise ValueError(f"{d}: not a shard directory of diffvqa prepare (no {PARAMS} with a shard)")
+            raise UserError(f"{d}: not a shard directory of diffvqa prepare (no {PARAMS} with a shard)")
     count = settings[0]["shard"][1]
     found = sorted(s["shard"][0] for s in settings)
     if found != list(range(count)) or any(s["shard"][1] != count for s in settings):
-        raise ValueError(f"expected shards 0..{count - 1} of {count}, got {[s['shard'] for s in settings]}")
+        raise UserError(f"expected shards 0..{count - 1} of {count}, got {[s['shard'] for s in settings]}")
     common = {k: v for k, v in settings[0].items() if k != "shard"}
     for d, s in zip(shard_dirs, settings, strict=True):
         other = {k: v for k, v in s.items() if k != "shard"}
         if other != common:
-            raise ValueError(f"{d}: prepared with other settings than {shard_dirs[0]}: {other} vs {common}")
+            raise UserError(f"{d}: prepared with other settings than {shard_dirs[0]}: {other} vs {common}")
     for d in shard_dirs:
         pending = int((np.load(d / STATUS) == PENDING).sum())
         if pending:
-            raise ValueError(f"{d}: {pending} images not decoded yet; rerun its prepare to finish it")
+            raise UserError(f"{d}: {pending} images not decoded yet; rerun its prepare to finish it")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,9 +490,10 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+@command("diffvqa prepare")
 def prepare_main(argv: Sequence[str] | None = None) -> int:
     """``diffvqa prepare``: decode a release's images into a cache directory and print the report."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffvqa prepare",
         description="Decode every image a Medical-Diff-VQA release needs, once, into a memory-mapped cache. "
         "Rerun the same command to resume an interrupted run.",
@@ -514,10 +516,9 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
     if args.release is None and not args.merge:
         parser.error("--release is required (or --merge SHARD_DIR ...)")
-    try:
-        manifest_or_shard = _run(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: say what and where, no traceback
-        parser.exit(2, f"diffvqa prepare: error: {exc}\n")
+    if args.workers < 0:
+        parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
+    manifest_or_shard = _run(args)
     if args.shard is not None and not args.merge:
         s = manifest_or_shard
         print(

@@ -30,6 +30,7 @@ import pandas as pd
 
 from diffvqa.data.cache_truth import CacheTruth
 from diffvqa.data.images import Geometry
+from diffvqa.errors import UserError
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -76,7 +77,7 @@ class ImageCache:
         self.directory = Path(directory)
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"{self.directory}: not a prepared cache (no {MANIFEST}); run `diffvqa prepare` "
                 "(an interrupted prepare resumes when rerun)"
             )

@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.errors import MissingInputError, UserError
 
 QUESTIONS_FILE = "mimic_pair_questions.csv"
 STUDIES_FILE = "mimic_all.csv"
@@ -87,11 +88,11 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, suffix: str = "
 def _read_csv(path: Path, required: tuple[str, ...], usecols: tuple[str, ...] | None = None) -> pd.DataFrame:
     """Read a CSV as strings, verbatim (no NA parsing: "none" stays "none", trailing spaces stay)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
+        raise MissingInputError(f"{path}: not found")
     header = pd.read_csv(path, nrows=0).columns.tolist()
     missing = [c for c in required if c not in header]
     if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found columns {header}; expected {list(required)}")
+        raise UserError(f"{path}: missing column(s) {missing}; found columns {header}; expected {list(required)}")
     wanted = [c for c in (usecols or header) if c in header]
     return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, usecols=wanted)[wanted]
 
@@ -150,7 +151,7 @@ def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
             parsed = _to_int(table[column])
             if parsed.isna().any():
                 row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                raise ValueError(
+                raise UserError(
                     f"{directory / name}: row {row}: {column}={table[column].iloc[row]!r} is not an integer"
                 )
             table[column] = parsed.astype(np.int64)
@@ -158,7 +159,7 @@ def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
         parsed = pd.to_numeric(pairs[column], errors="coerce")
         if parsed.isna().any():
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise ValueError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
+            raise UserError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
         pairs[column] = parsed.astype(np.float64)
     keywords = dict(zip(keywords_table["question_index"].tolist(), keywords_table["keyword"].tolist(), strict=True))
     return GroundTruth(directory=directory, findings=findings, pairs=pairs, keywords=keywords)
@@ -219,7 +220,7 @@ class Release:
         drop = q.main_dicom_id.isin(bad) | q.ref_dicom_id.isin(bad)
         if strict and drop.any():
             row = q[drop].iloc[0]
-            raise ValueError(
+            raise UserError(
                 f"{self.release_dir / QUESTIONS_FILE}: row {row.question_index}: {reason} "
                 f"(image {row.main_dicom_id if row.main_dicom_id in bad else row.ref_dicom_id})"
             )
@@ -320,7 +321,7 @@ def validate_choices(values, choices: tuple[str, ...], what: str) -> list[str] |
     values = [values] if isinstance(values, str) else list(values)
     unknown = [v for v in values if v not in choices]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {list(choices)}")
+        raise UserError(f"unknown {what} {unknown}; choose from {list(choices)}")
     return values
 
 
@@ -409,7 +410,7 @@ def read_release(
         reason[checks[name]] = name
     if strict and (reason != "").any():
         i = int(np.flatnonzero(reason != "")[0])
-        raise ValueError(
+        raise UserError(
             f"{questions_path}: row {int(q.question_index.iloc[i])} (0-based data row): {reason[i]} "
             f"({_explain(reason[i], q.iloc[i], main_date[i], ref_date[i], main.relpath.iloc[i], ref.relpath.iloc[i])})"
         )

@@ -18,7 +18,6 @@ lexicon itself, and ``keyword_spans`` (where a keyword is spelled in an answer, 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import http.client
 import ipaddress
@@ -38,6 +37,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diffvqa.config import SaliencyConfig
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.saliency.lexicon import (
     lexicon_keyword,
     normalise_keyword,
@@ -108,9 +108,9 @@ def _load_cache(path: Path) -> dict[str, str]:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read a keyword cache from it ({exc})") from exc
+        raise UserError(f"{path}: cannot read a keyword cache from it ({exc})") from exc
     if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
-        raise ValueError(f"{path}: expected a JSON object mapping answer text to keyword (strings)")
+        raise UserError(f"{path}: expected a JSON object mapping answer text to keyword (strings)")
     return values
 
 
@@ -160,9 +160,9 @@ class LLMKeywords:
         save_every_s: float = 10.0,
     ) -> None:
         if timeout <= 0:
-            raise ValueError(f"LLM timeout must be > 0 seconds, got {timeout}")
+            raise UserError(f"LLM timeout must be > 0 seconds, got {timeout}")
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"LLM base URL {base_url!r}: expected http(s)://host:port/v1")
+            raise UserError(f"LLM base URL {base_url!r}: expected http(s)://host:port/v1")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
@@ -390,7 +390,7 @@ def read_answers(data: str | Path) -> list[str]:
     if data.is_dir():
         found = [data / name for name in QUESTION_FILES if (data / name).is_file()]
         if not found:
-            raise ValueError(
+            raise UserError(
                 f"{data}: expected a prepared cache (questions.csv) or a Medical-Diff-VQA release directory "
                 f"(mimic_pair_questions.csv); found neither"
             )
@@ -398,16 +398,17 @@ def read_answers(data: str | Path) -> list[str]:
     elif data.is_file():
         path = data
     else:
-        raise ValueError(f"{data}: no such directory (expected a prepared cache or a release directory)")
+        raise MissingInputError(f"{data}: no such directory (expected a prepared cache or a release directory)")
     with path.open(newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, [])
         if "answer" not in header:
-            raise ValueError(f"{path}: expected an 'answer' column, found columns {header}")
+            raise UserError(f"{path}: expected an 'answer' column, found columns {header}")
         column = header.index("answer")
         return [row[column] for row in reader if len(row) > column]
 
 
+@command("diffvqa keywords")
 def keywords_main(argv: Sequence[str] | None = None) -> int:
     """``diffvqa keywords``: ask an LLM for the keyword of every unique answer; write answer -> keyword JSON.
 
@@ -415,7 +416,7 @@ def keywords_main(argv: Sequence[str] | None = None) -> int:
     are left out, so running the command again asks only for those.
     """
     defaults = SaliencyConfig()
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffvqa keywords", description="precompute LLM keywords for every unique answer"
     )
     parser.add_argument("--data", required=True, help="prepared cache or release directory (or a questions CSV)")
@@ -427,12 +428,10 @@ def keywords_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    try:
-        answers = read_answers(args.data)
-        backend = LLMKeywords(args.base_url, args.model, timeout=args.timeout, cache_path=args.out)
-    except ValueError as exc:
-        print(f"diffvqa keywords: error: {exc}", file=sys.stderr)
-        return 2
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: expected 1 or more concurrent requests")
+    answers = read_answers(args.data)
+    backend = LLMKeywords(args.base_url, args.model, timeout=args.timeout, cache_path=args.out)
     keys = {cache_key(answer) for answer in answers}
     unique = len(keys)
     print(f"{len(answers)} answers, {unique} unique, {len(backend.cache)} already in {args.out}")
