@@ -51,7 +51,7 @@ from diffvqa.data.image_cache import (
     read_questions_csv,
 )
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
-from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
+from diffvqa.data.release import COLUMNS, QUESTIONS_FILE, Release, read_ground_truth, read_release
 from diffvqa.errors import ArgumentParser, UserError, command
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
@@ -158,6 +158,7 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
         "images_dir": str(release.images_dir.resolve()),
         "question_types": release.question_types,
         "keep_bad_chronology": release.keep_bad_chronology,
+        "keep_duplicates": release.keep_duplicates,
     }
     if (out / PARAMS).exists():
         previous = json.loads((out / PARAMS).read_text())
@@ -191,6 +192,7 @@ def _load_staged_release(directory: Path) -> Release:
         question_types=reader["question_types"],
         keep_bad_chronology=reader["keep_bad_chronology"],
         truth=read_ground_truth(reader["release_dir"]),
+        keep_duplicates=reader.get("keep_duplicates", False),
     )
 
 
@@ -367,6 +369,7 @@ def prepare(
     draft: bool = True,
     chunk_size: int = 16,
     keep_bad_chronology: bool = False,
+    keep_duplicates: bool = False,
 ) -> dict:
     """Decode every image a release needs into a cache directory (layout in the module docstring).
 
@@ -385,7 +388,8 @@ def prepare(
         progress: show a tqdm bar.
         draft: reduced-size JPEG decoding (off: full decoding; the result differs by ~0.2 gray levels).
         chunk_size: images per work item.
-        keep_bad_chronology: keep questions whose reference is not earlier than the main study (counted).
+        keep_bad_chronology: keep difference questions whose reference is not earlier than the main (counted).
+        keep_duplicates: keep exact repeats of an earlier question row (by default counted and dropped).
 
     Returns:
         The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
@@ -396,8 +400,13 @@ def prepare(
         raise UserError(f"shard {shard}: expected (i, n) with 0 <= i < n")
     out = Path(out)
     reader = read_release(
-        release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology
-    )
+        release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology,
+        keep_duplicates=keep_duplicates,
+    )  # fmt: skip
+    if reader.steps["kept_questions"] == 0:  # a cache without questions would only fail later, in train
+        counts = ", ".join(f"{k} {v}" for k, v in reader.counts.items())
+        where = Path(release) / QUESTIONS_FILE
+        raise UserError(f"{where}: no question survived reading ({counts}); nothing to prepare")
     params = _stage(out, reader, size, draft, shard)
     index = pd.read_csv(out / INDEX, dtype=str, keep_default_na=False)
     rows = _shard_rows(len(index), shard)
@@ -507,7 +516,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD_DIR", help="merge finished shards into --out")
     parser.add_argument("--strict", action="store_true", help="stop at the first skipped row or unreadable image")
     parser.add_argument("--question-types", help="comma-separated, e.g. difference (default: all seven)")
-    parser.add_argument("--keep-bad-chronology", action="store_true", help="keep rows whose reference is not earlier")
+    parser.add_argument(
+        "--keep-bad-chronology", action="store_true", help="keep difference rows whose reference is not earlier"
+    )
+    parser.add_argument("--keep-duplicates", action="store_true", help="keep exact repeats of a question row")
     parser.add_argument(
         "--no-draft", action="store_true", help="decode JPEGs at full size (slower; ~0.1 gray level apart)"
     )
@@ -547,4 +559,5 @@ def _run(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
         draft=not args.no_draft,
         keep_bad_chronology=args.keep_bad_chronology,
+        keep_duplicates=args.keep_duplicates,
     )

@@ -130,8 +130,6 @@ def build_tokenizer(kind: str, texts: Iterable[str] = (), path: str | Path = "")
         return build_word_tokenizer(texts)
     if kind == "gpt2":
         if not path:
-            raise UserError(
-                "model.tokenizer=gpt2 needs model.tokenizer_path: a directory with vocab.json + merges.txt"
-            )
+            raise UserError("model.tokenizer=gpt2 needs model.tokenizer_path: a directory with vocab.json + merges.txt")
         return load_gpt2_tokenizer(path)
     raise ValueError(f"model.tokenizer={kind!r}: expected 'word' or 'gpt2'")

@@ -416,9 +416,7 @@ def keywords_main(argv: Sequence[str] | None = None) -> int:
     are left out, so running the command again asks only for those.
     """
     defaults = SaliencyConfig()
-    parser = ArgumentParser(
-        prog="diffvqa keywords", description="precompute LLM keywords for every unique answer"
-    )
+    parser = ArgumentParser(prog="diffvqa keywords", description="precompute LLM keywords for every unique answer")
     parser.add_argument("--data", required=True, help="prepared cache or release directory (or a questions CSV)")
     parser.add_argument("--out", required=True, help="JSON file answer -> keyword (resumed if it exists)")
     parser.add_argument("--base-url", default=defaults.llm_base_url, help="OpenAI-compatible API base URL")
