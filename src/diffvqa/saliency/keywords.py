@@ -7,7 +7,9 @@ Grad-CAM score then falls back to the whole answer):
   names (or a synonym of one) named in the answer, else the first named in the question, else ``""``.
 * ``LLMKeywords``: an OpenAI-compatible chat endpoint (the paper used Llama-3-70B; a local Ollama serves one
   at ``http://127.0.0.1:11434/v1``), cached per unique answer text in a JSON file, falling back to the
-  lexicon on any failure, which is counted by reason, never raised.
+  lexicon on any failure, which is counted by reason, never raised. A reply is only accepted when the
+  Grad-CAM can use it: the keyword is spelled in the answer (after the lexicon's normalisation) or is one of
+  the answer's findings; any other (a hallucinated phrase) is counted ``rejected`` and never cached.
 * ground truth: comes with the samples (the phantom knows its findings), so it is the caller's business.
 
 ``make_keyword_fn`` picks the source of ``SaliencyConfig.keyword_source``. ``diffvqa keywords``
@@ -39,6 +41,7 @@ from pathlib import Path
 from diffvqa.config import SaliencyConfig
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.saliency.lexicon import (
+    keyword_spans,
     lexicon_keyword,
     normalise_keyword,
     normalise_text,
@@ -61,7 +64,7 @@ _NONE_REPLIES = {"none", "no finding", "no findings", "nothing", "null", "no key
 _REPLY_PREFIX = re.compile(r"^(?:the\s+)?(?:key\s*word|keyword|finding|answer|most important finding)\s*:\s*")
 _REPLY_STRIP = " \t\r\n.,;:!?\"'`*()[]{}"
 _REPLY_OK = re.compile(r"[a-z]+(?:[ \-][a-z]+)*")
-FALLBACK_REASONS = ("timeout", "connection_error", "http_error", "bad_reply", "llm_disabled")
+FALLBACK_REASONS = ("timeout", "connection_error", "http_error", "bad_reply", "rejected", "llm_disabled")
 
 
 class BadReply(ValueError):
@@ -87,6 +90,12 @@ def parse_reply(body: bytes) -> str:
     if not _REPLY_OK.fullmatch(phrase) or len(phrase.split()) > MAX_KEYWORD_WORDS:
         raise BadReply(f"not a short phrase: {content[:80]!r}")
     return normalise_keyword(phrase)
+
+
+def keyword_in_answer(keyword: str, answer: str) -> bool:
+    """Whether the Grad-CAM can use ``keyword`` for ``answer``: ``""`` (no finding), one of the answer's lexicon
+    findings, or a phrase the answer spells (case, hyphens and spacing normalised as the lexicon does)."""
+    return not keyword or bool(keyword_spans(answer, keyword))
 
 
 def _is_loopback(url: str) -> bool:
@@ -132,9 +141,9 @@ class LLMKeywords:
 
     ``__call__(answer, question)`` returns the cached or freshly asked keyword of ``answer``; when the LLM
     says the answer names no finding, the question's first lexicon finding (as ``lexicon_keyword`` does).
-    Any failure -- timeout, connection error, HTTP error, malformed or garbage reply -- returns
-    ``fallback(answer, question)`` and is counted in ``stats`` by reason; failures are not cached, so a later
-    run asks again.
+    Any failure -- timeout, connection error, HTTP error, malformed or garbage reply, or a keyword that the
+    answer does not spell (``rejected``: see :func:`keyword_in_answer`) -- returns ``fallback(answer,
+    question)`` and is counted in ``stats`` by reason; failures are not cached, so a later run asks again.
 
     Timeouts, connection errors and 5xx are retried ``retries`` times; after ``max_failures`` consecutive such
     failures the server is taken as down and no longer asked (counted as ``llm_disabled``), which bounds a run
@@ -219,7 +228,7 @@ class LLMKeywords:
         reason = "timeout"
         for _ in range(1 + max(self.retries, 0)):
             try:
-                return parse_reply(self._post(body)), "llm"
+                keyword = parse_reply(self._post(body))
             except BadReply:
                 return None, "bad_reply"
             except urllib.error.HTTPError as exc:
@@ -232,6 +241,8 @@ class LLMKeywords:
                 reason = "timeout" if isinstance(exc.reason, TimeoutError) else "connection_error"
             except (OSError, http.client.HTTPException):  # reset, remote disconnected, incomplete read
                 reason = "connection_error"
+            else:
+                return (keyword, "llm") if keyword_in_answer(keyword, answer) else (None, "rejected")
         return None, reason
 
     # --- the callable ---
@@ -252,7 +263,7 @@ class LLMKeywords:
             with self._lock:
                 self.stats[reason] += 1
                 if keyword is None:
-                    if reason != "bad_reply":
+                    if reason not in ("bad_reply", "rejected"):  # the server is up: it answered
                         self._failures_in_row += 1
                 else:
                     self._failures_in_row = 0
