@@ -247,14 +247,22 @@ def test_exact_duplicate_rows_are_counted_and_dropped(tmp_path):
     [
         (b"", r"mimic_pair_questions.csv: empty file; expected a CSV whose header holds study_id"),
         (b" \n\n", r"mimic_pair_questions.csv: empty file"),
-        (VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA view\xe9,train\n",
-         rf"mimic_pair_questions.csv: not UTF-8 text: byte {len(VERBATIM_HEADER) + 51} \(line 2\) is b'\\xe9'"),
-        (VERBATIM_HEADER.encode() + b'55088298,18936629,54989200,view,"which view?,PA view,train\n',
-         r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7"),
-        (VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA,view,train,x\n",
-         r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7"),
-        (VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?\n",
-         r"mimic_pair_questions.csv: line 2 has 5 fields but the header has 7"),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA view\xe9,train\n",
+            rf"mimic_pair_questions.csv: not UTF-8 text: byte {len(VERBATIM_HEADER) + 51} \(line 2\) is b'\\xe9'",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b'55088298,18936629,54989200,view,"which view?,PA view,train\n',
+            r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA,view,train,x\n",
+            r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?\n",
+            r"mimic_pair_questions.csv: line 2 has 5 fields but the header has 7",
+        ),
     ],
     ids=["empty", "blank", "latin-1", "open-quote", "extra-fields", "short-row"],
 )
