@@ -162,6 +162,28 @@ def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, schedu
     return final
 
 
+def clean_after_interruption(run_dir: Path, step: int) -> None:
+    """Undo what a killed run left behind, before this one writes: ``metrics.jsonl`` records after ``step`` (the
+    step training resumes from; they are logged again) and a torn last line, and ``checkpoints/.tmp-step-N``
+    directories of saves that never finished."""
+    for tmp in (run_dir / "checkpoints").glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = run_dir / METRICS_LOG
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
 def _prune_checkpoints(run_dir: Path) -> None:
     """Keep only the checkpoints ``latest`` and ``best`` point to."""
     keep = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")}
@@ -294,6 +316,8 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_step, best = state["step"], state["best"]
+    if is_main:
+        clean_after_interruption(run_dir, start_step)
 
     train_set = PairQADataset(data, "train", config.data.question_types)
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
