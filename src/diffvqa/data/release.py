@@ -469,8 +469,8 @@ def read_release(
     alive = ~np.logical_or.reduce([checks[name] for name in SKIP_REASONS[:5]])
     needed = pd.unique(pd.concat([main.relpath[alive], ref.relpath[alive]]))
     resolved = _resolve_images(images_dir, [r for r in needed if r], check_images)
-    main_path = main.relpath.map(resolved).fillna("").to_numpy(dtype=object)
-    ref_path = ref.relpath.map(resolved).fillna("").to_numpy(dtype=object)
+    main_path = main.relpath.map(resolved).astype(object).fillna("").to_numpy(dtype=object)
+    ref_path = ref.relpath.map(resolved).astype(object).fillna("").to_numpy(dtype=object)
     checks["missing_image"] = (main_path == "") | (ref_path == "")
 
     reason = np.full(len(q), "", dtype=object)
