@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvqa.errors import ArgumentParser, UserError, command
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
 
 KEYWORD_SOURCES = ("lexicon", "llm")
 PNG_FILES = ("main.png", "reference.png", "aligned_main.png", "cam_main.png", "cam_ref.png", "mask.png", "panel.png")
@@ -67,6 +67,8 @@ def check_inputs(args: argparse.Namespace) -> str:
     ]
     if missing:
         raise AskError("not found: " + "; ".join(missing))
+    if args.out:
+        check_output_dir(args.out)
     question = " ".join(args.question.split())
     if not question:
         raise AskError("--question is empty; ask e.g. 'what has changed compared to the reference image?'")

@@ -49,6 +49,12 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USER_ERROR)
 
 
+def check_output_dir(path, option: str = "--out") -> None:
+    """An output directory may exist (it is reused) but must not be a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{option} {path}: is a file; expected a directory (it is created if needed)")
+
+
 def one_line(message: object) -> str:
     """A message with its line breaks and runs of whitespace collapsed to single spaces."""
     return " ".join(str(message).split())

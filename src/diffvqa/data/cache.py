@@ -52,7 +52,7 @@ from diffvqa.data.image_cache import (
 )
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import COLUMNS, QUESTIONS_FILE, Release, read_ground_truth, read_release
-from diffvqa.errors import ArgumentParser, UserError, command
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
@@ -528,6 +528,7 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
     if args.release is None and not args.merge:
         parser.error("--release is required (or --merge SHARD_DIR ...)")
+    check_output_dir(args.out)
     if args.workers < 0:
         parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
     manifest_or_shard = _run(args)

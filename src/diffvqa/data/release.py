@@ -96,13 +96,12 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, suffix: str = "
     return f"files/p{subject[:2]}/p{subject}/s{int(study_id)}/{dicom_id}{suffix}"
 
 
-def _check_text(path: Path, required: tuple[str, ...]) -> None:
-    """A CSV must be non-empty UTF-8 text whose every row has as many fields as its header: else a UserError
-    naming the file and the byte offset or line (pandas names neither, and silently pads a short row or turns
-    a long one's extra fields into an index)."""
+def read_csv_text(path: Path, expected: str) -> str:
+    """The text of a CSV file the user gave; an empty, non-UTF-8 or NUL-holding file is a UserError naming the
+    file and the byte offset and line of the first bad byte (pandas' and csv's own errors name neither)."""
     data = path.read_bytes()
     if not data.strip():
-        raise UserError(f"{path}: empty file; expected a CSV whose header holds {', '.join(required)}")
+        raise UserError(f"{path}: empty file; expected {expected}")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -115,6 +114,14 @@ def _check_text(path: Path, required: tuple[str, ...]) -> None:
         offset = data.index(b"\0")
         line = data.count(b"\n", 0, offset) + 1
         raise UserError(f"{path}: a NUL byte at byte {offset} (line {line}); expected a text CSV")
+    return text
+
+
+def _check_text(path: Path, required: tuple[str, ...]) -> None:
+    """A CSV must be readable text (:func:`read_csv_text`) whose every row has as many fields as its header:
+    else a UserError naming the file and line (pandas silently pads a short row, and turns a long one's extra
+    fields into an index)."""
+    text = read_csv_text(path, f"a CSV whose header holds {', '.join(required)}")
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)

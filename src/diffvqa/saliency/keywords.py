@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -410,13 +411,17 @@ def read_answers(data: str | Path) -> list[str]:
         path = data
     else:
         raise MissingInputError(f"{data}: no such directory (expected a prepared cache or a release directory)")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+    from diffvqa.data.release import read_csv_text
+
+    reader = csv.reader(io.StringIO(read_csv_text(path, "a CSV with an 'answer' column"), newline=""))
+    try:
         header = next(reader, [])
         if "answer" not in header:
             raise UserError(f"{path}: expected an 'answer' column, found columns {header}")
         column = header.index("answer")
         return [row[column] for row in reader if len(row) > column]
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {reader.line_num}: not a readable CSV ({exc})") from None
 
 
 @command("diffvqa keywords")
