@@ -310,19 +310,19 @@ KEYWORDS = [
     ("workers-zero", lambda w, t: _keywords(w, t, "--workers", "0"), ["--workers 0: expected 1 or more"]),
 ]  # fmt: skip
 
-CASES = [(f"{argv_id}", build, expected) for argv_id, build, expected in ASK + PREPARE + TRAIN + EVALUATE + KEYWORDS]
-COMMAND_OF = {id(build): command for command, group in
-              (("ask", ASK), ("prepare", PREPARE), ("train", TRAIN), ("evaluate", EVALUATE), ("keywords", KEYWORDS))
-              for _, build, _ in group}  # fmt: skip
+GROUPS = {"ask": ASK, "prepare": PREPARE, "train": TRAIN, "evaluate": EVALUATE, "keywords": KEYWORDS}
+CASES = [(command, case_id, build, expected) for command, group in GROUPS.items() for case_id, build, expected in group]
 
 
 def test_the_battery_is_big_enough():
-    assert len(CASES) >= 60 and all(group for group in (ASK, PREPARE, TRAIN, EVALUATE, KEYWORDS))
+    assert len(CASES) >= 60 and all(GROUPS.values())
+    assert len({(command, case_id) for command, case_id, _, _ in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize(("build", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clear_line(world, tmp_path, capsys, build, expected):
-    command = COMMAND_OF[id(build)]
+@pytest.mark.parametrize(
+    ("command", "build", "expected"), [(c[0], c[2], c[3]) for c in CASES], ids=[f"{c[0]}-{c[1]}" for c in CASES]
+)
+def test_bad_input_is_one_clear_line(world, tmp_path, capsys, command, build, expected):
     code, out, err = run(build(world, tmp_path), capsys)
     lines = err.strip().splitlines()
     assert code == 2, f"exit code {code}; stderr: {err[-2000:]}"
