@@ -166,6 +166,7 @@ ASK = [
      ["config.json: unknown config key 'model.depth'"]),
     ("tokenizer-missing", lambda w, t: _ask_copy(w, t, _remove("tokenizer.json")),
      ["tokenizer.json: no tokenizer file"]),
+    ("device-unknown", lambda w, t: _ask(w, "--device", "gpu"), ["--device gpu: not a device this machine can use"]),
 ]  # fmt: skip
 
 
@@ -247,6 +248,7 @@ TRAIN = [
     ("config-file-bad-value", lambda w, t: _train(w, t, "--config", _write(t / "v.yaml", b"train:\n  log_every: 0\n")),
      ["v.yaml: config key train.log_every=0: expected a value >= 1"]),
     ("resume-without-run", lambda w, t: _train(w, t, "--resume"), ["--resume", "config.json not found"]),
+    ("device-unknown", lambda w, t: _train(w, t, "--device", "gpu"), ["--device gpu: not a device"]),
     ("stop-after-zero", lambda w, t: _train(w, t, "--stop-after", "0"),
      ["--stop-after 0: expected a number of steps >= 1"]),
     ("out-is-a-file", lambda w, t: ["train", "--data", w.cache, "--out", _write(t / "f", b"x"), "--preset", "tiny"],
@@ -280,6 +282,7 @@ EVALUATE = [
     ("question-type-unknown", lambda w, t: _evaluate(w, t, "--question-types", "diff"),
      ["unknown question type(s) in --question-types ['diff']"]),
     ("split-unknown", lambda w, t: _evaluate(w, t, "--split", "dev"), ["--split", "invalid choice: 'dev'"]),
+    ("device-unknown", lambda w, t: _evaluate(w, t, "--device", "tpu"), ["--device tpu: not a device"]),
     ("out-is-a-file", lambda w, t: ["evaluate", "--checkpoint", w.checkpoint, "--data", w.cache, "--out",
                                     _write(t / "f", b"x")], ["--out", "is a file"]),
 ]  # fmt: skip

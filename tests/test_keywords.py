@@ -477,3 +477,15 @@ def test_llm_keyword_must_occur_in_the_answer(server, tmp_path, reply, answer, a
     else:
         assert backend.stats == {"llm": 1} and backend.cache == {" ".join(answer.split()): accepted}
         assert got == (accepted or lexicon_keyword("", "is there pneumothorax?"))
+
+
+def test_cached_keywords_not_in_their_answer_are_dropped(server, tmp_path):
+    """A cache from before keywords were checked may hold a hallucinated one: it is dropped, not used."""
+    cache = tmp_path / "kw.json"
+    cache.write_text(json.dumps({"yes": "pleural effusion", DIFF_EFFUSION.strip(): "pleural effusion"}))
+    server.reply = "none"
+    with LLMKeywords(server.base_url, "m", timeout=5, cache_path=cache) as backend:
+        assert backend.cache == {DIFF_EFFUSION.strip(): "pleural effusion"} and backend.dropped_from_cache == 1
+        assert backend("yes", "is there pneumothorax?") == "pneumothorax"  # asked again: "none" -> the question's
+        assert "1 cached keywords not in their answer dropped" in backend.report()
+    assert json.loads(cache.read_text()) == {DIFF_EFFUSION.strip(): "pleural effusion", "yes": ""}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
 
 KEYWORD_SOURCES = ("lexicon", "llm")
 PNG_FILES = ("main.png", "reference.png", "aligned_main.png", "cam_main.png", "cam_ref.png", "mask.png", "panel.png")
@@ -69,6 +69,7 @@ def check_inputs(args: argparse.Namespace) -> str:
         raise AskError("not found: " + "; ".join(missing))
     if args.out:
         check_output_dir(args.out)
+    check_device(args.device)
     question = " ".join(args.question.split())
     if not question:
         raise AskError("--question is empty; ask e.g. 'what has changed compared to the reference image?'")

@@ -55,6 +55,16 @@ def check_output_dir(path, option: str = "--out") -> None:
         raise UserError(f"{option} {path}: is a file; expected a directory (it is created if needed)")
 
 
+def check_device(name: str, option: str = "--device") -> None:
+    """A torch device name that this machine can use ("cuda" without a GPU is a user error, not a traceback)."""
+    import torch
+
+    try:
+        torch.empty(0, device=torch.device(name))
+    except Exception as exc:  # noqa: BLE001 - RuntimeError (unknown name), AssertionError (torch without CUDA)...
+        raise UserError(f"{option} {name}: not a device this machine can use ({one_line(exc)[:200]})") from None
+
+
 def one_line(message: object) -> str:
     """A message with its line breaks and runs of whitespace collapsed to single spaces."""
     return " ".join(str(message).split())

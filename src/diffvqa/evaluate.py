@@ -20,7 +20,7 @@ import torch
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
-from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -255,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     check_output_dir(args.out)
+    check_device(args.device)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: expected >= 1")
     if args.limit < 0:

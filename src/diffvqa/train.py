@@ -36,7 +36,7 @@ from torch import nn
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
-from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -416,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = load_config(args.preset, args.config, args.overrides)
     check_output_dir(args.out)
+    if args.device != "auto":
+        check_device(args.device)
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
     run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,

@@ -189,7 +189,13 @@ class LLMKeywords:
         self.stats: Counter[str] = Counter()
         self.requests = 0  # HTTP requests sent, retries included
         self._failures_in_row = 0
-        self._dirty = False
+        # A cache written before keywords were checked, or edited by hand, may hold keywords that their answer
+        # does not spell: drop them (counted, and gone from the file at the next save) so they are asked again.
+        stale = [key for key, keyword in self.cache.items() if not keyword_in_answer(keyword, key)]
+        for key in stale:
+            del self.cache[key]
+        self.dropped_from_cache = len(stale)
+        self._dirty = bool(stale)
         self._last_save = time.monotonic()
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -310,6 +316,8 @@ class LLMKeywords:
         if failed:
             detail = ", ".join(f"{n} {reason}" for reason, n in failed.items())
             text += f"; {self.fallbacks} fell back to the lexicon ({detail})"
+        if self.dropped_from_cache:
+            text += f"; {self.dropped_from_cache} cached keywords not in their answer dropped"
         return text + f"; {self.requests} HTTP requests"
 
 
