@@ -45,6 +45,13 @@ class World:
         edit(directory)
         return directory
 
+    def cache_copy(self, tmp: Path, edit: Callable[[Path], None]) -> Path:
+        """A copy of the prepared cache in ``tmp``, changed by ``edit(directory)``."""
+        directory = tmp / "cache"
+        shutil.copytree(self.cache, directory)
+        edit(directory)
+        return directory
+
     def release_copy(self, tmp: Path, questions: bytes | None = None, studies: bytes | None = None) -> Path:
         """A copy of the release CSVs in ``tmp`` (images stay shared), either CSV replaced when given."""
         directory = tmp / "release"
@@ -222,6 +229,22 @@ def _train(w: World, t: Path, *extra) -> list:
     return ["train", "--data", w.cache, "--out", t / "run", "--preset", "tiny", "--no-progress", *extra]
 
 
+def _set_manifest_size(size: int) -> Callable[[Path], None]:
+    def edit(directory: Path) -> None:
+        manifest = json.loads((directory / "manifest.json").read_text())
+        (directory / "manifest.json").write_text(json.dumps(manifest | {"size": size}))
+
+    return edit
+
+
+def _cut(name: str) -> Callable[[Path], None]:
+    return lambda directory: _write(directory / name, (directory / name).read_bytes()[:200])
+
+
+def _train_on(w: World, t: Path, edit: Callable[[Path], None]) -> list:
+    return ["train", "--data", w.cache_copy(t, edit), "--out", t / "run", "--preset", "tiny", "--no-progress"]
+
+
 TRAIN = [
     ("no-data", lambda w, t: ["train", "--out", t / "run"], ["the following arguments are required: --data"]),
     ("data-not-a-cache", lambda w, t: ["train", "--data", t, "--out", t / "run"], ["not a prepared cache"]),
@@ -249,11 +272,18 @@ TRAIN = [
      ["v.yaml: config key train.log_every=0: expected a value >= 1"]),
     ("resume-without-run", lambda w, t: _train(w, t, "--resume"), ["--resume", "config.json not found"]),
     ("device-unknown", lambda w, t: _train(w, t, "--device", "gpu"), ["--device gpu: not a device"]),
+    ("cache-of-another-size", lambda w, t: _train_on(w, t, _set_manifest_size(32)),
+     ["images prepared at S = 32, but data.image_size is 64", "--size 64"]),
+    ("cache-manifest-not-json", lambda w, t: _train_on(w, t, _replace("manifest.json", b"{oops")),
+     ["a damaged prepared cache", "run `diffvqa prepare` again"]),
+    ("cache-questions-missing", lambda w, t: _train_on(w, t, _remove("questions.csv")),
+     ["a damaged prepared cache", "questions.csv"]),
+    ("cache-status-junk", lambda w, t: _train_on(w, t, _replace("status.npy", b"junk")), ["a damaged prepared cache"]),
     ("stop-after-zero", lambda w, t: _train(w, t, "--stop-after", "0"),
      ["--stop-after 0: expected a number of steps >= 1"]),
     ("out-is-a-file", lambda w, t: ["train", "--data", w.cache, "--out", _write(t / "f", b"x"), "--preset", "tiny"],
      ["--out", "is a file"]),
-    ("image-size-not-a-stride-multiple", lambda w, t: _train(w, t, "data.image_size=72"),
+    ("image-size-not-a-stride-multiple", lambda w, t: [*_train_on(w, t, _set_manifest_size(72)), "data.image_size=72"],
      ["data.image_size=72 must be a multiple of the encoder's stride 16"]),
     ("decoder-positions-too-short", lambda w, t: _train(w, t, "model.decoder_positions=16"),
      ["model.decoder_positions=16 is too short"]),
@@ -267,6 +297,11 @@ TRAIN = [
 def _evaluate(w: World, t: Path, *extra, checkpoint=None) -> list:
     return ["evaluate", "--checkpoint", checkpoint or w.checkpoint, "--data", w.cache, "--out", t / "eval",
             "--no-progress", *extra]  # fmt: skip
+
+
+def _evaluate_on(w: World, t: Path, edit: Callable[[Path], None]) -> list:
+    return ["evaluate", "--checkpoint", w.checkpoint, "--data", w.cache_copy(t, edit), "--out", t / "eval",
+            "--no-progress", "--no-report", "--limit", "2"]  # fmt: skip
 
 
 EVALUATE = [
@@ -283,6 +318,12 @@ EVALUATE = [
      ["unknown question type(s) in --question-types ['diff']"]),
     ("split-unknown", lambda w, t: _evaluate(w, t, "--split", "dev"), ["--split", "invalid choice: 'dev'"]),
     ("device-unknown", lambda w, t: _evaluate(w, t, "--device", "tpu"), ["--device tpu: not a device"]),
+    ("cache-of-another-size", lambda w, t: _evaluate_on(w, t, _set_manifest_size(128)),
+     ["images prepared at S = 128, but data.image_size is 64"]),
+    ("cache-images-truncated", lambda w, t: _evaluate_on(w, t, _cut("images.u8.npy")),
+     ["a damaged prepared cache", "run `diffvqa prepare` again"]),
+    ("cache-index-missing", lambda w, t: _evaluate_on(w, t, _remove("images.csv")),
+     ["a damaged prepared cache", "images.csv"]),
     ("out-is-a-file", lambda w, t: ["evaluate", "--checkpoint", w.checkpoint, "--data", w.cache, "--out",
                                     _write(t / "f", b"x")], ["--out", "is a file"]),
 ]  # fmt: skip

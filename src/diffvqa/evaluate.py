@@ -166,6 +166,7 @@ def evaluate(
     if keyword_source is not None:
         model.config.saliency.keyword_source = keyword_source
     dataset = PairQADataset(data, split, question_types)
+    dataset.cache.check_size(model.image_size)
     if len(dataset) == 0:
         raise UserError(f"{data}: no {split} questions of types {question_types or 'all'}")
     if limit:

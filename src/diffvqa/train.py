@@ -35,6 +35,7 @@ from torch import nn
 
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
+from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
@@ -272,6 +273,7 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     rank, world, dev = setup_distributed(device)
     is_main = rank == 0
     run_dir = Path(run_dir)
+    ImageCache(data).check_size(config.data.image_size)  # before anything is built or written
     if resume:
         latest = read_pointer(run_dir, "latest")
         if latest is None or not latest.is_dir():
