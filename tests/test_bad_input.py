@@ -245,6 +245,23 @@ def _train_on(w: World, t: Path, edit: Callable[[Path], None]) -> list:
     return ["train", "--data", w.cache_copy(t, edit), "--out", t / "run", "--preset", "tiny", "--no-progress"]
 
 
+def _broken_run(w: World, t: Path, edit: Callable[[Path], None]) -> Path:
+    """A run directory as ``train`` leaves it (config.json, checkpoints/step-N, latest), its checkpoint changed by
+    ``edit(directory)``."""
+    run = t / "run"
+    step = run / "checkpoints" / "step-0000001"
+    shutil.copytree(w.checkpoint, step)
+    torch.save({"step": 1}, step / "trainer_state.pt")
+    shutil.copy(w.checkpoint / "config.json", run / "config.json")
+    (run / "latest").write_text("checkpoints/step-0000001\n")
+    edit(step)
+    return run
+
+
+def _resume(w: World, t: Path, edit: Callable[[Path], None]) -> list:
+    return ["train", "--data", w.cache, "--out", _broken_run(w, t, edit), "--resume", "--no-progress"]
+
+
 TRAIN = [
     ("no-data", lambda w, t: ["train", "--out", t / "run"], ["the following arguments are required: --data"]),
     ("data-not-a-cache", lambda w, t: ["train", "--data", t, "--out", t / "run"], ["not a prepared cache"]),
@@ -279,6 +296,12 @@ TRAIN = [
     ("cache-questions-missing", lambda w, t: _train_on(w, t, _remove("questions.csv")),
      ["a damaged prepared cache", "questions.csv"]),
     ("cache-status-junk", lambda w, t: _train_on(w, t, _replace("status.npy", b"junk")), ["a damaged prepared cache"]),
+    ("resume-trainer-state-junk", lambda w, t: _resume(w, t, _replace("trainer_state.pt", b"junk")),
+     ["trainer_state.pt: cannot read the trainer state"]),
+    ("resume-weights-truncated", lambda w, t: _resume(w, t, _truncate),
+     ["model.safetensors: not a readable safetensors file"]),
+    ("resume-changed-config", lambda w, t: [*_resume(w, t, lambda d: None), "train.lr=1.0"],
+     ["--resume with a different config than", "train.lr"]),
     ("stop-after-zero", lambda w, t: _train(w, t, "--stop-after", "0"),
      ["--stop-after 0: expected a number of steps >= 1"]),
     ("out-is-a-file", lambda w, t: ["train", "--data", w.cache, "--out", _write(t / "f", b"x"), "--preset", "tiny"],

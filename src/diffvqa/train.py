@@ -311,7 +311,13 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
     start_step, best = 0, {}
     if resume:
-        state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign file: the run directory's fault
+            raise UserError(
+                f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
+                f"from an intact checkpoint (point {run_dir / 'latest'} at it) or start a new run"
+            ) from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
