@@ -28,7 +28,7 @@ The six single-image types (abnormality ... type) ask about the ``study_id`` ima
 swap their main can be the earlier study of the pair: they are valid, kept, and counted in the note
 ``single_image_main_not_later``.
 
-A skip never stops the reader unless ``strict=True``; then the first failing row raises ``ValueError`` naming
+A skip never stops the reader unless ``strict=True``; then the first failing row raises ``UserError`` naming
 the file, the row and the reason.
 
 Phantom releases also carry ``ground_truth/`` (findings, per-pair transforms and change masks, keywords); it is
@@ -409,7 +409,7 @@ def read_release(
         images_dir: the MIMIC-CXR-JPG root (the directory that holds ``files/``).
         splits: keep these splits (``train``/``val``/``test``); None keeps all.
         question_types: keep these types; None keeps all seven.
-        strict: raise ValueError at the first skipped row instead of counting it.
+        strict: raise UserError at the first skipped row instead of counting it.
         keep_bad_chronology: keep difference rows whose reference is not earlier than main (counted in ``notes``).
         check_images: stat every image file (``missing_image``); off, paths are assumed to exist as ``.jpg``.
         keep_duplicates: keep exact repeats of an earlier row (counted in ``notes``) instead of dropping them.
