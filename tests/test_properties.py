@@ -111,8 +111,8 @@ question_files = st.one_of(
 )
 
 
-def _write(directory: Path, content: str | bytes) -> None:
-    path = directory / "mimic_pair_questions.csv"
+def _write(directory: Path, content: str | bytes, name: str = "mimic_pair_questions.csv") -> None:
+    path = directory / name
     if isinstance(content, bytes):
         path.write_bytes(content)
     else:
@@ -140,3 +140,26 @@ def test_release_reader_reads_the_good_row(tmp_path):
     (tmp_path / "mimic_all.csv").write_text(STUDIES_CSV)
     _write(tmp_path, ",".join(QUESTION_COLUMNS) + "\n" + GOOD_ROW + "\n")
     assert read_release(tmp_path, tmp_path, check_images=False).steps["kept_questions"] == 1
+
+
+study_files = st.one_of(
+    st.text(max_size=300),
+    st.binary(max_size=200),
+    st.lists(st.one_of(csv_rows, st.just("18936629,55088298,d-main,21800301")), max_size=6).map(
+        lambda rows: "\n".join(["subject_id,study_id,dicom_id,study_date", *rows]) + "\n"
+    ),
+)
+
+
+@SETTINGS
+@given(study_files)
+def test_release_reader_survives_any_studies_file(tmp_path, content):
+    """The same for ``mimic_all.csv``, under a valid question file."""
+    _write(tmp_path, ",".join(QUESTION_COLUMNS) + "\n" + GOOD_ROW + "\n")
+    _write(tmp_path, content, "mimic_all.csv")
+    try:
+        release = read_release(tmp_path, tmp_path, check_images=False)
+    except UserError:
+        return
+    assert release.steps["rows_read"] == 1
+    assert release.steps["kept_questions"] + sum(release.skipped.values()) == 1
