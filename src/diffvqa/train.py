@@ -273,7 +273,13 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     rank, world, dev = setup_distributed(device)
     is_main = rank == 0
     run_dir = Path(run_dir)
-    ImageCache(data).check_size(config.data.image_size)  # before anything is built or written
+    cache = ImageCache(data)  # checked before anything is built or written
+    cache.check_size(config.data.image_size)
+    if config.saliency.enabled and config.saliency.keyword_source == "truth" and not cache.has_truth:
+        raise UserError(
+            f"{data}: saliency.keyword_source=truth needs ground-truth keywords, which only a phantom cache has; "
+            "use lexicon or llm"
+        )
     if resume:
         latest = read_pointer(run_dir, "latest")
         if latest is None or not latest.is_dir():
