@@ -477,3 +477,14 @@ def test_unknown_command_is_one_line(capsys):
         "diffvqa: error: unknown command 'trian'; choose one of simulate, contact-sheet, prepare, keywords, train, "
         "evaluate, ask, demo"
     )
+
+
+def test_every_subcommand_goes_through_the_one_error_path():
+    """A subcommand added to cli.COMMANDS without ``@errors.command`` fails here."""
+    import importlib
+
+    from diffvqa.cli import COMMANDS
+
+    for name, (module, function, _) in COMMANDS.items():
+        main = getattr(importlib.import_module(module), function)
+        assert getattr(main, "__wrapped__", None) is not None, f"diffvqa {name}: {module}.{function} lacks @command"
