@@ -93,8 +93,8 @@ def test_values_geometry_and_counts(fixture, tmp_path):
     manifest = prepare(release, images, tmp_path / "cache", size=SIZE, workers=1, progress=False)
     cache = ImageCache(tmp_path / "cache")
     assert manifest["num_images"] == 10 and manifest["num_unreadable_images"] == 1
-    assert manifest["skipped"]["unreadable"] == 1 and manifest["skipped"]["bad_chronology"] == 3
-    assert manifest["num_questions"] == 8 and manifest["preprocessing"]["draft_decoding"] is True
+    assert manifest["skipped"]["unreadable"] == 1 and manifest["skipped"]["bad_chronology"] == 2
+    assert manifest["num_questions"] == 9 and manifest["preprocessing"]["draft_decoding"] is True
     assert set(manifest["versions"]) == {"diffvqa", "numpy", "pillow", "pydicom"}
     questions = cache.questions()
     assert 10 not in set(questions.question_index)  # the corrupt JPG's question, dropped as unreadable
@@ -212,10 +212,9 @@ def test_prepare_cli_prints_the_report(fixture, tmp_path, capsys):
     assert set(ImageCache(out).questions().question_type) == {"difference"}
     with pytest.raises(SystemExit):
         prepare_main(["--release", str(release), "--out", str(out), "--shard", "2/2"])
-    with pytest.raises(SystemExit) as exit_info:
-        prepare_main(["--release", str(release), "--images", str(images), "--out", str(tmp_path / "x")]
-                     + ["--question-types", "diff", "--quiet"])  # fmt: skip
-    assert exit_info.value.code == 2 and "unknown question type(s) ['diff']" in capsys.readouterr().err
+    code = prepare_main(["--release", str(release), "--images", str(images), "--out", str(tmp_path / "x")]
+                        + ["--question-types", "diff", "--quiet"])  # fmt: skip
+    assert code == 2 and "unknown question type(s) ['diff']" in capsys.readouterr().err
     args = ["--release", str(release), "--images", str(images), "--size", "32", "--workers", "1", "--quiet"]
     for i in range(2):
         assert prepare_main([*args, "--out", str(tmp_path / f"s{i}"), "--shard", f"{i}/2"]) == 0
@@ -241,3 +240,15 @@ def test_phantom_release_end_to_end(tmp_path):
     aligned = F.grid_sample(main, F.affine_grid(theta, list(main.shape), align_corners=False), align_corners=False)
     # exposure, noise and the findings themselves change between visits, so compare against no alignment
     assert (aligned - ref).abs().mean() < 0.85 * (main - ref).abs().mean()
+
+
+def test_header_only_release_is_an_error_with_the_counts(tmp_path, capsys):
+    release, images = write_release(tmp_path / "data")
+    path = release / "mimic_pair_questions.csv"
+    path.write_text(path.read_text().splitlines()[0] + "\n")
+    code = prepare_main(["--release", str(release), "--images", str(images), "--out", str(tmp_path / "c"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "mimic_pair_questions.csv: no question survived reading (rows_read 0," in err
+    assert "skipped_duplicate 0" in err and "kept_questions 0" in err
+    assert not (tmp_path / "c" / "manifest.json").exists()

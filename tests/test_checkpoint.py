@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -5,6 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffvqa.errors import UserError
 from diffvqa.model.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -43,6 +45,32 @@ def test_missing_and_unexpected_keys_are_named(tiny_model, tmp_path):
     state["extra.weight"] = torch.zeros(1)
     save_file(state, str(tmp_path / "model.safetensors"))
     with pytest.raises(ValueError, match=r"missing keys \['prefix\.row'\].*unexpected keys \['extra\.weight'\]"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_config_that_does_not_describe_the_weights_names_the_first_tensor(tiny_model, tmp_path):
+    save_checkpoint(tiny_model, tmp_path)
+    values = json.loads((tmp_path / "config.json").read_text())
+    values["model"]["encoder_hidden_sizes"] = [8, 16, 48]  # the last stage wider than the weights
+    (tmp_path / "config.json").write_text(json.dumps(values))
+    expected = dict(tiny_model.state_dict())
+    with pytest.raises(UserError) as error:
+        load_checkpoint(tmp_path)
+    message = str(error.value)
+    first = message.split("tensor '")[1].split("'")[0]
+    # the first tensor in the model's order whose shape differs, with the file's and the model's shapes
+    assert first.startswith("encoder.resnet.encoder.stages.2.") and first in expected
+    assert f"has shape {tuple(expected[first].shape)} but the model built from" in message
+    assert "model.safetensors" in message and "config.json expects (" in message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
+def test_a_damaged_weights_file_is_one_user_error(tiny_model, tmp_path, damage):
+    save_checkpoint(tiny_model, tmp_path)
+    path = tmp_path / "model.safetensors"
+    data = path.read_bytes()
+    path.write_bytes({"truncated": data[: len(data) // 2], "garbage": b"\x07" * 100, "empty": b""}[damage])
+    with pytest.raises(UserError, match=r"model\.safetensors: not a readable safetensors file .*truncated or corrupt"):
         load_checkpoint(tmp_path)
 
 

@@ -236,6 +236,7 @@ def test_module_does_not_import_torch():
 # the LLM backend against a fake server on loopback
 
 DIFF_PNEUMOTHORAX = "the main image has an additional finding of pneumothorax than the reference image. "
+DIFF_EFFUSION = "the main image has an additional finding of pleural effusion than the reference image. "
 
 
 @pytest.fixture
@@ -252,13 +253,13 @@ def _closed_port() -> int:
 
 def test_llm_normal_reply_is_normalised(server):
     backend = LLMKeywords(server.base_url, "llama3:70b", timeout=5)
-    assert backend(DIFF_PNEUMOTHORAX) == "pleural effusion"  # the fake says "Pleural effusions."
+    assert backend(DIFF_EFFUSION) == "pleural effusion"  # the fake says "Pleural effusions."
     assert backend.stats == {"llm": 1}
     assert server.requests == 1
     request = server.bodies[0]
     assert request["model"] == "llama3:70b" and request["temperature"] == 0
     assert [m["role"] for m in request["messages"]] == ["system", "user"]
-    assert DIFF_PNEUMOTHORAX.strip() in request["messages"][1]["content"]
+    assert DIFF_EFFUSION.strip() in request["messages"][1]["content"]
     assert "1 asked" in backend.report()
 
 
@@ -308,16 +309,19 @@ def test_llm_connection_refused(tmp_path):
 def test_llm_cache_persists_across_instances(server, tmp_path):
     cache = tmp_path / "sub" / "keywords.json"
     with LLMKeywords(server.base_url, "m", timeout=5, cache_path=cache) as first:
-        assert first(DIFF_PNEUMOTHORAX) == "pleural effusion"
-        assert first("yes") == "pleural effusion"
+        assert first(DIFF_EFFUSION) == "pleural effusion"
+        assert first("small left pleural effusion") == "pleural effusion"
     assert server.requests == 2
-    assert json.loads(cache.read_text()) == {DIFF_PNEUMOTHORAX.strip(): "pleural effusion", "yes": "pleural effusion"}
+    assert json.loads(cache.read_text()) == {
+        DIFF_EFFUSION.strip(): "pleural effusion",
+        "small left pleural effusion": "pleural effusion",
+    }
     assert [p.name for p in cache.parent.iterdir()] == ["keywords.json"]  # no temp file left behind
 
     second = LLMKeywords(server.base_url, "m", timeout=5, cache_path=cache)
-    assert second(DIFF_PNEUMOTHORAX) == "pleural effusion"
-    assert second(DIFF_PNEUMOTHORAX.strip()) == "pleural effusion"  # keyed with whitespace collapsed
-    assert second("yes") == "pleural effusion"
+    assert second(DIFF_EFFUSION) == "pleural effusion"
+    assert second(DIFF_EFFUSION.strip()) == "pleural effusion"  # keyed with whitespace collapsed
+    assert second("small left pleural effusion") == "pleural effusion"
     assert server.requests == 2  # nothing asked
     assert second.stats == {"cache_hit": 3}
 
@@ -425,6 +429,7 @@ def test_keywords_main_writes_the_cache(server, tmp_path, capsys, name):
 def test_keywords_main_through_the_cli(server, tmp_path):
     from diffvqa.cli import main
 
+    server.reply = _reply_by_finding
     release = _write_release(tmp_path / "release")
     out = tmp_path / "keywords.json"
     argv = ["keywords", "--data", str(release), "--out", str(out), "--base-url", server.base_url, "--model", "m"]
@@ -447,3 +452,40 @@ def test_keywords_main_server_down(tmp_path, capsys):
     assert keywords_main(["--data", str(release), "--out", str(out), "--base-url", url, "--no-progress"]) == 1
     assert json.loads(out.read_text()) == {}
     assert "connection_error" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("reply", "answer", "accepted"),
+    [
+        ("Pleural effusions.", DIFF_PNEUMOTHORAX, None),  # a finding the answer does not name: hallucinated
+        ("pulmonary nodule", "yes", None),  # a free phrase the answer does not spell
+        ("Pleural effusions.", "small left pleural effusion", "pleural effusion"),  # a finding of the answer
+        ("effusions", "left pleural effusions", "pleural effusion"),  # a synonym, resolved to the answer's finding
+        ("Left-Sided", "left sided", "left sided"),  # a free phrase the answer spells (hyphen and case normalised)
+        ("none", "yes", ""),  # "no finding" is always usable
+    ],
+)
+def test_llm_keyword_must_occur_in_the_answer(server, tmp_path, reply, answer, accepted):
+    server.reply = reply
+    cache = tmp_path / "kw.json"
+    with LLMKeywords(server.base_url, "m", timeout=5, cache_path=cache) as backend:
+        got = backend(answer, "is there pneumothorax?")
+    if accepted is None:
+        assert got == lexicon_keyword(answer, "is there pneumothorax?")  # the lexicon's keyword instead
+        assert backend.stats == {"rejected": 1} and "1 rejected" in backend.report()
+        assert backend.cache == {} and not cache.exists()  # never cached: a later run asks again
+    else:
+        assert backend.stats == {"llm": 1} and backend.cache == {" ".join(answer.split()): accepted}
+        assert got == (accepted or lexicon_keyword("", "is there pneumothorax?"))
+
+
+def test_cached_keywords_not_in_their_answer_are_dropped(server, tmp_path):
+    """A cache from before keywords were checked may hold a hallucinated one: it is dropped, not used."""
+    cache = tmp_path / "kw.json"
+    cache.write_text(json.dumps({"yes": "pleural effusion", DIFF_EFFUSION.strip(): "pleural effusion"}))
+    server.reply = "none"
+    with LLMKeywords(server.base_url, "m", timeout=5, cache_path=cache) as backend:
+        assert backend.cache == {DIFF_EFFUSION.strip(): "pleural effusion"} and backend.dropped_from_cache == 1
+        assert backend("yes", "is there pneumothorax?") == "pneumothorax"  # asked again: "none" -> the question's
+        assert "1 cached keywords not in their answer dropped" in backend.report()
+    assert json.loads(cache.read_text()) == {DIFF_EFFUSION.strip(): "pleural effusion", "yes": ""}

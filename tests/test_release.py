@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from diffvqa.data.release import QUESTION_COLUMNS, SKIP_REASONS, image_relpath, read_release
+from diffvqa.errors import UserError
 
 CHEXPERT = (
     "Atelectasis,Cardiomegaly,Consolidation,Edema,Enlarged Cardiomediastinum,Fracture,Lung Lesion,Lung Opacity,"
@@ -55,8 +56,8 @@ def _rows() -> list[tuple]:
         # 3-4: siblings right, difference row swapped with its main the earlier study -> bad_chronology
         (51738740, 10046166, 50051329, "view", "which view is this image taken?", "PA view", "train"),
         (50051329, 10046166, 51738740, "difference", DIFF_Q, "nothing has changed.", "train"),
-        # 5-6: the v1.0.1 fix: siblings carry the ids the other way round (main earlier -> bad_chronology),
-        #      the swapped difference row has main later -> kept
+        # 5-6: the v1.0.1 fix: siblings carry the ids the other way round (main earlier: a single-image question
+        #      about study_id, kept), the swapped difference row has main later -> kept
         (52000001, 11000011, 52000002, "presence", "is there pneumothorax?", "no", "val"),
         (52000002, 11000011, 52000001, "difference", DIFF_Q, DIFF_A, "val"),
         # 7: same date -> bad_chronology
@@ -79,14 +80,15 @@ def _rows() -> list[tuple]:
 
 
 EXPECTED_SKIPS = {
+    "duplicate": 0,
     "bad_row": 1,
     "unknown_study": 1,
     "subject_mismatch": 1,
-    "bad_chronology": 3,
+    "bad_chronology": 2,
     "missing_image": 1,
     "unreadable": 0,
 }
-EXPECTED_KEPT = [0, 1, 2, 3, 6, 10, 13, 14, 15]
+EXPECTED_KEPT = [0, 1, 2, 3, 5, 6, 10, 13, 14, 15]
 
 
 def _image(seed: int, shape: tuple[int, int]) -> np.ndarray:
@@ -131,9 +133,9 @@ def test_reader_counts_every_skip_and_keeps_the_rest(tmp_path):
     assert list(release.skipped) == list(SKIP_REASONS)
     assert release.steps["rows_read"] == 16
     assert release.steps["kept_questions"] == len(EXPECTED_KEPT)
-    assert release.steps["unique_pairs"] == 6
-    assert list(release.counts)[:4] == ["rows_read", "after_split_filter", "after_type_filter", "skipped_bad_row"]
-    assert release.counts["skipped_bad_chronology"] == 3 and list(release.counts)[-1] == "unique_images"
+    assert release.steps["unique_pairs"] == 7
+    assert list(release.counts)[:4] == ["rows_read", "after_split_filter", "after_type_filter", "skipped_duplicate"]
+    assert release.counts["skipped_bad_chronology"] == 2 and list(release.counts)[-1] == "unique_images"
     assert release.notes["swapped_difference_rows"] == 2
     assert release.notes["swapped_difference_kept"] == 1
     # verbatim text and ids
@@ -157,7 +159,7 @@ def test_filters_and_keep_bad_chronology(tmp_path):
     assert release.questions.question_index.tolist() == [2]
     kept = read_release(release_dir, images_dir, keep_bad_chronology=True)
     assert kept.skipped["bad_chronology"] == 0
-    assert kept.notes["bad_chronology_kept"] == 3
+    assert kept.notes["bad_chronology_kept"] == 2
     assert {4, 5, 7} <= set(kept.questions.question_index)
     with pytest.raises(ValueError, match="question type"):
         read_release(release_dir, images_dir, question_types=["diff"])
@@ -174,4 +176,98 @@ def test_missing_column_names_file_and_columns(tmp_path):
     path = release_dir / "mimic_pair_questions.csv"
     pd.read_csv(path).drop(columns=["ref_id"]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"mimic_pair_questions.csv: missing column\(s\) \['ref_id'\]; found"):
+        read_release(release_dir, images_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the v1.0.1 swap on verbatim rows, duplicates, and CSVs that cannot be read
+
+VERBATIM_HEADER = "study_id,subject_id,ref_id,question_type,question,answer,split\n"
+VERBATIM_ANSWER = (
+    '"the main image has an additional finding of pneumothorax than the reference image. the main image is missing '
+    'the findings of fracture, lung opacity, and pleural effusion than the reference image. "'
+)
+
+
+def write_verbatim_pair(root: Path, question_rows: str) -> tuple[Path, Path]:
+    """DATA.md's verbatim v1.0.1 rows of subject 18936629, with study 55088298 dated *before* 54989200 (so the
+    single-image rows' main is the earlier study, as after the v1.0.1 swap). -> (release, images)."""
+    release, images = root / "release", root / "images"
+    release.mkdir(parents=True)
+    (release / "mimic_pair_questions.csv").write_text(VERBATIM_HEADER + question_rows, encoding="utf-8")
+    rows = []
+    for order, (study, date) in enumerate(((55088298, 21800101), (54989200, 21800301)), start=1):
+        rows.append([18936629, study, *([""] * len(CHEXPERT)), dicom_id(study), "postero-anterior", "train", date,
+                     float(order)])  # fmt: skip
+        path = images / image_relpath(18936629, study, dicom_id(study))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((_image(study, (40, 32)) * 255).round().astype(np.uint8)).save(path)
+    pd.DataFrame(rows, columns=STUDY_COLUMNS_21).to_csv(release / "mimic_all.csv", index=False)
+    return release, images
+
+
+def test_single_image_questions_whose_main_is_earlier_are_kept(tmp_path):
+    rows = (
+        "55088298,18936629,54989200,abnormality,what abnormalities are seen in the soft tissues?,atelectasis,train\n"
+        "55088298,18936629,54989200,location,is the atelectasis located on the left side or right side?,left side,"
+        "train\n"
+        f"55088298,18936629,54989200,difference,what has changed compared to the reference image?,{VERBATIM_ANSWER},"
+        "train\n"
+        f"54989200,18936629,55088298,difference,what has changed compared to the reference image?,{VERBATIM_ANSWER},"
+        "train\n"
+    )
+    release = read_release(*write_verbatim_pair(tmp_path, rows))
+    # rows 0-1: single-image questions about study 55088298, kept although it is the earlier study;
+    # row 2: a difference row whose reference is later: dropped; row 3: the v1.0.1-swapped difference row: kept
+    assert release.questions.question_index.tolist() == [0, 1, 3]
+    assert release.skipped["bad_chronology"] == 1
+    assert release.notes["single_image_main_not_later"] == 2
+    assert release.notes["swapped_difference_rows"] == 1 and release.notes["swapped_difference_kept"] == 1
+    assert release.questions.answer.iloc[2].endswith("than the reference image. ")
+    assert "2 single-image questions" in release.report()
+    kept = read_release(*[tmp_path / "release", tmp_path / "images"], keep_bad_chronology=True)
+    assert kept.notes["bad_chronology_kept"] == 1  # only the difference row counts as bad chronology
+
+
+def test_exact_duplicate_rows_are_counted_and_dropped(tmp_path):
+    row = "55088298,18936629,54989200,abnormality,what abnormalities are seen in the soft tissues?,atelectasis,train\n"
+    other = row.replace(",train", ",val")  # differs in one field: not a duplicate
+    release_dir, images_dir = write_verbatim_pair(tmp_path, row + row + other + row)
+    release = read_release(release_dir, images_dir)
+    assert release.questions.question_index.tolist() == [0, 2]
+    assert release.skipped["duplicate"] == 2 and "duplicate" in release.report()
+    kept = read_release(release_dir, images_dir, keep_duplicates=True)
+    assert kept.questions.question_index.tolist() == [0, 1, 2, 3] and kept.notes["duplicates_kept"] == 2
+    with pytest.raises(ValueError, match=r"row 1 .*duplicate"):
+        read_release(release_dir, images_dir, strict=True)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"mimic_pair_questions.csv: empty file; expected a CSV whose header holds study_id"),
+        (b" \n\n", r"mimic_pair_questions.csv: empty file"),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA view\xe9,train\n",
+            rf"mimic_pair_questions.csv: not UTF-8 text: byte {len(VERBATIM_HEADER) + 51} \(line 2\) is b'\\xe9'",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b'55088298,18936629,54989200,view,"which view?,PA view,train\n',
+            r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?,PA,view,train,x\n",
+            r"mimic_pair_questions.csv: line 2 has \d+ fields but the header has 7",
+        ),
+        (
+            VERBATIM_HEADER.encode() + b"55088298,18936629,54989200,view,which view?\n",
+            r"mimic_pair_questions.csv: line 2 has 5 fields but the header has 7",
+        ),
+    ],
+    ids=["empty", "blank", "latin-1", "open-quote", "extra-fields", "short-row"],
+)
+def test_unreadable_questions_csv_names_the_file_and_place(tmp_path, content, message):
+    release_dir, images_dir = write_verbatim_pair(tmp_path, "")
+    (release_dir / "mimic_pair_questions.csv").write_bytes(content)
+    with pytest.raises(UserError, match=message):
         read_release(release_dir, images_dir)

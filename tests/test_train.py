@@ -38,11 +38,20 @@ def test_resume_is_exact(phantom_cache, tmp_path):
     assert main(["--data", str(phantom_cache), "--out", str(resumed), *common, "--stop-after", "2"]) == 0
     assert read_pointer(resumed, "latest").name == "step-0000002"
     halfway = _params(resumed)
+    # what a SIGKILL after step 3 leaves: its log record, a torn line, and saves that never finished
+    with (resumed / "metrics.jsonl").open("a") as log:
+        log.write(json.dumps({"step": 3, "loss": 9.0}) + '\n{"step": 3, "lo')
+    for step in (3, 9):  # step 9 is past the run's end: nothing else would ever remove it
+        (resumed / "checkpoints" / f".tmp-step-{step:07d}").mkdir()
     assert main(["--data", str(phantom_cache), "--out", str(resumed), "--resume", "--no-progress"]) == 0
     a, b = _params(straight), _params(resumed)
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], halfway[k]) for k in a)  # steps 3-4 really trained
+    steps = [[json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+             for run in (straight, resumed)]  # fmt: skip
+    assert steps[1] == steps[0]  # each step logged once, in order, as in the uninterrupted run
+    assert not list((resumed / "checkpoints").glob(".tmp-step-*"))
 
 
 def test_saliency_start_step(phantom_cache, tmp_path):

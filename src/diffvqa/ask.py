@@ -24,16 +24,18 @@ from pathlib import Path
 
 import numpy as np
 
+from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
+
 KEYWORD_SOURCES = ("lexicon", "llm")
 PNG_FILES = ("main.png", "reference.png", "aligned_main.png", "cam_main.png", "cam_ref.png", "mask.png", "panel.png")
 
 
-class AskError(Exception):
+class AskError(UserError):
     """A problem with the user's input, reported as one line on stderr (exit code 2)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffvqa ask", description="answer one question about a main/reference chest X-ray pair"
     )
     parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json, model.safetensors)")
@@ -65,6 +67,9 @@ def check_inputs(args: argparse.Namespace) -> str:
     ]
     if missing:
         raise AskError("not found: " + "; ".join(missing))
+    if args.out:
+        check_output_dir(args.out)
+    check_device(args.device)
     question = " ".join(args.question.split())
     if not question:
         raise AskError("--question is empty; ask e.g. 'what has changed compared to the reference image?'")
@@ -144,7 +149,7 @@ def run(args: argparse.Namespace) -> dict:
 
     try:
         model = load_checkpoint(args.checkpoint, map_location=args.device).eval()
-    except (FileNotFoundError, ValueError) as exc:
+    except UserError as exc:
         raise AskError(f"cannot load the checkpoint: {exc}") from exc
     config = model.config
     size = config.data.image_size
@@ -204,13 +209,9 @@ def run(args: argparse.Namespace) -> dict:
     return record
 
 
+@command("diffvqa ask")
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        run(args)
-    except AskError as exc:
-        print(f"diffvqa ask: error: {exc}", file=sys.stderr)
-        return 2
+    run(build_parser().parse_args(argv))
     return 0
 
 

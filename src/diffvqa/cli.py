@@ -2,6 +2,10 @@
 
 Only the chosen subcommand's module is imported, so ``diffvqa simulate`` does not pay for torch and
 ``diffvqa --help`` is instant.
+
+Errors (``diffvqa.errors``): every subcommand reports a user error -- a bad argument, config key or value, file,
+checkpoint or data row -- as one line ``diffvqa <command>: error: ...`` on stderr with exit code 2; a bug keeps
+its traceback. ``--debug`` or ``DIFFVQA_DEBUG=1`` shows the traceback of a user error too.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ def _usage() -> str:
     width = max(map(len, COMMANDS))
     lines = ["usage: diffvqa <command> [options]   (diffvqa <command> --help for its options)", "", "commands:"]
     lines += [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "a user error prints one line and exits 2; --debug (or DIFFVQA_DEBUG=1) shows its traceback"]
     return "\n".join(lines)
 
 
@@ -43,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"diffvqa: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"diffvqa: error: unknown command {command!r}; choose one of {', '.join(COMMANDS)}", file=sys.stderr)
         return 2
     module_name, function_name, _ = COMMANDS[command]
     function = getattr(importlib.import_module(module_name), function_name)

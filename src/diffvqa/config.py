@@ -1,8 +1,13 @@
 """Configuration: small grouped dataclasses, YAML files, dotted ``key=value`` overrides, presets.
 
 Resolution order (later wins): dataclass defaults <- preset YAML (``tiny``/``small``/``paper``) <- user YAML
-file <- ``key=value`` overrides such as ``train.lr=3e-4`` or ``saliency.mask=mean``. Unknown keys and values of
-the wrong type raise ``ValueError`` naming them.
+file <- ``key=value`` overrides such as ``train.lr=3e-4`` or ``saliency.mask=mean``. Unknown keys, values of
+the wrong type and values outside a key's range raise :class:`~diffvqa.errors.UserError` (a ``ValueError``)
+naming the key, the value, where it came from and what is allowed.
+
+Every field has a :class:`Rule` in its group's ``RULES`` table, right below the fields: the range or choices a
+value must satisfy, checked as the value is set (presets, YAML files, overrides and a checkpoint's
+``config.json`` alike). ``tests/test_config.py`` fails for a field without one, so a new key cannot skip it.
 
 Every group lives here, in one torch-free module, so that a checkpoint's ``config.json`` can be read and
 validated without importing the model, and so that imports flow one way (config <- data <- model <- ...).
@@ -11,16 +16,79 @@ Each group documents the module it configures.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from diffvqa.errors import MissingInputError, UserError, one_line
 
 PRESETS = ("tiny", "small", "paper")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The values a config key allows: a number range, a set of choices or a text pattern (each item of a list
+    key too, plus its length). ``Rule()`` allows any value of the field's type (flags, free paths)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False  # True: value > low (else >= low)
+    high_open: bool = False  # True: value < high (else <= high)
+    choices: tuple = ()
+    pattern: str = ""  # a text value must match it whole (re.fullmatch)
+    items: tuple[int, int | None] = (0, None)  # (min, max) length of a list key
+    what: str = ""  # a pattern's meaning, for the message
+
+    def expected(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        if self.pattern:
+            return self.what or f"text matching {self.pattern!r}"
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+        return " and ".join(parts) or "any value"
+
+    def problem(self, value: Any) -> str | None:
+        """What is wrong with ``value`` (already of the field's type), or None."""
+        if isinstance(value, list):
+            least, most = self.items
+            if len(value) < least or (most is not None and len(value) > most):
+                count = f"{least}" if least == most else f"at least {least}" + (f", at most {most}" if most else "")
+                return f"expected a list of {count} items, got {len(value)}"
+            for i, item in enumerate(value):
+                if (problem := self.problem(item)) is not None:
+                    return f"item {i} ({item!r}): {problem}"
+            return None
+        if self.choices and value not in self.choices:
+            return f"expected {self.expected()}"
+        if self.pattern and not (isinstance(value, str) and re.fullmatch(self.pattern, value)):
+            return f"expected {self.expected()}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return "expected a finite number"
+            if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+                return f"expected a value {self.expected()}"
+            if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+                return f"expected a value {self.expected()}"
+        return None
+
+
+ANY = Rule()
+POSITIVE = Rule(low=0, low_open=True)
+NON_NEGATIVE = Rule(low=0)
+UNIT = Rule(low=0, high=1)  # probabilities, floors, normalised intensities
+AT_LEAST_ONE = Rule(low=1)
 
 
 # The seven question types of Medical-Diff-VQA, in the release's order.
@@ -36,6 +104,14 @@ class DataConfig:
     max_question_tokens: int = 24
     max_answer_tokens: int = 64
     num_workers: int = 0
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "image_size": Rule(low=16),
+        "question_types": Rule(choices=QUESTION_TYPES, items=(1, None)),
+        "max_question_tokens": AT_LEAST_ONE,
+        "max_answer_tokens": AT_LEAST_ONE,
+        "num_workers": NON_NEGATIVE,
+    }
 
 
 @dataclass
@@ -77,6 +153,34 @@ class ModelConfig:
     # --- ablation ---
     blind: bool = False  # question-only baseline: both images replaced by zeros (training and inference)
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "image_mean": UNIT,
+        "image_std": POSITIVE,
+        "align": ANY,
+        "align_input_size": Rule(low=8),
+        "align_channels": AT_LEAST_ONE,
+        "align_max_delta": Rule(low=0, high=1),
+        "align_reg_weights": Rule(low=0, items=(3, 3)),
+        "align_corners": ANY,
+        "align_similarity": NON_NEGATIVE,
+        "encoder_channels": Rule(choices=(1, 3)),
+        "encoder_embedding_size": AT_LEAST_ONE,
+        "encoder_hidden_sizes": Rule(low=1, items=(1, None)),
+        "encoder_depths": Rule(low=1, items=(1, None)),
+        "encoder_layer_type": Rule(choices=("basic", "bottleneck")),
+        "encoder_pretrained": ANY,  # a directory, checked when the model is built
+        "decoder_layers": AT_LEAST_ONE,
+        "decoder_heads": AT_LEAST_ONE,
+        "decoder_width": AT_LEAST_ONE,
+        "decoder_positions": AT_LEAST_ONE,
+        "decoder_dropout": Rule(low=0, high=1, high_open=True),
+        "decoder_pretrained": ANY,
+        "tokenizer": Rule(choices=("word", "gpt2")),
+        "tokenizer_path": ANY,
+        "prefix_pool": AT_LEAST_ONE,
+        "blind": ANY,
+    }
+
 
 @dataclass
 class SaliencyConfig:
@@ -86,7 +190,8 @@ class SaliencyConfig:
     mask: str = "max"  # max | mean | min | main | ref | none
     mask_floor: float = 0.0  # beta: masked = (beta + (1 - beta) * M) * I
     cam_eps: float = 1e-6
-    # gradcam (the paper's) | hirescam (a departure: gradient x activation per cell, no channel averaging)
+    # gradcam (the paper's) | hirescam (a departure: gradient x activation per cell, no channel averaging) |
+    # change_gated (a departure: Grad-CAM times the registered difference |aligned main - ref|)
     cam_method: str = "gradcam"
     keyword_source: str = "lexicon"  # lexicon | llm | truth
     llm_base_url: str = "http://127.0.0.1:11434/v1"
@@ -97,6 +202,21 @@ class SaliencyConfig:
     # Training steps before this one run single-pass (pass A only): a model trained from scratch has no Grad-CAM
     # worth masking with yet. 0 (the paper's setting: it starts from pretrained weights) guides every step.
     start_step: int = 0
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "enabled": ANY,
+        "mask": Rule(choices=("max", "mean", "min", "main", "ref", "none")),
+        "mask_floor": UNIT,
+        "cam_eps": POSITIVE,
+        "cam_method": Rule(choices=("gradcam", "hirescam", "change_gated")),
+        "keyword_source": Rule(choices=("lexicon", "llm", "truth")),
+        "llm_base_url": Rule(pattern=r"https?://\S+", what="an http(s):// URL such as http://127.0.0.1:11434/v1"),
+        "llm_model": Rule(pattern=r"\S.*", what="a model name (not empty)"),
+        "llm_timeout": POSITIVE,
+        "llm_cache": ANY,  # a JSON file; empty: <run dir>/keywords_llm.json
+        "unmasked_loss_weight": NON_NEGATIVE,
+        "start_step": NON_NEGATIVE,
+    }
 
 
 @dataclass
@@ -116,6 +236,21 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
 
+    RULES: ClassVar[dict[str, Rule]] = {
+        "seed": NON_NEGATIVE,
+        "steps": AT_LEAST_ONE,
+        "batch_size": AT_LEAST_ONE,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE,
+        "grad_clip": POSITIVE,
+        "autocast": Rule(choices=("none", "bf16")),
+        "eval_every": AT_LEAST_ONE,
+        "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split
+        "checkpoint_every": AT_LEAST_ONE,
+        "log_every": AT_LEAST_ONE,
+    }
+
 
 @dataclass
 class Config:
@@ -134,15 +269,18 @@ class Config:
     def from_dict(cls, values: dict[str, Any], where: str = "config") -> Config:
         config = cls()
         _update(config, values, where)
+        check_together(config, where)
         return config
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
         path = Path(path)
+        if not path.is_file():
+            raise MissingInputError(f"{path}: not found (expected a config.json written by diffvqa)")
         try:
-            values = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{path}: cannot read a config from it ({exc})") from exc
+            values = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise UserError(f"{path}: cannot read a config from it ({exc})") from exc
         return cls.from_dict(values, where=str(path))
 
 
@@ -151,7 +289,7 @@ class Config:
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against ``annotation`` (ints widen to floats), or raise ValueError naming ``key``."""
+    """Check ``value`` against ``annotation`` (ints widen to floats), or raise UserError naming ``key``."""
     origin = typing.get_origin(annotation)
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -167,37 +305,65 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         for option in typing.get_args(annotation):
             try:
                 return _coerce(value, option, key)
-            except ValueError:
+            except UserError:
                 pass
     else:  # pragma: no cover - a new annotation kind in this file
         raise TypeError(f"config field {key}: unsupported annotation {annotation!r}")
     name = getattr(annotation, "__name__", str(annotation))
-    raise ValueError(f"config key {key!r}: expected {name}, got {value!r} ({type(value).__name__})")
+    raise UserError(f"config key {key!r}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def rule_of(group: Any, key: str) -> Rule | None:
+    """The :class:`Rule` of ``key`` in a group dataclass (or its type), None when the table lacks one."""
+    return getattr(group, "RULES", {}).get(key)
 
 
 def _update(obj: Any, values: dict[str, Any], where: str, prefix: str = "") -> None:
     if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping at {prefix.rstrip('.') or 'top level'}, got {values!r}")
+        raise UserError(f"{where}: expected a mapping at {prefix.rstrip('.') or 'top level'}, got {values!r}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():
-        dotted = prefix + key
+        dotted = prefix + str(key)
         if key not in names:
-            raise ValueError(f"{where}: unknown config key {dotted!r}; known keys here: {sorted(names)}")
+            raise UserError(f"{where}: unknown config key {dotted!r}; known keys here: {sorted(names)}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             _update(current, value, where, dotted + ".")
-        else:
-            setattr(obj, key, _coerce(value, hints[key], dotted))
+            continue
+        try:
+            value = _coerce(value, hints[key], dotted)
+        except UserError as exc:
+            raise UserError(f"{where}: {exc}") from None
+        rule = rule_of(obj, key)
+        if rule is None:  # pragma: no cover - test_config fails first for a field without a rule
+            raise TypeError(f"config key {dotted!r} has no rule in {type(obj).__name__}.RULES")
+        if (problem := rule.problem(value)) is not None:
+            raise UserError(f"{where}: config key {dotted}={value!r}: {problem}")
+        setattr(obj, key, value)
+
+
+def check_together(config: Config, where: str = "config") -> None:
+    """The rules that tie two keys together (each key alone is checked as it is set)."""
+    m = config.model
+    if len(m.encoder_hidden_sizes) != len(m.encoder_depths):
+        raise UserError(
+            f"{where}: model.encoder_hidden_sizes={m.encoder_hidden_sizes} and model.encoder_depths="
+            f"{m.encoder_depths} must have the same length (one entry per encoder stage)"
+        )
+    if m.decoder_width % m.decoder_heads:
+        raise UserError(
+            f"{where}: model.decoder_width={m.decoder_width} must be a multiple of model.decoder_heads="
+            f"{m.decoder_heads} (each attention head gets width / heads channels)"
+        )
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:
-    import yaml
 
     if "=" not in text:
-        raise ValueError(f"override {text!r}: expected key=value, e.g. train.lr=3e-4")
+        raise UserError(f"override {text!r}: expected key=value, e.g. train.lr=3e-4")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    value = _parse_yaml(raw, f"override {text!r}") if raw.strip() else ""
     # YAML 1.1 reads "3e-4" as a string; accept it as a number.
     if isinstance(value, str):
         try:
@@ -205,6 +371,18 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         except ValueError:
             pass
     return key.strip().split("."), value
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> value, any parse failure a UserError naming ``where``."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    # YAMLError for bad syntax; ValueError/OverflowError for a YAML date or number Python cannot hold
+    # ("2001-02-30"); RecursionError for absurd nesting.
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as exc:
+        raise UserError(f"{where}: not valid YAML ({one_line(exc)})") from None
 
 
 def _nest(path: list[str], value: Any) -> dict[str, Any]:
@@ -217,8 +395,8 @@ def preset_values(name: str) -> dict[str, Any]:
     """The YAML values of a preset (``tiny``, ``small`` or ``paper``)."""
     import yaml
 
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    if not isinstance(name, str) or name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     text = resources.files("diffvqa").joinpath("configs", f"{name}.yaml").read_text()
     return yaml.safe_load(text) or {}
 
@@ -228,16 +406,20 @@ def load_config(preset: str = "small", file: str | Path | None = None, overrides
 
     A YAML file may name its own preset with a top-level ``preset: paper`` key.
     """
-    import yaml
-
     file_values: dict[str, Any] = {}
     if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise MissingInputError(f"--config {path}: not found (expected a YAML file of config groups)")
         try:
-            file_values = yaml.safe_load(Path(file).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ValueError(f"{file}: cannot read a YAML config from it ({exc})") from exc
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read a YAML config from it ({exc})") from exc
+        file_values = _parse_yaml(text, str(path))
+        if file_values is None:
+            file_values = {}
         if not isinstance(file_values, dict):
-            raise ValueError(f"{file}: expected a mapping of config groups, got {type(file_values).__name__}")
+            raise UserError(f"{path}: expected a mapping of config groups, got {type(file_values).__name__}")
         preset = file_values.pop("preset", preset)
     config = Config()
     _update(config, preset_values(preset), where=f"preset {preset}")
@@ -247,8 +429,13 @@ def load_config(preset: str = "small", file: str | Path | None = None, overrides
 
 
 def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
-    """Apply ``key=value`` overrides to ``config`` in place (and return it)."""
+    """Apply ``key=value`` overrides to ``config`` in place (and return it). All or nothing: when one override
+    is wrong, ``config`` is left as it was."""
+    updated = copy.deepcopy(config)
     for text in overrides:
         path, value = _parse_override(text)
-        _update(config, _nest(path, value), where=f"override {text!r}")
+        _update(updated, _nest(path, value), where=f"override {text!r}")
+    check_together(updated, "overrides" if overrides else "config")
+    for group in dataclasses.fields(config):
+        setattr(config, group.name, getattr(updated, group.name))
     return config

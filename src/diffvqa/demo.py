@@ -11,13 +11,13 @@ trains and evaluates on all seven question types instead.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 from pathlib import Path
 
 from diffvqa.config import load_config
+from diffvqa.errors import ArgumentParser, command
 
 
 def _stage(title: str) -> float:
@@ -91,8 +91,9 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     return {"model": model_metrics, "blind": blind_metrics, "report": str(report)}
 
 
+@command("diffvqa demo")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa demo", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory (default: demo_out)")
     parser.add_argument("--pairs", type=int, default=2000, help="phantom pairs to simulate (default: 2000)")
     parser.add_argument("--preset", default="small", help="config preset (default: small)")

@@ -11,7 +11,6 @@ fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registra
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -22,6 +21,8 @@ import torch
 
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
+from diffvqa.data.release import validate_choices
+from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
 from diffvqa.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -159,11 +160,12 @@ def evaluate(
 
         bad = [o for o in saliency_overrides if not o.strip().startswith("saliency.")]
         if bad:
-            raise ValueError(f"evaluate overrides may only set saliency.* keys (the weights fix the rest): {bad}")
+            raise UserError(f"evaluate overrides may only set saliency.* keys (the weights fix the rest): {bad}")
         apply_overrides(model.config, saliency_overrides)
     dataset = PairQADataset(data, split, question_types)
+    dataset.cache.check_size(model.image_size)
     if len(dataset) == 0:
-        raise ValueError(f"{data}: no {split} questions of types {question_types or 'all'}")
+        raise UserError(f"{data}: no {split} questions of types {question_types or 'all'}")
     if limit:
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
@@ -241,8 +243,9 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
     return "\n".join(lines)
 
 
+@command("diffvqa evaluate")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa evaluate", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint or a training run directory")
     parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
     parser.add_argument("--out", required=True, type=Path)
@@ -261,14 +264,18 @@ def main(argv: list[str] | None = None) -> int:
         help="saliency.* key=value overrides for inference, e.g. saliency.cam_method=hirescam saliency.mask=mean",
     )
     args = parser.parse_args(argv)
+    check_output_dir(args.out)
+    check_device(args.device)
+    if args.batch_size < 1:
+        parser.error(f"--batch-size {args.batch_size}: expected >= 1")
+    if args.limit < 0:
+        parser.error(f"--limit {args.limit}: expected 0 (all questions) or more")
     types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
-    try:
-        metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
-                           args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
-                           args.keyword_source, saliency_overrides=args.overrides)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diffvqa evaluate: error: {exc}", file=sys.stderr)
-        return 2
+    if types is not None:
+        validate_choices(types, QUESTION_TYPES, "question type(s) in --question-types")
+    metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
+                       args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
+                       args.keyword_source, saliency_overrides=args.overrides)  # fmt: skip
     print(format_table(metrics))
     print(f"wrote {args.out / 'predictions.jsonl'}, {args.out / 'metrics.json'}")
     return 0

@@ -19,7 +19,6 @@ optimiser and scheduler an uninterrupted run would have had.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -36,7 +35,9 @@ from torch import nn
 
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.dataset import Collate, PairQADataset, texts
+from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.text import Tokenizer, build_tokenizer
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
@@ -78,7 +79,7 @@ class StepBatchSampler(torch.utils.data.Sampler):
                  world: int = 1):  # fmt: skip
         self.global_batch = batch_size * world
         if size < self.global_batch:
-            raise ValueError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
+            raise UserError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
         self.size, self.batch_size, self.steps, self.seed = size, batch_size, steps, seed
         self.start_step, self.rank = start_step, rank
         self.per_epoch = size // self.global_batch
@@ -112,7 +113,7 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
     """Training keywords: from the ground-truth answer (lexicon/LLM) or the data's own (``truth``)."""
     if source == "truth":
         if batch.get("truth") is None:
-            raise ValueError("saliency.keyword_source=truth needs ground-truth keywords (a phantom cache)")
+            raise UserError("saliency.keyword_source=truth needs ground-truth keywords (a phantom cache)")
         return list(batch["truth"]["keyword"])
     return [keyword_fn(a, q) for a, q in zip(batch["answer"], batch["question"], strict=True)]
 
@@ -165,6 +166,28 @@ def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, schedu
     os.rename(tmp, final)
     _write_pointer(run_dir, "latest", str(final.relative_to(run_dir)))
     return final
+
+
+def clean_after_interruption(run_dir: Path, step: int) -> None:
+    """Undo what a killed run left behind, before this one writes: ``metrics.jsonl`` records after ``step`` (the
+    step training resumes from; they are logged again) and a torn last line, and ``checkpoints/.tmp-step-N``
+    directories of saves that never finished."""
+    for tmp in (run_dir / "checkpoints").glob(".tmp-step-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    path = run_dir / METRICS_LOG
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by the kill
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
 
 
 def _prune_checkpoints(run_dir: Path) -> None:
@@ -246,7 +269,7 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
                for group in current for key in current[group]
                if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")]  # fmt: skip
     if changed:
-        raise ValueError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
+        raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
 
 
 def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_after: int | None = None,
@@ -256,14 +279,21 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     rank, world, dev = setup_distributed(device)
     is_main = rank == 0
     run_dir = Path(run_dir)
+    cache = ImageCache(data)  # checked before anything is built or written
+    cache.check_size(config.data.image_size)
+    if config.saliency.enabled and config.saliency.keyword_source == "truth" and not cache.has_truth:
+        raise UserError(
+            f"{data}: saliency.keyword_source=truth needs ground-truth keywords, which only a phantom cache has; "
+            "use lexicon or llm"
+        )
     if resume:
         latest = read_pointer(run_dir, "latest")
         if latest is None or not latest.is_dir():
-            raise FileNotFoundError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
+            raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
     elif is_main:
         if read_pointer(run_dir, "latest") is not None:
-            raise FileExistsError(f"{run_dir} already holds a training run; use --resume or another --out")
+            raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
         if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
@@ -293,13 +323,21 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
     start_step, best = 0, {}
     if resume:
-        state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign file: the run directory's fault
+            raise UserError(
+                f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
+                f"from an intact checkpoint (point {run_dir / 'latest'} at it) or start a new run"
+            ) from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_step, best = state["step"], state["best"]
+    if is_main:
+        clean_after_interruption(run_dir, start_step)
 
     train_set = PairQADataset(data, "train", config.data.question_types)
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
@@ -374,8 +412,9 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     return run_dir
 
 
+@command("diffvqa train")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="a prepared cache (diffvqa prepare)")
     parser.add_argument("--out", required=True, type=Path, help="the run directory")
     parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
@@ -396,12 +435,13 @@ def main(argv: list[str] | None = None) -> int:
         apply_overrides(config, args.overrides)  # only train.steps may differ from the saved run (to extend it)
     else:
         config = load_config(args.preset, args.config, args.overrides)
-    try:
-        run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
-                    device=args.device, progress=not args.no_progress)  # fmt: skip
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"diffvqa train: error: {exc}", file=sys.stderr)
-        return 2
+    check_output_dir(args.out)
+    if args.device != "auto":
+        check_device(args.device)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
+    run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
+                device=args.device, progress=not args.no_progress)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run}  latest: {read_pointer(run, 'latest')}  best: {read_pointer(run, 'best')}")
     return 0

@@ -51,7 +51,8 @@ from diffvqa.data.image_cache import (
     read_questions_csv,
 )
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
-from diffvqa.data.release import COLUMNS, Release, read_ground_truth, read_release
+from diffvqa.data.release import COLUMNS, QUESTIONS_FILE, Release, read_ground_truth, read_release
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
@@ -130,7 +131,7 @@ def _open_array(path: Path, shape: tuple[int, ...], dtype, create: bool) -> np.m
         return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
     array = np.load(path, mmap_mode="r+")
     if array.shape != shape or array.dtype != dtype:
-        raise ValueError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
+        raise UserError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
     return array
 
 
@@ -157,12 +158,13 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
         "images_dir": str(release.images_dir.resolve()),
         "question_types": release.question_types,
         "keep_bad_chronology": release.keep_bad_chronology,
+        "keep_duplicates": release.keep_duplicates,
     }
     if (out / PARAMS).exists():
         previous = json.loads((out / PARAMS).read_text())
         changed = {k: (previous.get(k), v) for k, v in params.items() if previous.get(k) != v}
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{out}: holds a cache prepared with other settings or another image list "
                 f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
                 "use a new --out directory or delete this one"
@@ -190,6 +192,7 @@ def _load_staged_release(directory: Path) -> Release:
         question_types=reader["question_types"],
         keep_bad_chronology=reader["keep_bad_chronology"],
         truth=read_ground_truth(reader["release_dir"]),
+        keep_duplicates=reader.get("keep_duplicates", False),
     )
 
 
@@ -366,6 +369,7 @@ def prepare(
     draft: bool = True,
     chunk_size: int = 16,
     keep_bad_chronology: bool = False,
+    keep_duplicates: bool = False,
 ) -> dict:
     """Decode every image a release needs into a cache directory (layout in the module docstring).
 
@@ -384,19 +388,25 @@ def prepare(
         progress: show a tqdm bar.
         draft: reduced-size JPEG decoding (off: full decoding; the result differs by ~0.2 gray levels).
         chunk_size: images per work item.
-        keep_bad_chronology: keep questions whose reference is not earlier than the main study (counted).
+        keep_bad_chronology: keep difference questions whose reference is not earlier than the main (counted).
+        keep_duplicates: keep exact repeats of an earlier question row (by default counted and dropped).
 
     Returns:
         The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
     """
     if size < 8:
-        raise ValueError(f"size {size}: expected at least 8 pixels")
+        raise UserError(f"size {size}: expected at least 8 pixels")
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard {shard}: expected (i, n) with 0 <= i < n")
+        raise UserError(f"shard {shard}: expected (i, n) with 0 <= i < n")
     out = Path(out)
     reader = read_release(
-        release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology
-    )
+        release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology,
+        keep_duplicates=keep_duplicates,
+    )  # fmt: skip
+    if reader.steps["kept_questions"] == 0:  # a cache without questions would only fail later, in train
+        counts = ", ".join(f"{k} {v}" for k, v in reader.counts.items())
+        where = Path(release) / QUESTIONS_FILE
+        raise UserError(f"{where}: no question survived reading ({counts}); nothing to prepare")
     params = _stage(out, reader, size, draft, shard)
     index = pd.read_csv(out / INDEX, dtype=str, keep_default_na=False)
     rows = _shard_rows(len(index), shard)
@@ -415,7 +425,7 @@ def _raise_on_unreadable(directory: Path) -> None:
     status = np.load(directory / STATUS)
     bad = [row for row in errors if status[row] == UNREADABLE_IMAGE]
     if bad:
-        raise ValueError(f"unreadable image (strict): {errors[min(bad)][1]}")
+        raise UserError(f"unreadable image (strict): {errors[min(bad)][1]}")
 
 
 def merge_shards(
@@ -429,20 +439,20 @@ def merge_shards(
     settings = [json.loads((d / PARAMS).read_text()) if (d / PARAMS).exists() else None for d in shard_dirs]
     for d, s in zip(shard_dirs, settings, strict=True):
         if s is None or s.get("shard") is None:
-            raise ValueError(f"{d}: not a shard directory of diffvqa prepare (no {PARAMS} with a shard)")
+            raise UserError(f"{d}: not a shard directory of diffvqa prepare (no {PARAMS} with a shard)")
     count = settings[0]["shard"][1]
     found = sorted(s["shard"][0] for s in settings)
     if found != list(range(count)) or any(s["shard"][1] != count for s in settings):
-        raise ValueError(f"expected shards 0..{count - 1} of {count}, got {[s['shard'] for s in settings]}")
+        raise UserError(f"expected shards 0..{count - 1} of {count}, got {[s['shard'] for s in settings]}")
     common = {k: v for k, v in settings[0].items() if k != "shard"}
     for d, s in zip(shard_dirs, settings, strict=True):
         other = {k: v for k, v in s.items() if k != "shard"}
         if other != common:
-            raise ValueError(f"{d}: prepared with other settings than {shard_dirs[0]}: {other} vs {common}")
+            raise UserError(f"{d}: prepared with other settings than {shard_dirs[0]}: {other} vs {common}")
     for d in shard_dirs:
         pending = int((np.load(d / STATUS) == PENDING).sum())
         if pending:
-            raise ValueError(f"{d}: {pending} images not decoded yet; rerun its prepare to finish it")
+            raise UserError(f"{d}: {pending} images not decoded yet; rerun its prepare to finish it")
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -489,9 +499,10 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+@command("diffvqa prepare")
 def prepare_main(argv: Sequence[str] | None = None) -> int:
     """``diffvqa prepare``: decode a release's images into a cache directory and print the report."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="diffvqa prepare",
         description="Decode every image a Medical-Diff-VQA release needs, once, into a memory-mapped cache. "
         "Rerun the same command to resume an interrupted run.",
@@ -505,7 +516,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--merge", type=Path, nargs="+", metavar="SHARD_DIR", help="merge finished shards into --out")
     parser.add_argument("--strict", action="store_true", help="stop at the first skipped row or unreadable image")
     parser.add_argument("--question-types", help="comma-separated, e.g. difference (default: all seven)")
-    parser.add_argument("--keep-bad-chronology", action="store_true", help="keep rows whose reference is not earlier")
+    parser.add_argument(
+        "--keep-bad-chronology", action="store_true", help="keep difference rows whose reference is not earlier"
+    )
+    parser.add_argument("--keep-duplicates", action="store_true", help="keep exact repeats of a question row")
     parser.add_argument(
         "--no-draft", action="store_true", help="decode JPEGs at full size (slower; ~0.1 gray level apart)"
     )
@@ -514,10 +528,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
     if args.release is None and not args.merge:
         parser.error("--release is required (or --merge SHARD_DIR ...)")
-    try:
-        manifest_or_shard = _run(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: say what and where, no traceback
-        parser.exit(2, f"diffvqa prepare: error: {exc}\n")
+    check_output_dir(args.out)
+    if args.workers < 0:
+        parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
+    manifest_or_shard = _run(args)
     if args.shard is not None and not args.merge:
         s = manifest_or_shard
         print(
@@ -546,4 +560,5 @@ def _run(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
         draft=not args.no_draft,
         keep_bad_chronology=args.keep_bad_chronology,
+        keep_duplicates=args.keep_duplicates,
     )

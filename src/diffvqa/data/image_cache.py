@@ -31,6 +31,7 @@ import pandas as pd
 
 from diffvqa.data.cache_truth import CacheTruth
 from diffvqa.data.images import Geometry
+from diffvqa.errors import UserError
 
 CACHE_VERSION = 1
 MANIFEST = "manifest.json"
@@ -66,6 +67,12 @@ def geometry_from_row(ints: Sequence[int], size: int) -> Geometry:
 # reading a cache
 
 
+def _damaged(directory: Path, problem: object) -> UserError:
+    return UserError(
+        f"{directory}: a damaged prepared cache ({problem}); run `diffvqa prepare` again into a new --out directory"
+    )
+
+
 class ImageCache:
     """Read access to a prepared cache directory.
 
@@ -77,17 +84,24 @@ class ImageCache:
         self.directory = Path(directory)
         manifest_path = self.directory / MANIFEST
         if not manifest_path.is_file():
-            raise ValueError(
+            raise UserError(
                 f"{self.directory}: not a prepared cache (no {MANIFEST}); run `diffvqa prepare` "
                 "(an interrupted prepare resumes when rerun)"
             )
-        self.manifest = json.loads(manifest_path.read_text())
-        self.size: int = int(self.manifest["size"])
-        index = pd.read_csv(self.directory / INDEX, dtype=str, keep_default_na=False)
-        self.dicom_ids: list[str] = index.dicom_id.tolist()
+        try:
+            self.manifest = json.loads(manifest_path.read_text())
+            self.size: int = int(self.manifest["size"])
+            index = pd.read_csv(self.directory / INDEX, dtype=str, keep_default_na=False)
+            self.dicom_ids: list[str] = index.dicom_id.tolist()
+            self._geometry = np.load(self.directory / GEOMETRY)  # (N, 6) int32, small
+            self._status = np.load(self.directory / STATUS)
+        # a deleted, truncated or overwritten file of the cache: the user's data, not a bug here
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as exc:
+            raise _damaged(self.directory, exc) from exc
+        if self._geometry.shape != (len(self.dicom_ids), 6) or self._status.shape != (len(self.dicom_ids),):
+            raise _damaged(self.directory, f"{GEOMETRY} {self._geometry.shape} or {STATUS} {self._status.shape} "
+                                           f"do not match the {len(self.dicom_ids)} images of {INDEX}")  # fmt: skip
         self.row: dict[str, int] = {d: i for i, d in enumerate(self.dicom_ids)}
-        self._geometry = np.load(self.directory / GEOMETRY)  # (N, 6) int32, small
-        self._status = np.load(self.directory / STATUS)
         self._images: np.ndarray | None = None
         self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use
         self.has_truth = CacheTruth.exists(self.directory)  # asked per sample: look once
@@ -104,8 +118,24 @@ class ImageCache:
     def images(self) -> np.ndarray:
         """(N, S, S) uint8, memory-mapped read-only."""
         if self._images is None:
-            self._images = np.load(self.directory / IMAGES, mmap_mode="r")
+            try:
+                images = np.load(self.directory / IMAGES, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise _damaged(self.directory, exc) from exc
+            if images.shape != (len(self), self.size, self.size):
+                raise _damaged(
+                    self.directory, f"{IMAGES} is {images.shape}, expected {(len(self), self.size, self.size)}"
+                )
+            self._images = images
         return self._images
+
+    def check_size(self, image_size: int) -> None:
+        """A model reads the cache's S x S images as they are: its ``data.image_size`` must be S."""
+        if image_size != self.size:
+            raise UserError(
+                f"{self.directory}: images prepared at S = {self.size}, but data.image_size is {image_size}; "
+                f"prepare a cache with --size {image_size} (or train with data.image_size={self.size})"
+            )
 
     def _row(self, dicom_id: str) -> int:
         row = self.row.get(dicom_id)
@@ -124,7 +154,10 @@ class ImageCache:
 
     def questions(self) -> pd.DataFrame:
         """questions.csv: ids as int64, text verbatim (see the module docstring for the columns)."""
-        return read_questions_csv(self.directory / QUESTIONS)
+        try:
+            return read_questions_csv(self.directory / QUESTIONS)
+        except (OSError, ValueError, pd.errors.ParserError) as exc:
+            raise _damaged(self.directory, exc) from exc
 
     def _load_truth(self) -> CacheTruth:
         if self._truth is None:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffvqa.errors import UserError
+
 # The decoded (reduced) image keeps at least this many pixels per output pixel along the long side.
 DRAFT_MARGIN = 2.0
 RESIZE_METHOD = "pillow-bilinear-antialiased"
@@ -36,7 +38,7 @@ RESIZE_METHOD = "pillow-bilinear-antialiased"
 Box = tuple[float, float, float, float]  # (x0, y0, x1, y1), Pillow's resize(box=...) source region
 
 
-class ImageReadError(ValueError):
+class ImageReadError(UserError):
     """An image file that cannot be decoded (missing, truncated, corrupt, unsupported)."""
 
 

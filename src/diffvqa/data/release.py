@@ -6,10 +6,12 @@ study_date) in ``release_dir``; JPGs at ``images_dir/files/p{subject[:2]}/p{subj
 
 Every question row either survives or is counted under the first check it fails, in this order:
 
+``duplicate``         the same seven fields as an earlier row of the file (kept with ``keep_duplicates``)
 ``bad_row``           an id that is not an integer, or a question_type / split outside the release's values
 ``unknown_study``     study_id or ref_id absent from mimic_all.csv
 ``subject_mismatch``  mimic_all.csv gives either study to another subject than the row's subject_id
-``bad_chronology``    the reference's study_date is not strictly earlier than the main's (or a date is missing)
+``bad_chronology``    a *difference* row whose reference study_date is not strictly earlier than its main's (or a
+                      date is missing)
 ``missing_image``     a study without a dicom_id, or its JPG not on disk (only checked with ``check_images``)
 ``unreadable``        the image exists but cannot be decoded; only known once it is opened
                       (``prepare`` decodes every image and reports these through :meth:`Release.drop_images`)
@@ -17,12 +19,16 @@ Every question row either survives or is counted under the first check it fails,
 Chronology comes from ``study_date`` alone, never from id order or ``study_order``. v1.0.1 fixed v1.0.0's
 difference rows whose reference was the later study by swapping their study_id/ref_id, so a pair's difference
 row can carry the two ids the other way round from the pair's other questions. That needs no special case:
-each row is judged by its own dates, so a swapped row whose main is the later study is kept, and any row (swapped
-or not) whose main is the earlier study is a ``bad_chronology`` skip (or kept, with ``keep_bad_chronology``).
-We never swap ids back: the answer's "additional"/"missing" wording depends on the direction. The report counts
-the reversed difference rows and how many of them survived.
+each difference row is judged by its own dates, so a swapped row whose main is the later study is kept, and any
+difference row (swapped or not) whose main is the earlier study is a ``bad_chronology`` skip (or kept, with
+``keep_bad_chronology``). We never swap ids back: the answer's "additional"/"missing" wording depends on the
+direction. The report counts the reversed difference rows and how many of them survived.
 
-A skip never stops the reader unless ``strict=True``; then the first failing row raises ``ValueError`` naming
+The six single-image types (abnormality ... type) ask about the ``study_id`` image alone, so after the v1.0.1
+swap their main can be the earlier study of the pair: they are valid, kept, and counted in the note
+``single_image_main_not_later``.
+
+A skip never stops the reader unless ``strict=True``; then the first failing row raises ``UserError`` naming
 the file, the row and the reason.
 
 Phantom releases also carry ``ground_truth/`` (findings, per-pair transforms and change masks, keywords); it is
@@ -31,7 +37,9 @@ read by :func:`read_ground_truth` and attached as :attr:`Release.truth`.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.errors import MissingInputError, UserError, one_line
 
 QUESTIONS_FILE = "mimic_pair_questions.csv"
 STUDIES_FILE = "mimic_all.csv"
@@ -48,12 +57,15 @@ GROUND_TRUTH_DIR = "ground_truth"
 SPLITS = ("train", "val", "test")
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 STUDY_COLUMNS = ("subject_id", "study_id", "dicom_id", "study_date")  # the ones we use of the 21
-SKIP_REASONS = ("bad_row", "unknown_study", "subject_mismatch", "bad_chronology", "missing_image", "unreadable")
+SKIP_REASONS = (
+    "duplicate", "bad_row", "unknown_study", "subject_mismatch", "bad_chronology", "missing_image", "unreadable",
+)  # fmt: skip
 SKIP_HELP = {
+    "duplicate": "the same seven fields as an earlier row (an exact repeat)",
     "bad_row": "an id is not an integer, or question_type/split is not one of the release's",
     "unknown_study": "study_id or ref_id is not in mimic_all.csv",
     "subject_mismatch": "mimic_all.csv puts a study under another subject_id",
-    "bad_chronology": "reference study_date not strictly earlier than main's",
+    "bad_chronology": "difference row whose reference study_date is not strictly earlier than main's",
     "missing_image": "no dicom_id for a study, or its image file is not on disk",
     "unreadable": "the image file exists but cannot be decoded",
 }
@@ -84,16 +96,63 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, suffix: str = "
     return f"files/p{subject[:2]}/p{subject}/s{int(study_id)}/{dicom_id}{suffix}"
 
 
+def read_csv_text(path: Path, expected: str) -> str:
+    """The text of a CSV file the user gave; an empty, non-UTF-8 or NUL-holding file is a UserError naming the
+    file and the byte offset and line of the first bad byte (pandas' and csv's own errors name neither)."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise UserError(f"{path}: empty file; expected {expected}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(
+            f"{path}: not UTF-8 text: byte {exc.start} (line {line}) is {data[exc.start : exc.start + 1]!r}; "
+            "expected the release's UTF-8 CSV"
+        ) from None
+    if "\0" in text:
+        offset = data.index(b"\0")
+        line = data.count(b"\n", 0, offset) + 1
+        raise UserError(f"{path}: a NUL byte at byte {offset} (line {line}); expected a text CSV")
+    return text
+
+
+def _check_text(path: Path, required: tuple[str, ...]) -> None:
+    """A CSV must be readable text (:func:`read_csv_text`) whose every row has as many fields as its header:
+    else a UserError naming the file and line (pandas silently pads a short row, and turns a long one's extra
+    fields into an index)."""
+    text = read_csv_text(path, f"a CSV whose header holds {', '.join(required)}")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+        for row in reader:
+            if row and len(row) != len(header):  # pandas skips blank lines too
+                raise UserError(
+                    f"{path}: line {reader.line_num} has {len(row)} fields but the header has {len(header)}; "
+                    "expected one field per column (a quote left open, or a comma in an unquoted field?)"
+                )
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {reader.line_num}: not a readable CSV ({exc})") from None
+
+
 def _read_csv(path: Path, required: tuple[str, ...], usecols: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Read a CSV as strings, verbatim (no NA parsing: "none" stays "none", trailing spaces stay)."""
+    """Read a CSV as strings, verbatim (no NA parsing: "none" stays "none", trailing spaces stay).
+
+    Any malformed input -- empty, not UTF-8, unbalanced quotes, a row with too many fields -- is a UserError
+    naming the file; nothing is returned from a file that could not be read whole."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found")
-    header = pd.read_csv(path, nrows=0).columns.tolist()
-    missing = [c for c in required if c not in header]
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {missing}; found columns {header}; expected {list(required)}")
-    wanted = [c for c in (usecols or header) if c in header]
-    return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, usecols=wanted)[wanted]
+        raise MissingInputError(f"{path}: not found")
+    _check_text(path, required)
+    try:
+        header = pd.read_csv(path, nrows=0, dtype=str).columns.tolist()
+        missing = [c for c in required if c not in header]
+        if missing:
+            raise UserError(f"{path}: missing column(s) {missing}; found columns {header}; expected {list(required)}")
+        wanted = [c for c in (usecols or header) if c in header]
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, usecols=wanted)[wanted]
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
+        raise UserError(f"{path}: not a readable CSV ({one_line(exc)})") from None
+    return table
 
 
 def _to_int(values: pd.Series) -> pd.Series:
@@ -154,7 +213,7 @@ def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
             parsed = _to_int(table[column])
             if parsed.isna().any():
                 row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                raise ValueError(
+                raise UserError(
                     f"{directory / name}: row {row}: {column}={table[column].iloc[row]!r} is not an integer"
                 )
             table[column] = parsed.astype(np.int64)
@@ -162,7 +221,7 @@ def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
         parsed = pd.to_numeric(pairs[column], errors="coerce")
         if parsed.isna().any():
             row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise ValueError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
+            raise UserError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
         pairs[column] = parsed.astype(np.float64)
     keywords = dict(zip(keywords_table["question_index"].tolist(), keywords_table["keyword"].tolist(), strict=True))
     changes = read_changes(directory, pairs)
@@ -230,6 +289,7 @@ class Release:
     question_types: list[str] | None = None
     keep_bad_chronology: bool = False
     truth: GroundTruth | None = field(default=None, repr=False)
+    keep_duplicates: bool = False
 
     def images(self) -> pd.DataFrame:
         """The unique images the kept questions need (main and reference), sorted by dicom_id.
@@ -256,7 +316,7 @@ class Release:
         drop = q.main_dicom_id.isin(bad) | q.ref_dicom_id.isin(bad)
         if strict and drop.any():
             row = q[drop].iloc[0]
-            raise ValueError(
+            raise UserError(
                 f"{self.release_dir / QUESTIONS_FILE}: row {row.question_index}: {reason} "
                 f"(image {row.main_dicom_id if row.main_dicom_id in bad else row.ref_dicom_id})"
             )
@@ -283,6 +343,7 @@ class Release:
             "splits": self.splits,
             "question_types": self.question_types,
             "keep_bad_chronology": self.keep_bad_chronology,
+            "keep_duplicates": self.keep_duplicates,
         }
 
     def report(self) -> str:
@@ -307,6 +368,13 @@ class Release:
                 f"round from its other questions (the v1.0.1 fix); chronology is decided by study_date: "
                 f"{n['swapped_difference_kept']:,} of them kept"
             )
+        if n.get("single_image_main_not_later"):
+            lines.append(
+                f"  note: {n['single_image_main_not_later']:,} single-image questions (not difference) whose main "
+                "study is not later than the reference kept: they ask about the main image alone"
+            )
+        if n.get("duplicates_kept"):
+            lines.append(f"  note: {n['duplicates_kept']:,} exact duplicate rows kept (keep_duplicates)")
         if n.get("bad_chronology_kept"):
             lines.append(f"  note: {n['bad_chronology_kept']:,} rows with bad chronology kept (keep_bad_chronology)")
         if n.get("duplicate_study_rows"):
@@ -357,7 +425,7 @@ def validate_choices(values, choices: tuple[str, ...], what: str) -> list[str] |
     values = [values] if isinstance(values, str) else list(values)
     unknown = [v for v in values if v not in choices]
     if unknown:
-        raise ValueError(f"unknown {what} {unknown}; choose from {list(choices)}")
+        raise UserError(f"unknown {what} {unknown}; choose from {list(choices)}")
     return values
 
 
@@ -369,6 +437,7 @@ def read_release(
     strict: bool = False,
     keep_bad_chronology: bool = False,
     check_images: bool = True,
+    keep_duplicates: bool = False,
 ) -> Release:
     """Read mimic_pair_questions.csv + mimic_all.csv and resolve each question's two images.
 
@@ -377,9 +446,10 @@ def read_release(
         images_dir: the MIMIC-CXR-JPG root (the directory that holds ``files/``).
         splits: keep these splits (``train``/``val``/``test``); None keeps all.
         question_types: keep these types; None keeps all seven.
-        strict: raise ValueError at the first skipped row instead of counting it.
-        keep_bad_chronology: keep rows whose reference is not earlier than main (still counted in ``notes``).
+        strict: raise UserError at the first skipped row instead of counting it.
+        keep_bad_chronology: keep difference rows whose reference is not earlier than main (counted in ``notes``).
         check_images: stat every image file (``missing_image``); off, paths are assumed to exist as ``.jpg``.
+        keep_duplicates: keep exact repeats of an earlier row (counted in ``notes``) instead of dropping them.
 
     Returns:
         A :class:`Release`.
@@ -405,6 +475,7 @@ def read_release(
     )
     steps = {"rows_read": len(q)}
     q["swapped"] = _reversed_difference_rows(q)
+    q["duplicate"] = raw.duplicated(keep="first").to_numpy()
     if splits is not None:
         q = q[q.split.isin(splits)]
     steps["after_split_filter"] = len(q)
@@ -421,6 +492,8 @@ def read_release(
     ref_date = ref.study_date.to_numpy(dtype="float64", na_value=np.nan)
 
     checks: dict[str, np.ndarray] = {}
+    duplicate = q.duplicate.to_numpy()
+    checks["duplicate"] = np.zeros(len(q), bool) if keep_duplicates else duplicate
     checks["bad_row"] = (
         q[["subject_id", "study_id", "ref_id"]].isna().any(axis=1).to_numpy()
         | ~q.question_type.isin(QUESTION_TYPES).to_numpy()
@@ -430,15 +503,18 @@ def read_release(
     main_subject = main.subject_id.to_numpy(dtype="float64", na_value=np.nan)
     ref_subject = ref.subject_id.to_numpy(dtype="float64", na_value=np.nan)
     checks["subject_mismatch"] = (main_subject != subject) | (ref_subject != subject)
-    # NaN dates compare False, so a missing date fails the check too.
-    bad_chronology = ~(ref_date < main_date)
+    # NaN dates compare False, so a missing date fails the check too. Only difference questions compare the two
+    # images; the others are about the main image alone (DATA.md).
+    is_difference = (q.question_type == "difference").to_numpy()
+    not_later = ~(ref_date < main_date)
+    bad_chronology = not_later & is_difference
     checks["bad_chronology"] = np.zeros(len(q), bool) if keep_bad_chronology else bad_chronology
 
-    alive = ~(checks["bad_row"] | checks["unknown_study"] | checks["subject_mismatch"] | checks["bad_chronology"])
+    alive = ~np.logical_or.reduce([checks[name] for name in SKIP_REASONS[:5]])
     needed = pd.unique(pd.concat([main.relpath[alive], ref.relpath[alive]]))
     resolved = _resolve_images(images_dir, [r for r in needed if r], check_images)
-    main_path = main.relpath.map(resolved).fillna("").to_numpy(dtype=object)
-    ref_path = ref.relpath.map(resolved).fillna("").to_numpy(dtype=object)
+    main_path = main.relpath.map(resolved).astype(object).fillna("").to_numpy(dtype=object)
+    ref_path = ref.relpath.map(resolved).astype(object).fillna("").to_numpy(dtype=object)
     checks["missing_image"] = (main_path == "") | (ref_path == "")
 
     reason = np.full(len(q), "", dtype=object)
@@ -446,7 +522,7 @@ def read_release(
         reason[checks[name]] = name
     if strict and (reason != "").any():
         i = int(np.flatnonzero(reason != "")[0])
-        raise ValueError(
+        raise UserError(
             f"{questions_path}: row {int(q.question_index.iloc[i])} (0-based data row): {reason[i]} "
             f"({_explain(reason[i], q.iloc[i], main_date[i], ref_date[i], main.relpath.iloc[i], ref.relpath.iloc[i])})"
         )
@@ -475,6 +551,8 @@ def read_release(
         "swapped_difference_rows": int(swapped.sum()),
         "swapped_difference_kept": int((swapped & keep).sum()),
         "bad_chronology_kept": int((bad_chronology & keep).sum()),
+        "single_image_main_not_later": int((not_later & ~is_difference & keep).sum()),
+        "duplicates_kept": int((duplicate & keep).sum()),
         "duplicate_study_rows": repeated,
     }
     return Release(
@@ -488,6 +566,7 @@ def read_release(
         question_types=question_types,
         keep_bad_chronology=keep_bad_chronology,
         truth=read_ground_truth(release_dir),
+        keep_duplicates=keep_duplicates,
     )
 
 
@@ -520,6 +599,8 @@ def _resolve_images(images_dir: Path, relpaths: list[str], check: bool) -> dict[
 
 def _explain(reason: str, row: pd.Series, main_date: float, ref_date: float, main_rel, ref_rel) -> str:
     ids = f"study_id={row.study_id}, ref_id={row.ref_id}, subject_id={row.subject_id}"
+    if reason == "duplicate":
+        return f"{ids}: the same seven fields as an earlier row"
     if reason == "bad_row":
         return f"{ids}, question_type={row.question_type!r}, split={row.split!r}"
     if reason == "unknown_study":

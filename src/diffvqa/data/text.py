@@ -15,6 +15,8 @@ from pathlib import Path
 from tokenizers import Regex, decoders, models, pre_tokenizers
 from tokenizers import Tokenizer as _HFTokenizer
 
+from diffvqa.errors import MissingInputError, UserError
+
 SPECIAL_TOKENS = ("<pad>", "<unk>", "<main>", "<ref>", "<question>", "<answer>", "<eos>")
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -77,7 +79,7 @@ class Tokenizer:
     def load(cls, directory: str | Path, kind: str) -> Tokenizer:
         path = Path(directory) / TOKENIZER_FILE
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no tokenizer file (expected {TOKENIZER_FILE} in the checkpoint)")
+            raise MissingInputError(f"{path}: no tokenizer file (expected {TOKENIZER_FILE} in the checkpoint)")
         return cls(_HFTokenizer.from_file(str(path)), kind)
 
 
@@ -111,7 +113,7 @@ def load_gpt2_tokenizer(directory: str | Path) -> Tokenizer:
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     missing = [p.name for p in (vocab, merges) if not p.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{directory}: missing {', '.join(missing)}; expected GPT-2's vocab.json and merges.txt "
             "(e.g. from GPT2Tokenizer.save_pretrained)"
         )
@@ -128,8 +130,6 @@ def build_tokenizer(kind: str, texts: Iterable[str] = (), path: str | Path = "")
         return build_word_tokenizer(texts)
     if kind == "gpt2":
         if not path:
-            raise ValueError(
-                "model.tokenizer=gpt2 needs model.tokenizer_path: a directory with vocab.json + merges.txt"
-            )
+            raise UserError("model.tokenizer=gpt2 needs model.tokenizer_path: a directory with vocab.json + merges.txt")
         return load_gpt2_tokenizer(path)
     raise ValueError(f"model.tokenizer={kind!r}: expected 'word' or 'gpt2'")

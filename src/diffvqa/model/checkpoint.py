@@ -19,6 +19,7 @@ from torch import nn
 
 from diffvqa.config import Config
 from diffvqa.data.text import Tokenizer
+from diffvqa.errors import MissingInputError, UserError
 from diffvqa.model.vqa import DiffVQA
 
 CONFIG_FILE = "config.json"
@@ -55,18 +56,44 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}, str(path))
 
 
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """``model.safetensors`` -> tensors; a missing, truncated or corrupt file is a UserError naming it."""
+    if not path.is_file():
+        raise MissingInputError(f"{path}: not found (a checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        return load_file(str(path))
+    # safetensors raises its own SafetensorError for a bad header and OSError/RuntimeError for a short file
+    except Exception as exc:  # noqa: BLE001 - any failure to parse the file is the file's fault
+        raise UserError(
+            f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); the checkpoint is truncated "
+            "or corrupt: copy it again, or use another checkpoint of the run"
+        ) from exc
+
+
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``model.safetensors`` strictly: missing or unexpected keys raise ``ValueError`` naming them."""
+    """Load ``model.safetensors`` strictly. A missing or unexpected key, or a tensor whose shape differs from
+    the model's (a ``config.json`` that does not describe these weights), raises :class:`UserError` naming the
+    file and the first offender."""
+    path = Path(path)
     model = unwrap_model(model)
-    tied = _shared_duplicates(model.state_dict())
-    state = load_file(str(path))
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k not in tied]
-    if missing or result.unexpected_keys:
-        raise ValueError(
+    expected = model.state_dict()
+    tied = _shared_duplicates(expected)
+    state = _read_weights(path)
+    missing = [k for k in expected if k not in state and k not in tied]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise UserError(
             f"{path}: the weights do not match the model built from its config: "
-            f"missing keys {missing}, unexpected keys {list(result.unexpected_keys)}"
+            f"missing keys {missing}, unexpected keys {unexpected}"
         )
+    for key, wanted in expected.items():  # in the model's order: the first mismatch is the one reported
+        if key in state and tuple(state[key].shape) != tuple(wanted.shape):
+            raise UserError(
+                f"{path}: tensor {key!r} has shape {tuple(state[key].shape)} but the model built from "
+                f"{path.parent / CONFIG_FILE} expects {tuple(wanted.shape)}; the config does not describe "
+                "these weights"
+            )
+    model.load_state_dict(state, strict=False)
 
 
 def save_checkpoint(model: nn.Module, directory: str | Path) -> Path:
@@ -97,7 +124,7 @@ def find_checkpoint(path: str | Path) -> Path:
         target = read_pointer(path, name)
         if target is not None and target.is_dir():
             return target
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{path}: neither a checkpoint (config.json + model.safetensors) nor a training run with a "
         "'best' or 'latest' checkpoint"
     )

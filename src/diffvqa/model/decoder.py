@@ -23,6 +23,7 @@ from transformers import DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from diffvqa.config import ModelConfig
 from diffvqa.data.text import Tokenizer
+from diffvqa.errors import MissingInputError, UserError
 
 IGNORE = -100
 # GPT-2's "gelu_new" is GELU's tanh approximation written as seven elementwise ops (and as many saved tensors for
@@ -38,7 +39,7 @@ class PrefixProjection(nn.Module):
     def __init__(self, in_channels: int, width: int, grid: tuple[int, int], pool: int = 1):
         super().__init__()
         if pool < 1 or grid[0] % pool or grid[1] % pool:
-            raise ValueError(f"model.prefix_pool={pool} must be >= 1 and divide the {grid[0]}x{grid[1]} feature maps")
+            raise UserError(f"model.prefix_pool={pool} must be >= 1 and divide the {grid[0]}x{grid[1]} feature maps")
         self.grid = grid
         self.pool = pool
         grid = (grid[0] // pool, grid[1] // pool)
@@ -113,7 +114,7 @@ class AnswerDecoder(nn.Module):
         if load_pretrained and config.decoder_pretrained:
             path = Path(config.decoder_pretrained)
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"model.decoder_pretrained={str(path)!r}: not a Hugging Face model directory "
                     "(expected config.json and weights saved with GPT2LMHeadModel.save_pretrained)"
                 )
@@ -123,13 +124,13 @@ class AnswerDecoder(nn.Module):
             )
             for key in ("n_embd", "n_layer", "n_head", "n_positions"):
                 if getattr(self.gpt2.config, key) != getattr(wanted, key):
-                    raise ValueError(
+                    raise UserError(
                         f"model.decoder_pretrained={str(path)!r} has {key}={getattr(self.gpt2.config, key)} but "
                         f"the config asks for {getattr(wanted, key)}; set the model.decoder_* keys to match"
                     )
             pretrained_vocab = self.gpt2.config.vocab_size
             if tokenizer.kind != "gpt2" or len(tokenizer) < pretrained_vocab:
-                raise ValueError(
+                raise UserError(
                     f"model.decoder_pretrained={str(path)!r} has a {pretrained_vocab}-token vocabulary: it needs "
                     f"model.tokenizer=gpt2 with that model's BPE files (got a {tokenizer.kind} tokenizer of "
                     f"{len(tokenizer)} tokens)"

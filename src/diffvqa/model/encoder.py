@@ -12,6 +12,7 @@ from torch import Tensor, nn
 from transformers import ResNetConfig, ResNetModel
 
 from diffvqa.config import ModelConfig
+from diffvqa.errors import MissingInputError, UserError
 
 
 def resnet_config(config: ModelConfig) -> ResNetConfig:
@@ -53,7 +54,7 @@ class ImageEncoder(nn.Module):
         if load_pretrained and config.encoder_pretrained:
             path = Path(config.encoder_pretrained)
             if not (path / "config.json").is_file():
-                raise FileNotFoundError(
+                raise MissingInputError(
                     f"model.encoder_pretrained={str(path)!r}: not a Hugging Face model directory "
                     "(expected config.json and weights saved with ResNetModel.save_pretrained)"
                 )
@@ -61,7 +62,7 @@ class ImageEncoder(nn.Module):
             got = self.resnet.config
             for key in ("num_channels", "embedding_size", "hidden_sizes", "depths", "layer_type"):
                 if getattr(got, key) != getattr(wanted, key):
-                    raise ValueError(
+                    raise UserError(
                         f"model.encoder_pretrained={str(path)!r} has {key}={getattr(got, key)!r} but the config "
                         f"asks for {getattr(wanted, key)!r}; set the model.encoder_* keys to match the weights"
                     )

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from diffvqa.config import Config
 from diffvqa.data.text import Tokenizer
+from diffvqa.errors import UserError
 from diffvqa.model.align import Aligner, AlignOutput, identity_theta
 from diffvqa.model.decoder import AnswerDecoder, Generation, PrefixProjection, TextBatch
 from diffvqa.model.encoder import ImageEncoder, feature_stride
@@ -38,7 +39,7 @@ class DiffVQA(nn.Module):
         self.image_size = config.data.image_size
         stride = feature_stride(m)
         if self.image_size % stride:
-            raise ValueError(
+            raise UserError(
                 f"data.image_size={self.image_size} must be a multiple of the encoder's stride {stride} "
                 f"({len(m.encoder_depths)} stages)"
             )
@@ -47,7 +48,7 @@ class DiffVQA(nn.Module):
         prefix_len = 2 * tokens * tokens + 2
         longest = prefix_len + config.data.max_question_tokens + config.data.max_answer_tokens + 3
         if longest > m.decoder_positions:
-            raise ValueError(
+            raise UserError(
                 f"model.decoder_positions={m.decoder_positions} is too short: the prefix takes {prefix_len} positions "
                 f"({tokens}x{tokens} tokens per image) and the text up to "
                 f"{config.data.max_question_tokens + config.data.max_answer_tokens + 3}"

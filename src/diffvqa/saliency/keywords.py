@@ -7,7 +7,9 @@ Grad-CAM score then falls back to the whole answer):
   names (or a synonym of one) named in the answer, else the first named in the question, else ``""``.
 * ``LLMKeywords``: an OpenAI-compatible chat endpoint (the paper used Llama-3-70B; a local Ollama serves one
   at ``http://127.0.0.1:11434/v1``), cached per unique answer text in a JSON file, falling back to the
-  lexicon on any failure, which is counted by reason, never raised.
+  lexicon on any failure, which is counted by reason, never raised. A reply is only accepted when the
+  Grad-CAM can use it: the keyword is spelled in the answer (after the lexicon's normalisation) or is one of
+  the answer's findings; any other (a hallucinated phrase) is counted ``rejected`` and never cached.
 * ground truth: comes with the samples (the phantom knows its findings), so it is the caller's business.
 
 ``make_keyword_fn`` picks the source of ``SaliencyConfig.keyword_source``. ``diffvqa keywords``
@@ -18,9 +20,9 @@ lexicon itself, and ``keyword_spans`` (where a keyword is spelled in an answer, 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import http.client
+import io
 import ipaddress
 import json
 import os
@@ -38,7 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from diffvqa.config import SaliencyConfig
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.saliency.lexicon import (
+    keyword_spans,
     lexicon_keyword,
     normalise_keyword,
     normalise_text,
@@ -61,7 +65,7 @@ _NONE_REPLIES = {"none", "no finding", "no findings", "nothing", "null", "no key
 _REPLY_PREFIX = re.compile(r"^(?:the\s+)?(?:key\s*word|keyword|finding|answer|most important finding)\s*:\s*")
 _REPLY_STRIP = " \t\r\n.,;:!?\"'`*()[]{}"
 _REPLY_OK = re.compile(r"[a-z]+(?:[ \-][a-z]+)*")
-FALLBACK_REASONS = ("timeout", "connection_error", "http_error", "bad_reply", "llm_disabled")
+FALLBACK_REASONS = ("timeout", "connection_error", "http_error", "bad_reply", "rejected", "llm_disabled")
 
 
 class BadReply(ValueError):
@@ -89,6 +93,12 @@ def parse_reply(body: bytes) -> str:
     return normalise_keyword(phrase)
 
 
+def keyword_in_answer(keyword: str, answer: str) -> bool:
+    """Whether the Grad-CAM can use ``keyword`` for ``answer``: ``""`` (no finding), one of the answer's lexicon
+    findings, or a phrase the answer spells (case, hyphens and spacing normalised as the lexicon does)."""
+    return not keyword or bool(keyword_spans(answer, keyword))
+
+
 def _is_loopback(url: str) -> bool:
     host = urllib.parse.urlsplit(url).hostname or ""
     if host == "localhost":
@@ -108,9 +118,9 @@ def _load_cache(path: Path) -> dict[str, str]:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: cannot read a keyword cache from it ({exc})") from exc
+        raise UserError(f"{path}: cannot read a keyword cache from it ({exc})") from exc
     if not isinstance(values, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()):
-        raise ValueError(f"{path}: expected a JSON object mapping answer text to keyword (strings)")
+        raise UserError(f"{path}: expected a JSON object mapping answer text to keyword (strings)")
     return values
 
 
@@ -132,9 +142,9 @@ class LLMKeywords:
 
     ``__call__(answer, question)`` returns the cached or freshly asked keyword of ``answer``; when the LLM
     says the answer names no finding, the question's first lexicon finding (as ``lexicon_keyword`` does).
-    Any failure -- timeout, connection error, HTTP error, malformed or garbage reply -- returns
-    ``fallback(answer, question)`` and is counted in ``stats`` by reason; failures are not cached, so a later
-    run asks again.
+    Any failure -- timeout, connection error, HTTP error, malformed or garbage reply, or a keyword that the
+    answer does not spell (``rejected``: see :func:`keyword_in_answer`) -- returns ``fallback(answer,
+    question)`` and is counted in ``stats`` by reason; failures are not cached, so a later run asks again.
 
     Timeouts, connection errors and 5xx are retried ``retries`` times; after ``max_failures`` consecutive such
     failures the server is taken as down and no longer asked (counted as ``llm_disabled``), which bounds a run
@@ -160,9 +170,9 @@ class LLMKeywords:
         save_every_s: float = 10.0,
     ) -> None:
         if timeout <= 0:
-            raise ValueError(f"LLM timeout must be > 0 seconds, got {timeout}")
+            raise UserError(f"LLM timeout must be > 0 seconds, got {timeout}")
         if urllib.parse.urlsplit(base_url).scheme not in ("http", "https"):
-            raise ValueError(f"LLM base URL {base_url!r}: expected http(s)://host:port/v1")
+            raise UserError(f"LLM base URL {base_url!r}: expected http(s)://host:port/v1")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.timeout = timeout
@@ -179,7 +189,13 @@ class LLMKeywords:
         self.stats: Counter[str] = Counter()
         self.requests = 0  # HTTP requests sent, retries included
         self._failures_in_row = 0
-        self._dirty = False
+        # A cache written before keywords were checked, or edited by hand, may hold keywords that their answer
+        # does not spell: drop them (counted, and gone from the file at the next save) so they are asked again.
+        stale = [key for key, keyword in self.cache.items() if not keyword_in_answer(keyword, key)]
+        for key in stale:
+            del self.cache[key]
+        self.dropped_from_cache = len(stale)
+        self._dirty = bool(stale)
         self._last_save = time.monotonic()
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
@@ -219,7 +235,7 @@ class LLMKeywords:
         reason = "timeout"
         for _ in range(1 + max(self.retries, 0)):
             try:
-                return parse_reply(self._post(body)), "llm"
+                keyword = parse_reply(self._post(body))
             except BadReply:
                 return None, "bad_reply"
             except urllib.error.HTTPError as exc:
@@ -232,6 +248,8 @@ class LLMKeywords:
                 reason = "timeout" if isinstance(exc.reason, TimeoutError) else "connection_error"
             except (OSError, http.client.HTTPException):  # reset, remote disconnected, incomplete read
                 reason = "connection_error"
+            else:
+                return (keyword, "llm") if keyword_in_answer(keyword, answer) else (None, "rejected")
         return None, reason
 
     # --- the callable ---
@@ -252,7 +270,7 @@ class LLMKeywords:
             with self._lock:
                 self.stats[reason] += 1
                 if keyword is None:
-                    if reason != "bad_reply":
+                    if reason not in ("bad_reply", "rejected"):  # the server is up: it answered
                         self._failures_in_row += 1
                 else:
                     self._failures_in_row = 0
@@ -298,6 +316,8 @@ class LLMKeywords:
         if failed:
             detail = ", ".join(f"{n} {reason}" for reason, n in failed.items())
             text += f"; {self.fallbacks} fell back to the lexicon ({detail})"
+        if self.dropped_from_cache:
+            text += f"; {self.dropped_from_cache} cached keywords not in their answer dropped"
         return text + f"; {self.requests} HTTP requests"
 
 
@@ -390,7 +410,7 @@ def read_answers(data: str | Path) -> list[str]:
     if data.is_dir():
         found = [data / name for name in QUESTION_FILES if (data / name).is_file()]
         if not found:
-            raise ValueError(
+            raise UserError(
                 f"{data}: expected a prepared cache (questions.csv) or a Medical-Diff-VQA release directory "
                 f"(mimic_pair_questions.csv); found neither"
             )
@@ -398,16 +418,21 @@ def read_answers(data: str | Path) -> list[str]:
     elif data.is_file():
         path = data
     else:
-        raise ValueError(f"{data}: no such directory (expected a prepared cache or a release directory)")
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
+        raise MissingInputError(f"{data}: no such directory (expected a prepared cache or a release directory)")
+    from diffvqa.data.release import read_csv_text
+
+    reader = csv.reader(io.StringIO(read_csv_text(path, "a CSV with an 'answer' column"), newline=""))
+    try:
         header = next(reader, [])
         if "answer" not in header:
-            raise ValueError(f"{path}: expected an 'answer' column, found columns {header}")
+            raise UserError(f"{path}: expected an 'answer' column, found columns {header}")
         column = header.index("answer")
         return [row[column] for row in reader if len(row) > column]
+    except csv.Error as exc:
+        raise UserError(f"{path}: line {reader.line_num}: not a readable CSV ({exc})") from None
 
 
+@command("diffvqa keywords")
 def keywords_main(argv: Sequence[str] | None = None) -> int:
     """``diffvqa keywords``: ask an LLM for the keyword of every unique answer; write answer -> keyword JSON.
 
@@ -415,9 +440,7 @@ def keywords_main(argv: Sequence[str] | None = None) -> int:
     are left out, so running the command again asks only for those.
     """
     defaults = SaliencyConfig()
-    parser = argparse.ArgumentParser(
-        prog="diffvqa keywords", description="precompute LLM keywords for every unique answer"
-    )
+    parser = ArgumentParser(prog="diffvqa keywords", description="precompute LLM keywords for every unique answer")
     parser.add_argument("--data", required=True, help="prepared cache or release directory (or a questions CSV)")
     parser.add_argument("--out", required=True, help="JSON file answer -> keyword (resumed if it exists)")
     parser.add_argument("--base-url", default=defaults.llm_base_url, help="OpenAI-compatible API base URL")
@@ -427,12 +450,10 @@ def keywords_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
-    try:
-        answers = read_answers(args.data)
-        backend = LLMKeywords(args.base_url, args.model, timeout=args.timeout, cache_path=args.out)
-    except ValueError as exc:
-        print(f"diffvqa keywords: error: {exc}", file=sys.stderr)
-        return 2
+    if args.workers < 1:
+        parser.error(f"--workers {args.workers}: expected 1 or more concurrent requests")
+    answers = read_answers(args.data)
+    backend = LLMKeywords(args.base_url, args.model, timeout=args.timeout, cache_path=args.out)
     keys = {cache_key(answer) for answer in answers}
     unique = len(keys)
     print(f"{len(answers)} answers, {unique} unique, {len(backend.cache)} already in {args.out}")

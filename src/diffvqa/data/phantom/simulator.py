@@ -83,6 +83,7 @@ from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, m
 from diffvqa.data.phantom.plan import LATERAL_KINDS, SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
 from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
 from diffvqa.data.phantom.sheet import contact_sheet
+from diffvqa.errors import ArgumentParser, command
 
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 CHEXPERT = (
@@ -398,9 +399,10 @@ def _non_negative(text: str) -> int:
     return value
 
 
+@command("diffvqa simulate")
 def simulate_main(argv: list[str]) -> int:
     """``diffvqa simulate --out DIR --pairs N [--seed S] [--size H W] [--overwrite] [--quiet]``."""
-    parser = argparse.ArgumentParser(prog="diffvqa simulate", description="Write a longitudinal CXR phantom release.")
+    parser = ArgumentParser(prog="diffvqa simulate", description="Write a longitudinal CXR phantom release.")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--pairs", type=_positive, required=True, help="number of (main, reference) pairs")
     parser.add_argument("--seed", type=_non_negative, default=0)
@@ -421,9 +423,10 @@ def simulate_main(argv: list[str]) -> int:
     return 0
 
 
+@command("diffvqa contact-sheet")
 def contact_sheet_main(argv: list[str]) -> int:
     """``diffvqa contact-sheet --release DIR --out FILE.png [--pairs 6]``."""
-    parser = argparse.ArgumentParser(prog="diffvqa contact-sheet", description="Render release pairs to a PNG.")
+    parser = ArgumentParser(prog="diffvqa contact-sheet", description="Render release pairs to a PNG.")
     parser.add_argument("--release", required=True, help="release directory (a phantom or any release)")
     parser.add_argument("--out", required=True, help="output PNG")
     parser.add_argument("--pairs", type=_positive, default=6)
