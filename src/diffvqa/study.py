@@ -17,7 +17,6 @@ The seed sets ``train.seed``: weight initialisation and data order both change w
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -28,6 +27,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -214,11 +215,11 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
     variants = list(variants or VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+        raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if seeds < 1 or jobs < 1:
-        raise ValueError(f"--seeds and --jobs must be >= 1 (got {seeds}, {jobs})")
+        raise UserError(f"--seeds and --jobs must be >= 1 (got {seeds}, {jobs})")
     if not (Path(data) / "manifest.json").is_file():
-        raise FileNotFoundError(f"--data {data}: not a prepared cache (no manifest.json)")
+        raise MissingInputError(f"--data {data}: not a prepared cache (no manifest.json)")
     out.mkdir(parents=True, exist_ok=True)
     base = ["data.question_types=[difference]", *overrides]
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -254,8 +255,9 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
     return record
 
 
+@command("diffvqa study")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa study", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--preset", default="small")
@@ -265,13 +267,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run (e.g. train.steps=200)")
     args = parser.parse_args(argv)
+    check_output_dir(args.out)
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     try:
         record = run_study(args.data, args.out, args.preset, args.seeds, args.jobs, variants, args.overrides,
                            progress=not args.no_progress)  # fmt: skip
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diffvqa study: error: {exc}", file=sys.stderr)
-        return 2
     except subprocess.CalledProcessError as exc:
         print(f"diffvqa study: error: a run failed ({' '.join(exc.cmd[2:5])} ...); see its log under "
               f"{args.out / 'runs'}; rerun the same command to resume", file=sys.stderr)  # fmt: skip
