@@ -67,7 +67,7 @@ class ModelConfig:
     decoder_dropout: float = 0.1
     decoder_pretrained: str = ""  # local directory saved with GPT2LMHeadModel.save_pretrained
     tokenizer: str = "word"  # "word" (built from training text) or "gpt2" (BPE files from a local directory)
-    tokenizer_path: str = ""  # directory with vocab.json + merges.txt for tokenizer="gpt2"
+    tokenizer_path: str = ""  # GPT2Tokenizer.save_pretrained directory (tokenizer.json, or vocab.json + merges.txt)
     # Average-pool the feature maps by this factor before the prefix projection: fewer prefix tokens (the decoder's
     # cost grows with them) while Grad-CAM keeps the encoder's full-resolution maps. 1 = one token per cell.
     prefix_pool: int = 1
