@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import encode_padded
+from conftest import QUESTIONS, encode_padded
 from safetensors.torch import load_file
 
 from diffvqa.model.checkpoint import read_pointer
@@ -40,13 +40,12 @@ def test_sampler_accumulation_splits_the_same_indices():
 def _batch(tokenizer, config, answers, seed):
     g = torch.Generator().manual_seed(seed)
     s, n = config.data.image_size, len(answers)
-    questions = ["what has changed compared to the reference image?", "is there evidence of pleural effusion in "
-                 "this image?", "what level is the pneumothorax?", "where in the image is the lung opacity located?"]
-    q, qm = encode_padded(tokenizer, questions[:n], config.data.max_question_tokens)
+    questions = QUESTIONS[:n]
+    q, qm = encode_padded(tokenizer, questions, config.data.max_question_tokens)
     a, am = encode_padded(tokenizer, answers, config.data.max_answer_tokens)
     batch = {"main": torch.rand(n, 1, s, s, generator=g), "ref": torch.rand(n, 1, s, s, generator=g),
              "question_ids": q, "question_mask": qm, "answer_ids": a, "answer_mask": am,
-             "question": questions[:n], "answer": list(answers)}  # fmt: skip
+             "question": questions, "answer": list(answers)}  # fmt: skip
     keywords = [lexicon_keyword(x, y) for x, y in zip(batch["answer"], batch["question"], strict=True)]
     return batch, keyword_token_mask(tokenizer, batch["answer"], keywords, a)
 
