@@ -151,3 +151,14 @@ def test_compile_leaves_training_unchanged(phantom_cache, tmp_path):
     compiled = _run(phantom_cache, tmp_path / "compiled", *common, "train.compile=true")
     assert eager.keys() == compiled.keys()  # no _orig_mod. prefixes
     assert _relative_difference(eager, compiled, init) <= 1e-3
+
+
+def test_resume_is_exact_with_channels_last_and_fused_adamw(phantom_cache, tmp_path):
+    """The paper preset's levers survive --resume: optimiser state saved from channels-last parameters loads into
+    them again (4 steps straight == 2 + resume + 2, identical parameters on CPU)."""
+    common = ["train.steps=4", "train.checkpoint_every=2", "train.channels_last=true", "train.fused_adamw=true"]
+    straight = _run(phantom_cache, tmp_path / "straight", *common)
+    _run(phantom_cache, tmp_path / "resumed", *common, "--stop-after", "2")
+    assert main(["--data", str(phantom_cache), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
+    resumed = load_file(str(read_pointer(tmp_path / "resumed", "latest") / "model.safetensors"))
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
