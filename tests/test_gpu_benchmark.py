@@ -4,22 +4,16 @@ before someone runs it on a GPU."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture
 def gpu_benchmark():
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("gpu")
 
 
 def _summary(capsys) -> tuple[str, dict]:
