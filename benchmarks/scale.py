@@ -254,7 +254,7 @@ def stage(name: str, root: Path, size: int) -> dict:
         status[len(status) // 2 :] = 0
         status.flush()
         del status
-        (out / "manifest.json").unlink()
+        (out / "manifest.json").unlink(missing_ok=True)
         cache_module._decode_one = _stub_decoder(size)
         found = []
 
@@ -301,11 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         tic = time.perf_counter()
         planted = synthesise(root, args.scale)
         synth_seconds = time.perf_counter() - tic
-        print(f"synthesised in {synth_seconds:.0f} s: {json.dumps(planted)}")
-        results = {name: run_stage(name, root, args.size)
-                   for name in ("read_all", "read_difference", "prepare", "dataset", "resume")}  # fmt: skip
+        print(f"synthesised in {synth_seconds:.0f} s: {json.dumps(planted)}", flush=True)
+        results = {}
+        for name in ("read_all", "read_difference", "prepare", "dataset", "resume"):
+            results[name] = run_stage(name, root, args.size)
+            print(f"  {name}: {json.dumps(results[name])}", flush=True)
     finally:
         if not args.keep:
+            print(f"removing {root} (hundreds of thousands of directories: can take minutes)", flush=True)
             shutil.rmtree(root, ignore_errors=True)
 
     read, prep, data, resume = results["read_all"], results["prepare"], results["dataset"], results["resume"]

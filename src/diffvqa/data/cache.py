@@ -114,7 +114,11 @@ def _write_json(path: Path, value: dict) -> None:
 
 def _index_table(release: Release) -> pd.DataFrame:
     images = release.images()
-    relpath = [os.path.relpath(p, release.images_dir) for p in images.path]
+    prefix = os.path.join(release.images_dir, "")
+    if images.path.str.startswith(prefix).all():  # as the reader builds them: one string slice for all
+        relpath = images.path.str.slice(len(prefix))
+    else:
+        relpath = [os.path.relpath(p, release.images_dir) for p in images.path]
     return pd.DataFrame(
         {
             "dicom_id": images.dicom_id,
@@ -218,7 +222,7 @@ def _decode_into(
     geometry = _open_array(out / GEOMETRY, (count, 6), np.int32, create)
     status = _open_array(out / STATUS, (count,), np.uint8, create)
     pending = np.flatnonzero(status == PENDING)
-    paths = [str(images_dir / p) for p in index.path.to_numpy()[rows]]
+    paths = (os.path.join(images_dir, "") + index.path.iloc[rows]).tolist()  # vectorised: 10^5 rows on MIMIC
     jobs = [
         (chunk.tolist(), [paths[k] for k in chunk], size, draft)
         for chunk in np.array_split(pending, max(1, -(-len(pending) // chunk_size)))
