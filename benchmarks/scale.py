@@ -306,50 +306,50 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("read_all", "read_difference", "prepare", "dataset", "resume"):
             results[name] = run_stage(name, root, args.size)
             print(f"  {name}: {json.dumps(results[name])}", flush=True)
+
+        read, prep, data, resume = results["read_all"], results["prepare"], results["dataset"], results["resume"]
+        summary = {
+            "read_seconds": round(read["seconds"], 1),
+            "read_peak_rss_gb": round(read["peak_rss_gb"], 2),
+            "read_difference_seconds": round(results["read_difference"]["seconds"], 1),
+            "read_difference_peak_rss_gb": round(results["read_difference"]["peak_rss_gb"], 2),
+            "kept_questions": read["kept_questions"],
+            "skipped": read["skipped"],
+            "swapped_difference_rows": read["swapped_difference_rows"],
+            "prepare_images": prep["images"],
+            "prepare_seconds": round(prep["seconds"], 1),
+            "prepare_peak_rss_gb": round(prep["peak_rss_gb"], 2),
+            "prepare_overhead_ms_per_image": round(prep["overhead_ms_per_image"], 3),
+            "resume_seconds": round(resume["seconds_to_first_chunk"], 1),
+            "dataset_index_seconds": round(data["index_seconds"], 1),
+            "dataset_peak_rss_gb": round(data["peak_rss_gb"], 2),
+            "dataset_samples_per_s": round(data["samples_per_s"]),
+            "synthesis_seconds": round(synth_seconds),
+        }
+        print(f"\n{'measure':<44}{'result':>12}{'goal':>10}")
+        rows = [
+            ("read + validate the release (all types), s", "read_seconds", "<= 60"),
+            ("  its peak RSS, GB", "read_peak_rss_gb", "<= 4"),
+            ("read + validate, difference only, s", "read_difference_seconds", ""),
+            ("  its peak RSS, GB", "read_difference_peak_rss_gb", ""),
+            (f"prepare {prep['images']:,} images (stub decoder), s", "prepare_seconds", ""),
+            ("  overhead per image, ms (reader excluded)", "prepare_overhead_ms_per_image", "<= 1"),
+            ("  peak RSS, GB", "prepare_peak_rss_gb", ""),
+            ("resume: first chunk decoded after, s", "resume_seconds", "<= 10"),
+            (f"dataset: index {data['train_questions']:,} train questions, s", "dataset_index_seconds", ""),
+            ("  its peak RSS, GB", "dataset_peak_rss_gb", ""),
+            ("  random samples per s (one process)", "dataset_samples_per_s", ""),
+        ]
+        for label, key, goal in rows:
+            print(f"{label:<44}{summary[key]:>12}{goal:>10}")
+        print(f"skipped rows by reason: {read['skipped']}")
+        met = {k: summary[k] <= v for k, v in GOALS.items()}
+        print(f"goals met: {met}")
+        print(json.dumps(summary | {"goals_met": met}))
     finally:
         if not args.keep:
-            print(f"removing {root} (hundreds of thousands of directories: can take minutes)", flush=True)
+            print(f"removing {root} (hundreds of thousands of directories: can take minutes)", file=sys.stderr)
             shutil.rmtree(root, ignore_errors=True)
-
-    read, prep, data, resume = results["read_all"], results["prepare"], results["dataset"], results["resume"]
-    summary = {
-        "read_seconds": round(read["seconds"], 1),
-        "read_peak_rss_gb": round(read["peak_rss_gb"], 2),
-        "read_difference_seconds": round(results["read_difference"]["seconds"], 1),
-        "read_difference_peak_rss_gb": round(results["read_difference"]["peak_rss_gb"], 2),
-        "kept_questions": read["kept_questions"],
-        "skipped": read["skipped"],
-        "swapped_difference_rows": read["swapped_difference_rows"],
-        "prepare_images": prep["images"],
-        "prepare_seconds": round(prep["seconds"], 1),
-        "prepare_peak_rss_gb": round(prep["peak_rss_gb"], 2),
-        "prepare_overhead_ms_per_image": round(prep["overhead_ms_per_image"], 3),
-        "resume_seconds": round(resume["seconds_to_first_chunk"], 1),
-        "dataset_index_seconds": round(data["index_seconds"], 1),
-        "dataset_peak_rss_gb": round(data["peak_rss_gb"], 2),
-        "dataset_samples_per_s": round(data["samples_per_s"]),
-        "synthesis_seconds": round(synth_seconds),
-    }
-    print(f"\n{'measure':<44}{'result':>12}{'goal':>10}")
-    rows = [
-        ("read + validate the release (all types), s", "read_seconds", "<= 60"),
-        ("  its peak RSS, GB", "read_peak_rss_gb", "<= 4"),
-        ("read + validate, difference only, s", "read_difference_seconds", ""),
-        ("  its peak RSS, GB", "read_difference_peak_rss_gb", ""),
-        (f"prepare {prep['images']:,} images (stub decoder), s", "prepare_seconds", ""),
-        ("  overhead per image, ms (reader excluded)", "prepare_overhead_ms_per_image", "<= 1"),
-        ("  peak RSS, GB", "prepare_peak_rss_gb", ""),
-        ("resume: first chunk decoded after, s", "resume_seconds", "<= 10"),
-        (f"dataset: index {data['train_questions']:,} train questions, s", "dataset_index_seconds", ""),
-        ("  its peak RSS, GB", "dataset_peak_rss_gb", ""),
-        ("  random samples per s (one process)", "dataset_samples_per_s", ""),
-    ]
-    for label, key, goal in rows:
-        print(f"{label:<44}{summary[key]:>12}{goal:>10}")
-    print(f"skipped rows by reason: {read['skipped']}")
-    met = {k: summary[k] <= v for k, v in GOALS.items()}
-    print(f"goals met: {met}")
-    print(json.dumps(summary | {"goals_met": met}))
     return 0
 
 
