@@ -222,6 +222,24 @@ def inference(trainer: Trainer, tokenizer: Tokenizer, batch: int, repeats: int) 
             "answer_tokens": tokens}  # fmt: skip
 
 
+def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict], repeats: int):
+    """Steps and inference at the sweep's largest batch; one batch smaller if, close to the limit, memory runs
+    out there after all (fragmentation). -> (steps, inference, batch)."""
+    for batch in reversed([row["batch"] for row in sweep if row["fits"]]):
+        try:
+            return (interleaved_steps(trainer, tokenizer, batch, repeats),
+                    inference(trainer, tokenizer, batch, repeats), batch)  # fmt: skip
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+        trainer.model.train()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        gc.collect()
+        reset_peak(trainer.device)
+        print(f"note: batch {batch} ran out of memory when measured again; measuring one batch smaller")
+    raise RuntimeError("every batch that fitted in the sweep ran out of memory when measured again")
+
+
 def prepared_cache(workdir: Path, size: int, pairs: int) -> Path:
     """A phantom release prepared at S = ``size``: the memory-mapped cache training reads."""
     from diffvqa.data.cache import prepare
@@ -291,8 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"not even batch {batches[0]} fits: nothing more to measure")
             print(json.dumps({"device": where, "largest_batch": 0, "sweep": sweep}))
             return 1
-        steps = interleaved_steps(trainer, tokenizer, largest, args.repeats)
-        infer = inference(trainer, tokenizer, largest, args.repeats)
+        steps, infer, largest = measure_at_largest(trainer, tokenizer, sweep, args.repeats)
         del trainer
         reset_peak(device)
         cache = prepared_cache(workdir, config.data.image_size, args.pairs)

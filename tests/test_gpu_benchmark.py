@@ -61,3 +61,20 @@ def test_the_sweep_stops_at_the_first_batch_that_does_not_fit(gpu_benchmark, mon
     monkeypatch.setattr(FakeTrainer, "step", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         gpu_benchmark.batch_sweep(FakeTrainer(), None, [2])
+
+
+def test_measuring_falls_back_one_batch_when_memory_runs_out_again(gpu_benchmark, monkeypatch):
+    class FakeTrainer:
+        device = torch.device("cpu")
+        model = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+
+    def steps(trainer, tokenizer, batch, repeats):
+        if batch == 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return {"batch": batch}
+
+    monkeypatch.setattr(gpu_benchmark, "interleaved_steps", steps)
+    monkeypatch.setattr(gpu_benchmark, "inference", lambda trainer, tokenizer, batch, repeats: {"batch": batch})
+    sweep = [{"batch": 2, "fits": True}, {"batch": 4, "fits": True}, {"batch": 8, "fits": False}]
+    assert gpu_benchmark.measure_at_largest(FakeTrainer(), None, sweep, 1) == ({"batch": 2}, {"batch": 2}, 2)
