@@ -98,6 +98,18 @@ def phantom_cache(tmp_path_factory):
     return root / "cache"
 
 
+def load_benchmark(name: str):
+    """A script of benchmarks/ (not a package) imported as a module, so a test can call its functions."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_torchrun(args, timeout=240):
     """``python -m torch.distributed.run --standalone --nproc_per_node=2 ARGS`` (gloo on CPU, one thread a rank)."""
     import subprocess

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -179,6 +180,36 @@ def test_interrupted_prepare_resumes_to_the_same_result(fixture, tmp_path, monke
     assert _files(tmp_path / "resumed") == _files(tmp_path / "fresh")
     with pytest.raises(ValueError, match="other settings"):
         prepare(release, images, tmp_path / "resumed", size=32, workers=1, progress=False)
+
+
+def test_resume_with_an_unchanged_release_does_not_read_it_again(fixture, tmp_path, monkeypatch):
+    """The staged reader output stands while the release's CSVs keep their size and mtime (MIMIC: the reader is
+    most of a resume's start-up); a touched CSV, other settings or --strict read the release again."""
+    release, images = fixture
+    prepare(release, images, tmp_path / "fresh", size=SIZE, workers=1, progress=False)
+    monkeypatch.setattr(cache_module, "_chunk_done", lambda count: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False, chunk_size=2)
+    monkeypatch.setattr(cache_module, "_chunk_done", lambda count: None)
+    reads = []
+    real_reader = cache_module.read_release
+    monkeypatch.setattr(cache_module, "read_release", lambda *a, **k: reads.append(1) or real_reader(*a, **k))
+    prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False, chunk_size=2)
+    assert reads == [] and _files(tmp_path / "resumed") == _files(tmp_path / "fresh")
+    prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False, strict=False)
+    assert reads == []
+    questions = release / "mimic_pair_questions.csv"
+    stat = questions.stat()
+    os.utime(questions, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False)
+    assert reads == [1]
+    changed = {k for k, v in _files(tmp_path / "resumed").items() if _files(tmp_path / "fresh")[k] != v}
+    assert changed == {"prepare.json"}  # the new fingerprint, nothing else
+    prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False)
+    assert reads == [1]  # and with it the next run trusts the staged output again
+    with pytest.raises(ValueError, match="bad_chronology"):  # --strict reads again, to stop at the first bad row
+        prepare(release, images, tmp_path / "resumed", size=SIZE, workers=1, progress=False, strict=True)
+    assert reads == [1, 1]
 
 
 def test_shards_merge_to_exactly_a_single_run(fixture, tmp_path):

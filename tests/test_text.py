@@ -52,7 +52,29 @@ def test_gpt2_bpe_matches_transformers_and_adds_specials(gpt2_dir, tmp_path):
     assert Tokenizer.load(save_dir, "gpt2").encode(DIFFERENCE) == tok.encode(DIFFERENCE)
 
 
+def test_gpt2_tokenizer_json_layout_equals_the_bpe_pair(gpt2_dir, tmp_path):
+    """transformers 5's GPT2Tokenizer.save_pretrained writes tokenizer.json (no vocab.json / merges.txt): it loads,
+    and gives the same tokenizer, id for id, as the BPE pair."""
+    from transformers import GPT2Tokenizer
+
+    saved = tmp_path / "saved-by-hf"
+    GPT2Tokenizer(vocab=str(gpt2_dir / "vocab.json"), merges=str(gpt2_dir / "merges.txt")).save_pretrained(saved)
+    assert (saved / "tokenizer.json").is_file() and not (saved / "vocab.json").exists()
+    a, b = load_gpt2_tokenizer(saved), load_gpt2_tokenizer(gpt2_dir)
+    assert a.backend.get_vocab() == b.backend.get_vocab()
+    for text in [*TEXTS, "héllo  wörld, 2nd-line\n"]:
+        assert a.encode(text) == b.encode(text)
+        assert a.decode(a.encode(text)) == text.strip()
+    assert (a.eos_id, a.pad_id) == (b.eos_id, b.pad_id)
+
+
 def test_gpt2_missing_files_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="merges.txt"):
-        (tmp_path / "vocab.json").write_text("{}")
+    (tmp_path / "vocab.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"tokenizer\.json.*merges\.txt.*found \['vocab\.json'\]"):
+        load_gpt2_tokenizer(tmp_path)
+
+
+def test_gpt2_tokenizer_json_of_another_kind_is_refused(tmp_path):
+    build_word_tokenizer(TEXTS).save(tmp_path)  # a word-level tokenizer.json
+    with pytest.raises(ValueError, match="WordLevel.*byte-level BPE"):
         load_gpt2_tokenizer(tmp_path)

@@ -151,6 +151,7 @@ def test_torchrun_two_processes_through_the_cli(phantom_cache, tmp_path):
             "train.batch_size=2",
             "train.log_every=1",
             "saliency.start_step=1",  # one single-pass step, then one guided step: DDP runs both kinds
+            "train.grad_accum=2",  # DDP's no_sync on the first micro-batch of each step, bucket views on
         ]
     )
     assert read_pointer(run, "latest").name == "step-0000002"

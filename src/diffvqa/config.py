@@ -104,6 +104,10 @@ class DataConfig:
     max_question_tokens: int = 24
     max_answer_tokens: int = 64
     num_workers: int = 0
+    # Page-locked batches, so the host-to-GPU copies (issued non-blocking) overlap compute. CUDA only; a no-op
+    # elsewhere. (No persistent_workers key: the training loader is iterated once for the whole run — its sampler
+    # spans every step — so its workers never restart.)
+    pin_memory: bool = False
 
     RULES: ClassVar[dict[str, Rule]] = {
         "image_size": Rule(low=16),
@@ -146,7 +150,7 @@ class ModelConfig:
     decoder_dropout: float = 0.1
     decoder_pretrained: str = ""  # local directory saved with GPT2LMHeadModel.save_pretrained
     tokenizer: str = "word"  # "word" (built from training text) or "gpt2" (BPE files from a local directory)
-    tokenizer_path: str = ""  # directory with vocab.json + merges.txt for tokenizer="gpt2"
+    tokenizer_path: str = ""  # GPT2Tokenizer.save_pretrained directory (tokenizer.json, or vocab.json + merges.txt)
     # Average-pool the feature maps by this factor before the prefix projection: fewer prefix tokens (the decoder's
     # cost grows with them) while Grad-CAM keeps the encoder's full-resolution maps. 1 = one token per cell.
     prefix_pool: int = 1
@@ -235,6 +239,16 @@ class TrainConfig:
     eval_samples: int = 512  # validation questions scored at each evaluation (0 = the whole split)
     checkpoint_every: int = 500
     log_every: int = 10
+    # Micro-batches per optimiser step (>= 1): the effective batch is batch_size * grad_accum * world size. Each
+    # micro-batch's loss is scaled by 1/grad_accum; DDP synchronises gradients on the last one only.
+    grad_accum: int = 1
+    # Performance levers (benchmarks/gpu.py). Each is a no-op, noted once, where the device lacks it.
+    channels_last: bool = False  # the encoder's weights (and so its activations) in NHWC memory format
+    fused_adamw: bool = False  # AdamW's single fused kernel (CUDA and CPU)
+    tf32: bool = False  # TF32 tensor-core matmuls and convolutions for float32 work (CUDA, Ampere or newer)
+    cudnn_benchmark: bool = False  # cuDNN picks the fastest convolution algorithm per shape (fixed S: pays once)
+    compile: bool = False  # torch.compile the encoder's ResNet (the decoder's lengths vary: it would recompile)
+    ddp_bucket_view: bool = True  # DDP gradient_as_bucket_view: gradients alias the all-reduce buckets (no copy)
 
     RULES: ClassVar[dict[str, Rule]] = {
         "seed": NON_NEGATIVE,

@@ -19,6 +19,7 @@ optimiser and scheduler an uninterrupted run would have had.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -67,21 +68,71 @@ def setup_distributed(device: str) -> tuple[int, int, torch.device]:
     return rank, world, torch.device(device)
 
 
+# -- performance levers -----------------------------------------------------------------------------------
+def set_backend_levers(config: Config, device: torch.device) -> list[str]:
+    """Set the process-wide switches ``train.tf32`` and ``train.cudnn_benchmark`` ask for; returns one note per
+    lever that has no effect on ``device`` (printed once by the caller)."""
+    t, notes = config.train, []
+    for key, wanted in (("tf32", t.tf32), ("cudnn_benchmark", t.cudnn_benchmark)):
+        if wanted and device.type != "cuda":
+            notes.append(f"train.{key}=true has no effect on {device.type} (CUDA only)")
+    if device.type == "cuda":
+        # float32 matmuls/convolutions on TF32 tensor cores (bf16 autocast regions are unaffected)
+        torch.backends.cuda.matmul.allow_tf32 = t.tf32
+        torch.backends.cudnn.allow_tf32 = t.tf32
+        torch.backends.cudnn.benchmark = t.cudnn_benchmark
+    if config.data.pin_memory and device.type != "cuda":
+        notes.append(f"data.pin_memory=true has no effect on {device.type} (CUDA only)")
+    return notes
+
+
+def apply_model_levers(model: DiffVQA, config: Config) -> None:
+    """``train.channels_last`` and ``train.compile`` on a model already on its device. Both keep parameter names
+    and values, so checkpoints are unchanged (``Module.compile`` compiles in place: no ``_orig_mod.`` keys)."""
+    if config.train.channels_last:
+        model.encoder.to(memory_format=torch.channels_last)
+    if config.train.compile:
+        model.encoder.resnet.compile()
+
+
+def make_optimizer(module: nn.Module, config: Config, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW with weight decay on matrices only (not biases, norms, or the token/position embeddings); fused
+    when ``train.fused_adamw`` and the device has the kernel. Returns the optimiser and any note."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if config.train.fused_adamw:
+        try:
+            return torch.optim.AdamW(groups, lr=config.train.lr, fused=True), []
+        except RuntimeError as exc:  # no fused kernel for this device type
+            note = f"train.fused_adamw=true has no effect on {device.type} ({exc})"
+            return torch.optim.AdamW(groups, lr=config.train.lr), [note]
+    return torch.optim.AdamW(groups, lr=config.train.lr), []
+
+
 # -- data order --------------------------------------------------------------------------------------------
 class StepBatchSampler(torch.utils.data.Sampler):
-    """Batches of indices for steps ``start_step .. steps-1``; a pure function of (seed, step).
+    """Micro-batches of indices for steps ``start_step .. steps-1``; a pure function of (seed, step).
 
-    Each epoch is a permutation seeded by (seed, epoch); global batches of ``batch_size * world`` indices are
-    taken in order (the incomplete tail of an epoch is dropped) and each rank takes its contiguous slice.
+    Each epoch is a permutation seeded by (seed, epoch); global batches of ``batch_size * accum * world`` indices
+    are taken in order (the incomplete tail of an epoch is dropped). A step's global batch is ``accum``
+    micro-batches of ``batch_size * world`` consecutive indices, of which each rank takes its contiguous slice;
+    so ``accum = 1`` is one batch per step, and ``accum = k`` splits the same indices as ``batch_size * k``.
     """
 
     def __init__(self, size: int, batch_size: int, steps: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1):  # fmt: skip
-        self.global_batch = batch_size * world
+                 world: int = 1, accum: int = 1):  # fmt: skip
+        if accum < 1:
+            raise UserError(f"train.grad_accum={accum}: expected an integer >= 1")
+        self.global_batch = batch_size * world * accum
         if size < self.global_batch:
-            raise UserError(f"the training split has {size} questions, fewer than one batch ({self.global_batch})")
+            raise UserError(
+                f"the training split has {size} questions, fewer than one optimiser step's batch "
+                f"({batch_size} x {accum} micro-batches x {world} processes = {self.global_batch})"
+            )
         self.size, self.batch_size, self.steps, self.seed = size, batch_size, steps, seed
-        self.start_step, self.rank = start_step, rank
+        self.start_step, self.rank, self.world, self.accum = start_step, rank, world, accum
         self.per_epoch = size // self.global_batch
 
     def _permutation(self, epoch: int) -> torch.Tensor:
@@ -93,11 +144,13 @@ class StepBatchSampler(torch.utils.data.Sampler):
             if step // self.per_epoch != epoch:
                 epoch = step // self.per_epoch
                 permutation = self._permutation(epoch)
-            start = (step % self.per_epoch) * self.global_batch + self.rank * self.batch_size
-            yield permutation[start : start + self.batch_size].tolist()
+            for micro in range(self.accum):
+                start = ((step % self.per_epoch) * self.accum + micro) * self.batch_size * self.world
+                start += self.rank * self.batch_size
+                yield permutation[start : start + self.batch_size].tolist()
 
     def __len__(self) -> int:
-        return max(0, self.steps - self.start_step)
+        return max(0, self.steps - self.start_step) * self.accum
 
 
 def learning_rate_factor(step: int, warmup: int, total: int) -> float:
@@ -234,27 +287,39 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train_one_step(guided: nn.Module, batch: dict[str, Any], keyword_mask: torch.Tensor | None, optimizer,
+def train_one_step(guided: nn.Module, micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]], optimizer,
                    scheduler, config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
-    """One optimiser step: one forward of the top-level module, one backward, clip, step. ``keyword_mask=None``
-    runs it single-pass (a step before ``saliency.start_step``, or the saliency loop off)."""
+    """One optimiser step over ``train.grad_accum`` micro-batches ``(batch, keyword_mask)``: per micro-batch one
+    forward of the top-level module and one backward of its loss / k, then clip and step. ``keyword_mask=None``
+    runs a micro-batch single-pass (a step before ``saliency.start_step``, or the saliency loop off).
+
+    The mean of k micro-batch losses equals one big batch's loss when the micro-batches hold equally many answer
+    tokens (each loss is a mean over its own tokens) and nothing couples samples (BatchNorm in train mode does);
+    otherwise the update differs slightly, as it does between DDP ranks."""
     optimizer.zero_grad(set_to_none=True)
-    is_guided = keyword_mask is not None
-    if keyword_mask is None:  # the module takes a mask either way; a single-pass step never reads it
-        keyword_mask = torch.zeros_like(batch["answer_ids"], dtype=torch.bool)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
-        out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                     batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
-                     main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
-    if not torch.isfinite(out.loss):
-        terms = {k: v.item() for k, v in out.losses.items()}
-        raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
-    out.loss.backward()
+    k = len(micro_batches)
+    sums: dict[str, float] = {}
+    for i, (batch, keyword_mask) in enumerate(micro_batches):
+        is_guided = keyword_mask is not None
+        if keyword_mask is None:  # the module takes a mask either way; a single-pass step never reads it
+            keyword_mask = torch.zeros_like(batch["answer_ids"], dtype=torch.bool)
+        # DDP all-reduces during backward; the first k-1 micro-batches only accumulate locally
+        sync = i == k - 1 or not isinstance(guided, nn.parallel.DistributedDataParallel)
+        with contextlib.nullcontext() if sync else guided.no_sync():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
+                out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                             batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
+                             main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
+            if not torch.isfinite(out.loss):
+                terms = {name: v.item() for name, v in out.losses.items()}
+                raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
+            (out.loss / k).backward()
+        for name, value in {"loss": out.loss, **{f"loss/{n}": v for n, v in out.losses.items()}}.items():
+            sums[name] = sums.get(name, 0.0) + value.item() / k
     grad_norm = nn.utils.clip_grad_norm_(guided.parameters(), config.train.grad_clip)
     optimizer.step()
     scheduler.step()
-    record = {"loss": out.loss.item(), **{f"loss/{k}": v.item() for k, v in out.losses.items()}}
-    return {**record, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+    return {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
 
 
 def _build_model(config: Config, data: Path) -> DiffVQA:
@@ -306,19 +371,17 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         load_weights(model, latest / WEIGHTS_FILE)
     else:
         model = _build_model(config, data)
+    notes = set_backend_levers(config, dev)
     model.to(dev).train()
+    apply_model_levers(model, config)
     guided: nn.Module = SaliencyGuidedVQA(model)
     if world > 1:
-        guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    # Weight decay on matrices only; not on biases, norms, or the token/position embeddings.
-    decay, no_decay = [], []
-    for name, p in guided.named_parameters():
-        (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.train.lr,
-    )
+        guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                                     gradient_as_bucket_view=config.train.ddp_bucket_view)  # fmt: skip
+    optimizer, optimizer_notes = make_optimizer(guided, config, dev)
+    if is_main:
+        for note in notes + optimizer_notes:
+            print(f"diffvqa train: note: {note}", file=sys.stderr)
     t = config.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
     start_step, best = 0, {}
@@ -342,9 +405,10 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     train_set = PairQADataset(data, "train", config.data.question_types)
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
-    sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world)
+    sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world, t.grad_accum)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
                                          num_workers=config.data.num_workers,
+                                         pin_memory=config.data.pin_memory and dev.type == "cuda",
                                          generator=torch.Generator().manual_seed(t.seed))  # fmt: skip
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
     log = MetricsLog(run_dir, enabled=is_main)
@@ -355,17 +419,24 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
 
         bar = tqdm(total=t.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
     step, busy, pairs = start_step, 0.0, 0  # pairs/s counts training time only (not validation or saving)
+    micro_batches, tic = [], time.perf_counter()
     for batch in loader:
         if step >= end_step:
             break
-        tic = time.perf_counter()
+        if not micro_batches:
+            tic = time.perf_counter()
         keyword_mask = None  # keywords only for the steps that use them (an LLM source costs a request each)
         if config.saliency.enabled and step >= config.saliency.start_step:
             keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
-            keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"]).to(dev)
-        record = train_one_step(guided, _to(batch, dev), keyword_mask, optimizer, scheduler, config, dev)
+            keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
+            keyword_mask = keyword_mask.to(dev, non_blocking=True)
+        micro_batches.append((_to(batch, dev), keyword_mask))
+        if len(micro_batches) < t.grad_accum:
+            continue
+        record = train_one_step(guided, micro_batches, optimizer, scheduler, config, dev)
         step += 1
-        pairs += len(batch["answer"]) * world
+        pairs += sum(len(b["answer"]) for b, _ in micro_batches) * world
+        micro_batches = []
         busy += time.perf_counter() - tic
         if bar is not None:
             bar.update(1)

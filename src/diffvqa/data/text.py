@@ -8,6 +8,7 @@ The special tokens frame the decoder's input sequence (DESIGN.md item 4):
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -106,18 +107,43 @@ def build_word_tokenizer(texts: Iterable[str], min_count: int = 1) -> Tokenizer:
     return Tokenizer(backend, "word")
 
 
+def _gpt2_model_from_tokenizer_json(path: Path) -> models.BPE:
+    """GPT-2's BPE (vocabulary + merges) from a ``tokenizer.json`` as transformers 5 saves it. Rebuilt from the two
+    tables with the same defaults as the ``vocab.json`` + ``merges.txt`` route, so no saved option (e.g.
+    ``ignore_merges``) can make the two layouts tokenize differently."""
+    try:
+        model = json.loads(path.read_text())["model"]
+        if model.get("type") != "BPE":
+            raise ValueError(f"holds a {model.get('type')!r} tokenizer model; GPT-2's is byte-level BPE")
+        # merges are "a b" strings in older files, [a, b] pairs in newer ones
+        merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        return models.BPE(vocab=model["vocab"], merges=merges)
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: not GPT-2's tokenizer as Hugging Face saves it ({exc})") from exc
+
+
 def load_gpt2_tokenizer(directory: str | Path) -> Tokenizer:
-    """GPT-2's byte-level BPE from a local directory holding ``vocab.json`` and ``merges.txt`` (as saved by
-    ``GPT2Tokenizer.save_pretrained``), with our special tokens appended after GPT-2's 50,257 ids."""
+    """GPT-2's byte-level BPE from a local directory, with our special tokens appended after GPT-2's 50,257 ids.
+
+    Both layouts ``GPT2Tokenizer.save_pretrained`` has written are accepted: ``tokenizer.json`` (transformers 5
+    writes only this and ``tokenizer_config.json``) and the older ``vocab.json`` + ``merges.txt`` pair. Only the
+    BPE model is taken from the file; the byte-level pre-tokenizer and decoder are set here, so both layouts give
+    the same tokenizer, id for id.
+    """
     directory = Path(directory)
-    vocab, merges = directory / "vocab.json", directory / "merges.txt"
-    missing = [p.name for p in (vocab, merges) if not p.is_file()]
-    if missing:
+    saved, vocab, merges = directory / TOKENIZER_FILE, directory / "vocab.json", directory / "merges.txt"
+    if saved.is_file():
+        model = _gpt2_model_from_tokenizer_json(saved)
+    elif vocab.is_file() and merges.is_file():
+        model = models.BPE.from_file(str(vocab), str(merges))
+    else:
+        found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else None
         raise MissingInputError(
-            f"{directory}: missing {', '.join(missing)}; expected GPT-2's vocab.json and merges.txt "
-            "(e.g. from GPT2Tokenizer.save_pretrained)"
+            f"{directory}: expected GPT-2's tokenizer as saved by GPT2Tokenizer.save_pretrained: {TOKENIZER_FILE} "
+            f"(transformers 5) or vocab.json + merges.txt; "
+            + (f"found {found}" if found is not None else "no such directory")
         )
-    backend = _HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    backend = _HFTokenizer(model)
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     backend.add_special_tokens(list(SPECIAL_TOKENS))
@@ -130,6 +156,9 @@ def build_tokenizer(kind: str, texts: Iterable[str] = (), path: str | Path = "")
         return build_word_tokenizer(texts)
     if kind == "gpt2":
         if not path:
-            raise UserError("model.tokenizer=gpt2 needs model.tokenizer_path: a directory with vocab.json + merges.txt")
+            raise ValueError(
+                "model.tokenizer=gpt2 needs model.tokenizer_path: a directory where GPT2Tokenizer.save_pretrained "
+                "wrote GPT-2's tokenizer (tokenizer.json, or vocab.json + merges.txt)"
+            )
         return load_gpt2_tokenizer(path)
     raise ValueError(f"model.tokenizer={kind!r}: expected 'word' or 'gpt2'")
