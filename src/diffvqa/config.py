@@ -115,6 +115,7 @@ class DataConfig:
         "max_question_tokens": AT_LEAST_ONE,
         "max_answer_tokens": AT_LEAST_ONE,
         "num_workers": NON_NEGATIVE,
+        "pin_memory": ANY,
     }
 
 
@@ -263,6 +264,13 @@ class TrainConfig:
         "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split
         "checkpoint_every": AT_LEAST_ONE,
         "log_every": AT_LEAST_ONE,
+        "grad_accum": AT_LEAST_ONE,
+        "channels_last": ANY,
+        "fused_adamw": ANY,
+        "tf32": ANY,
+        "cudnn_benchmark": ANY,
+        "compile": ANY,
+        "ddp_bucket_view": ANY,
     }
 
 
