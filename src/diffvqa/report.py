@@ -47,6 +47,9 @@ MECHANISMS_NOTE = (
     "map that ignores the keyword). Registration error ratio: mean corner error of Θ against the true transform, "
     "after / before alignment (1.0 = the identity, no aligner)."
 )
+# METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
+CAPTION_ROWS = (*METRIC_KEYS[: METRIC_KEYS.index("METEOR") + 1], "METEOR_nltk",
+                *METRIC_KEYS[METRIC_KEYS.index("METEOR") + 1 :])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
     for key, title in ((DIFFERENCE, "Difference questions (papers' protocol)"), ("all", "All question types")):
         scores, base = metrics.get(key) or {}, baseline.get(key) or {}
         rows.append(_group_header(title, columns))
-        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in METRIC_KEYS]
+        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in CAPTION_ROWS]
         rows.append(_count_row("questions (n)", scores.get("n"), base.get("n"), with_baseline))
     rows.append(_group_header("Exact-match accuracy (non-difference questions)", columns))
     for key, label, _ in ACCURACY_ROWS:
@@ -222,6 +225,7 @@ def implementation_note(metrics: Mapping[str, Any]) -> str:
         f'<p class="note">Scores: {_esc(", ".join(parts))}; corpus-level BLEU-1..4, METEOR 1.5, ROUGE-L, '
         "CIDEr-D, as pycocoevalcap computes them.</p>"
     )
+    text += _meteor_note(impl.get("METEOR_nltk"))
     if impl.get("comparable_with_papers") is not True:
         text += (
             '<p class="warning">⚠ Not comparable with published numbers: these scores were not computed with '
@@ -234,6 +238,19 @@ def implementation_note(metrics: Mapping[str, Any]) -> str:
         items = "".join(f"<li><b>{_esc(what)}</b>: {_esc(why)}</li>" for what, why in unavailable.items())
         text += f'<div class="warning">⚠ Not computed:<ul>{items}</ul></div>'
     return text
+
+
+def _meteor_note(nltk_impl: Any) -> str:
+    """Which METEOR compares with which published numbers."""
+    if not isinstance(nltk_impl, Mapping):
+        return ""
+    return (
+        '<p class="note">Two METEORs: <b>METEOR</b> is the pycocoevalcap jar at corpus level, the protocol of '
+        "EKAID, PLURAL and VED (.34–.39 on the difference questions); <b>METEOR_nltk</b> is NLTK's sentence "
+        f"METEOR averaged over answers (NLTK {_esc(nltk_impl.get('nltk'))}, {_esc(nltk_impl.get('matching'))}, "
+        f"{_esc(nltk_impl.get('tokens'))} tokens), which reads far higher on the same answers and is the likely "
+        "protocol of the seed paper's .651. Compare each published number only with its own key.</p>"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -396,6 +413,28 @@ def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str
     )
 
 
+def _viewer_link(out_dir: Path) -> str:
+    """A link to the viewer of every question (``evaluate`` writes it beside the report), when it is there."""
+    if not (out_dir / "viewer" / "index.html").is_file():
+        return ""
+    return ('<p class="note">A few examples below; every question with its pictures, filters and search: '
+            '<a href="viewer/index.html">viewer/index.html</a>.</p>')  # fmt: skip
+
+
+def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
+    """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
+    from diffvqa.plot import find_metrics_log, plot_runs
+
+    log = None if training_run is None else find_metrics_log(training_run)
+    if log is None:
+        return ""
+    png, svg = plot_runs([log.parent], image_dir / "training_curves")
+    return (
+        f'<h2>Training curves</h2><p class="note">{_esc(log)} · <a href="{IMAGES_DIR}/{svg.name}">SVG</a></p>'
+        f'<img class="curves" src="{IMAGES_DIR}/{png.name}" alt="training curves" style="max-width: 100%">'
+    )
+
+
 def _summary_line(metrics: Mapping[str, Any]) -> str:
     parts = []
     for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
@@ -411,6 +450,7 @@ def write_report(
     examples: Sequence[Mapping[str, Any]],
     baseline_metrics: Mapping[str, Any] | None = None,
     title: str = "diffvqa report",
+    training_run: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` and its pictures under ``out_dir/report_images/``.
 
@@ -423,6 +463,8 @@ def write_report(
             ``final``, ``answer`` (the ground truth), ``question_type``; ``ids`` (dict shown as tags).
         baseline_metrics: the blind (question-only) baseline's ``metrics.json``, shown beside the model's.
         title: the page title.
+        training_run: a run directory or checkpoint; when its run has a ``metrics.jsonl``, the report shows its
+            training curves (:mod:`diffvqa.plot`).
 
     Returns:
         The path of ``report.html``.
@@ -446,6 +488,7 @@ def write_report(
             images.append((caption, f"{IMAGES_DIR}/{name}"))
         sections.append(_example_html(index, example, images))
 
+    curves_html = _training_curves(training_run, image_dir)
     summary = _summary_line(metrics)
     baseline_note = (
         '<p class="note">Blind baseline: the same model trained and evaluated with both images replaced by '
@@ -478,7 +521,9 @@ def write_report(
 {f'<p class="note">{MECHANISMS_NOTE}</p>' if any(k in metrics for k in LOCALISATION_KEYS) else ""}
 {per_finding_table(metrics)}
 {per_type_table(metrics)}
+{curves_html}
 <h2>Examples</h2>
+{_viewer_link(out_dir)}
 {legend}
 {examples_html}
 <footer>Generated by diffvqa on {datetime.now().strftime("%Y-%m-%d %H:%M")}.</footer>
