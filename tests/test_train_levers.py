@@ -116,7 +116,8 @@ def test_levers_leave_training_unchanged_on_cpu(phantom_cache, tmp_path, capsys)
     move the same way as without them (relative difference <= 1e-3; channels-last and the fused kernel reorder
     float32 sums), and each CUDA-only lever says once that it does nothing here."""
     common = ["train.steps=3", "train.eval_every=100", "train.checkpoint_every=100"]
-    init = _run(phantom_cache, tmp_path / "init", "train.steps=3", "train.lr=0.0", "train.eval_every=100")
+    # lr 1e-30: no parameter moves in float32 (the config requires lr > 0): the initial weights
+    init = _run(phantom_cache, tmp_path / "init", "train.steps=3", "train.lr=1e-30", "train.eval_every=100")
     plain = _run(phantom_cache, tmp_path / "plain", *common)
     capsys.readouterr()
     levers = _run(phantom_cache, tmp_path / "levers", *common, "train.channels_last=true", "train.fused_adamw=true",
@@ -146,7 +147,7 @@ def test_compile_leaves_training_unchanged(phantom_cache, tmp_path):
     """train.compile (the encoder's ResNet through torch.compile / inductor): same parameter movement as eager
     within 1e-3 relative, and a checkpoint with the plain parameter names."""
     common = ["train.steps=2", "train.eval_every=100", "train.checkpoint_every=100"]
-    init = _run(phantom_cache, tmp_path / "init", "train.steps=2", "train.lr=0.0", "train.eval_every=100")
+    init = _run(phantom_cache, tmp_path / "init", "train.steps=2", "train.lr=1e-30", "train.eval_every=100")
     eager = _run(phantom_cache, tmp_path / "eager", *common)
     compiled = _run(phantom_cache, tmp_path / "compiled", *common, "train.compile=true")
     assert eager.keys() == compiled.keys()  # no _orig_mod. prefixes

@@ -156,9 +156,9 @@ def build_tokenizer(kind: str, texts: Iterable[str] = (), path: str | Path = "")
         return build_word_tokenizer(texts)
     if kind == "gpt2":
         if not path:
-            raise ValueError(
+            raise UserError(
                 "model.tokenizer=gpt2 needs model.tokenizer_path: a directory where GPT2Tokenizer.save_pretrained "
                 "wrote GPT-2's tokenizer (tokenizer.json, or vocab.json + merges.txt)"
             )
         return load_gpt2_tokenizer(path)
-    raise ValueError(f"model.tokenizer={kind!r}: expected 'word' or 'gpt2'")
+    raise UserError(f"model.tokenizer={kind!r}: expected 'word' or 'gpt2'")
