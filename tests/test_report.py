@@ -224,3 +224,18 @@ def test_report_shows_the_pointing_game_beside_its_reference_levels(tmp_path):
     assert "Pointing game per finding" in page and "pleural effusion" in page and "0.440" in page
     assert "fixed-point prior" in page  # the note that says what the reference levels are
     assert "Pointing game per finding" not in write_report(tmp_path / "r2", _metrics(1.0, True), []).read_text()
+
+
+def test_report_shows_both_meteors_and_which_papers_use_which(tmp_path):
+    metrics = _metrics(1.0, comparable=True)
+    metrics["difference"]["METEOR_nltk"] = 0.6034
+    metrics["implementation"]["METEOR_nltk"] = {"nltk": "3.10.4", "matching": "exact+stem (WordNet data not installed)",
+                                                "tokens": "lower-cased, whitespace-separated"}  # fmt: skip
+    page = write_report(tmp_path, metrics, []).read_text(encoding="utf-8")
+    row = page.index(">METEOR_nltk<")
+    assert page.index(">METEOR<") < row < page.index(">ROUGE-L<")  # right under the jar's METEOR
+    assert "0.603" in page[row : row + 200]
+    assert "EKAID, PLURAL and VED" in page and "exact+stem (WordNet data not installed)" in page
+    # without the NLTK implementation record (an older metrics.json) there is no claim about it
+    del metrics["implementation"]["METEOR_nltk"]
+    assert "EKAID" not in write_report(tmp_path, metrics, []).read_text(encoding="utf-8")

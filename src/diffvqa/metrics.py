@@ -598,6 +598,7 @@ def evaluate_answers(
     subsets = {"all": list(range(len(predictions)))}
     subsets.update({f"type:{t}": [i for i, q in enumerate(question_types) if q == t] for t in types})
     results, implementation = _score_subsets(predictions, [[r] for r in references], subsets, meteor_timeout)
+    _add_meteor_nltk(results, subsets, predictions, references, implementation)
     difference = results.get(f"type:{DIFFERENCE}")
     return {
         DIFFERENCE: dict(difference) if difference is not None else _empty_scores(),
@@ -606,6 +607,17 @@ def evaluate_answers(
         **accuracy,
         "implementation": implementation,
     }
+
+
+def _add_meteor_nltk(results, subsets, predictions, references, implementation) -> None:
+    """``METEOR_nltk`` (sentence-level NLTK METEOR, mean over rows) beside the jar's corpus ``METEOR`` in each
+    subset: papers report one or the other (see :mod:`diffvqa.meteor_nltk`)."""
+    from diffvqa.meteor_nltk import meteor_nltk_implementation, meteor_nltk_sentences
+
+    sentences = meteor_nltk_sentences(predictions, references)
+    for name, rows in subsets.items():
+        results[name]["METEOR_nltk"] = sum(sentences[i] for i in rows) / len(rows) if rows else None
+    implementation["METEOR_nltk"] = meteor_nltk_implementation()
 
 
 def cider_score(predictions: Sequence[str], references: Sequence[str]) -> float:

@@ -47,6 +47,9 @@ MECHANISMS_NOTE = (
     "map that ignores the keyword). Registration error ratio: mean corner error of Θ against the true transform, "
     "after / before alignment (1.0 = the identity, no aligner)."
 )
+# METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
+CAPTION_ROWS = (*METRIC_KEYS[: METRIC_KEYS.index("METEOR") + 1], "METEOR_nltk",
+                *METRIC_KEYS[METRIC_KEYS.index("METEOR") + 1 :])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -138,7 +141,7 @@ def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
     for key, title in ((DIFFERENCE, "Difference questions (papers' protocol)"), ("all", "All question types")):
         scores, base = metrics.get(key) or {}, baseline.get(key) or {}
         rows.append(_group_header(title, columns))
-        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in METRIC_KEYS]
+        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in CAPTION_ROWS]
         rows.append(_count_row("questions (n)", scores.get("n"), base.get("n"), with_baseline))
     rows.append(_group_header("Exact-match accuracy (non-difference questions)", columns))
     for key, label, _ in ACCURACY_ROWS:
@@ -222,6 +225,7 @@ def implementation_note(metrics: Mapping[str, Any]) -> str:
         f'<p class="note">Scores: {_esc(", ".join(parts))}; corpus-level BLEU-1..4, METEOR 1.5, ROUGE-L, '
         "CIDEr-D, as pycocoevalcap computes them.</p>"
     )
+    text += _meteor_note(impl.get("METEOR_nltk"))
     if impl.get("comparable_with_papers") is not True:
         text += (
             '<p class="warning">⚠ Not comparable with published numbers: these scores were not computed with '
@@ -234,6 +238,19 @@ def implementation_note(metrics: Mapping[str, Any]) -> str:
         items = "".join(f"<li><b>{_esc(what)}</b>: {_esc(why)}</li>" for what, why in unavailable.items())
         text += f'<div class="warning">⚠ Not computed:<ul>{items}</ul></div>'
     return text
+
+
+def _meteor_note(nltk_impl: Any) -> str:
+    """Which METEOR compares with which published numbers."""
+    if not isinstance(nltk_impl, Mapping):
+        return ""
+    return (
+        '<p class="note">Two METEORs: <b>METEOR</b> is the pycocoevalcap jar at corpus level, the protocol of '
+        "EKAID, PLURAL and VED (.34–.39 on the difference questions); <b>METEOR_nltk</b> is NLTK's sentence "
+        f"METEOR averaged over answers (NLTK {_esc(nltk_impl.get('nltk'))}, {_esc(nltk_impl.get('matching'))}, "
+        f"{_esc(nltk_impl.get('tokens'))} tokens), which reads far higher on the same answers and is the likely "
+        "protocol of the seed paper's .651. Compare each published number only with its own key.</p>"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
