@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
+    "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),
     "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
     "study": ("diffvqa.study", "main", "ablation grid x seeds on a prepared cache: study.md, study.json, plots"),
     "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,8 @@ from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
+from diffvqa.viewer.build import VIEWER_DIR, finish_viewer
+from diffvqa.viewer.strips import StripWriter
 
 
 def evenly_spaced(size: int, count: int) -> list[int]:
@@ -48,12 +52,14 @@ def predict(
     progress: bool = True,
     prior_point: tuple[int, int] | None = None,
     keyword_conditioning: bool = True,
+    on_batch: Callable[[int, dict[str, Any], Any], None] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
 
     Returns the prediction records, the mechanism scores (phantom only, else empty; :mod:`diffvqa.mechanisms`,
     with the pointing game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with
     their images and maps for the report (one per pair).
+    ``on_batch(first_record_index, batch, result)`` sees every batch's images and maps (the viewer's strips).
     """
     config = model.config
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
@@ -87,6 +93,8 @@ def predict(
                 "final": result.final[i],
                 **({} if pointing[i] is None else {"pointing": pointing[i]}),
             })  # fmt: skip
+        if on_batch is not None:
+            on_batch(len(records) - len(batch["question"]), batch, result)
         truth = batch["truth"]
         batch_records = records[-len(batch["question"]) :]
         for i, record in enumerate(batch_records):
@@ -143,9 +151,11 @@ def evaluate(
     baseline: dict[str, Any] | None = None,
     title: str | None = None,
     saliency_overrides: list[str] | None = None,
+    viewer: bool = True,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics and a report (with a
-    ``baseline``'s metrics beside the model's when given)."""
+    ``baseline``'s metrics beside the model's when given) and, unless ``viewer`` is false, the viewer of every
+    question (``out/viewer/index.html``)."""
     from diffvqa.metrics import evaluate_answers
 
     checkpoint = find_checkpoint(checkpoint)
@@ -167,8 +177,11 @@ def evaluate(
     if limit:
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
+    strips = StripWriter(out / VIEWER_DIR) if viewer else None
+    tic = time.perf_counter()
     records, saliency, examples = predict(model, dataset, keyword_fn, batch_size, single_pass, device,
-                                          progress=progress, prior_point=fixed_point_prior(data))  # fmt: skip
+                                          progress=progress, prior_point=fixed_point_prior(data),
+                                          on_batch=strips)  # fmt: skip
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)
     with (out / "predictions.jsonl").open("w") as f:
@@ -193,6 +206,8 @@ def evaluate(
         from diffvqa.report import write_report
 
         write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}")
+    if strips is not None:
+        print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     return metrics
 
 
@@ -254,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="evaluate N evenly spaced questions (0 = all)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--no-viewer", action="store_true", help="skip the browsable viewer of every question")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument(
         "overrides",
@@ -265,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
                            args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
-                           args.keyword_source, saliency_overrides=args.overrides)  # fmt: skip
+                           args.keyword_source, saliency_overrides=args.overrides,
+                           viewer=not args.no_viewer)  # fmt: skip
     except (ValueError, FileNotFoundError) as exc:
         print(f"diffvqa evaluate: error: {exc}", file=sys.stderr)
         return 2
