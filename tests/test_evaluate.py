@@ -58,12 +58,21 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     assert metrics["run"]["mode"] == "two-pass" and metrics["run"]["questions"] == len(records)
     html = (out / "report.html").read_text()
     assert "report_images/" in html
+    assert "Training curves" in html and (out / "report_images" / "training_curves.svg").is_file()
+    # the viewer: every question with its picture strip, and what writing it cost
+    viewer = out / "viewer"
+    assert (viewer / "index.html").is_file() and (viewer / "data.js").is_file()
+    assert len(list((viewer / "img").rglob("*.jpg"))) == len(records)
+    timing = json.loads((viewer / "timing.json").read_text())
+    assert timing["questions"] == len(records) and 0 < timing["ratio"] < 1
 
 
 def test_single_pass_and_question_type_filter(tiny_run, phantom_cache, tmp_path):
     metrics = evaluate(
-        tiny_run, phantom_cache, tmp_path, question_types=["difference"], single_pass=True, report=False, progress=False
-    )
+        tiny_run, phantom_cache, tmp_path, question_types=["difference"], single_pass=True, report=False,
+        progress=False, viewer=False,
+    )  # fmt: skip
+    assert not (tmp_path / "viewer").exists()
     assert metrics["run"]["mode"] == "single-pass" and "pointing_game" not in metrics
     assert metrics["all"]["n"] == metrics["difference"]["n"] == metrics["run"]["questions"]
 

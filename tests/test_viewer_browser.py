@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from viewer_browser import ViewerPage, chromium_launch_options
 
 import diffvqa
-
 from diffvqa.evaluate import evaluate
 from diffvqa.metrics import normalize_answer
 from diffvqa.train import main as train_main
 from diffvqa.viewer.build import write_viewer
-from viewer_browser import ViewerPage, chromium_launch_options
 
 pytestmark = pytest.mark.slow
 

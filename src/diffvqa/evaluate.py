@@ -205,7 +205,8 @@ def evaluate(
     if report:
         from diffvqa.report import write_report
 
-        write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}")
+        write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}",
+                     training_run=checkpoint)  # fmt: skip
     if strips is not None:
         print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     return metrics

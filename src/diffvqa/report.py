@@ -413,6 +413,20 @@ def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str
     )
 
 
+def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
+    """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
+    from diffvqa.plot import find_metrics_log, plot_runs
+
+    log = None if training_run is None else find_metrics_log(training_run)
+    if log is None:
+        return ""
+    png, svg = plot_runs([log.parent], image_dir / "training_curves")
+    return (
+        f'<h2>Training curves</h2><p class="note">{_esc(log)} · <a href="{IMAGES_DIR}/{svg.name}">SVG</a></p>'
+        f'<img class="curves" src="{IMAGES_DIR}/{png.name}" alt="training curves" style="max-width: 100%">'
+    )
+
+
 def _summary_line(metrics: Mapping[str, Any]) -> str:
     parts = []
     for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
@@ -428,6 +442,7 @@ def write_report(
     examples: Sequence[Mapping[str, Any]],
     baseline_metrics: Mapping[str, Any] | None = None,
     title: str = "diffvqa report",
+    training_run: str | Path | None = None,
 ) -> Path:
     """Write ``out_dir/report.html`` and its pictures under ``out_dir/report_images/``.
 
@@ -440,6 +455,8 @@ def write_report(
             ``final``, ``answer`` (the ground truth), ``question_type``; ``ids`` (dict shown as tags).
         baseline_metrics: the blind (question-only) baseline's ``metrics.json``, shown beside the model's.
         title: the page title.
+        training_run: a run directory or checkpoint; when its run has a ``metrics.jsonl``, the report shows its
+            training curves (:mod:`diffvqa.plot`).
 
     Returns:
         The path of ``report.html``.
@@ -463,6 +480,7 @@ def write_report(
             images.append((caption, f"{IMAGES_DIR}/{name}"))
         sections.append(_example_html(index, example, images))
 
+    curves_html = _training_curves(training_run, image_dir)
     summary = _summary_line(metrics)
     baseline_note = (
         '<p class="note">Blind baseline: the same model trained and evaluated with both images replaced by '
@@ -495,6 +513,7 @@ def write_report(
 {f'<p class="note">{MECHANISMS_NOTE}</p>' if any(k in metrics for k in LOCALISATION_KEYS) else ""}
 {per_finding_table(metrics)}
 {per_type_table(metrics)}
+{curves_html}
 <h2>Examples</h2>
 {legend}
 {examples_html}

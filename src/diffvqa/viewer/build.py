@@ -54,9 +54,10 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            missing = [k for k in ("question_type", "question", "answer", "final") if not isinstance(record.get(k), str)]
-            if not isinstance(record, dict) or missing:
-                raise ValueError(f"{path}:{number}: a prediction record needs the strings {missing or 'question…'}")
+            needed = ("question_type", "question", "answer", "final")
+            missing = [k for k in needed if not isinstance(record, dict) or not isinstance(record.get(k), str)]
+            if missing:
+                raise ValueError(f"{path}:{number}: a prediction record needs the strings {missing}")
             records.append(record)
     if not records:
         raise ValueError(f"{path}: no predictions")
@@ -159,13 +160,14 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
                 raise ValueError(f"{eval_dirs[r] / PREDICTIONS_FILE}:{line + 1}: the question {key} appears twice")
             exact = normalize_answer(record["final"]) == normalize_answer(record["answer"])
             row[7][r] = [line, strings(record.get("preliminary")), strings(record.get("keyword")),
-                         strings(record["final"]), int(exact), round(meteor[line], 4), pointing_score(record)]  # fmt: skip
+                         strings(record["final"]), int(exact), round(meteor[line], 4),
+                         pointing_score(record)]  # fmt: skip
     if len(per_run) == 2:
         for row in rows:
             a, b = row[7]
             # both answered and the answers differ after normalisation (what exact match compares)
-            row[8] = int(a is not None and b is not None
-                         and normalize_answer(strings.values[a[3]]) != normalize_answer(strings.values[b[3]]))  # fmt: skip
+            differ = a is not None and b is not None
+            row[8] = int(differ and normalize_answer(strings.values[a[3]]) != normalize_answer(strings.values[b[3]]))
     return {
         "title": title or " vs ".join(r["name"] for r in runs),
         "created": datetime.now().strftime("%Y-%m-%d %H:%M"),
