@@ -95,9 +95,24 @@ def test_strips_two_pass_and_single_pass(tmp_path):
 
     writer = StripWriter(tmp_path, panel=48)
     writer(998, {"main": gray, "ref": gray, "truth": {"change_mask": change.float()}}, Result)
+    writer.close()  # the strips are written by a worker thread
     assert strip_path(999) == "img/000/000999.jpg" and strip_path(1000) == "img/001/001000.jpg"
     assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*.jpg"))] == [
         strip_path(998), strip_path(999), strip_path(1000)]  # fmt: skip
     assert writer.count == 3 and writer.seconds > 0
-    StripWriter(tmp_path)  # a new evaluation here starts without the old strips
+    StripWriter(tmp_path).close()  # a new evaluation here starts without the old strips
     assert not list(tmp_path.rglob("*.jpg"))
+
+
+def test_a_failing_strip_worker_fails_the_evaluation(tmp_path):
+    gray = torch.rand(2, 1, 16, 16)
+
+    class Result:
+        aligned_main, cam_main, cam_ref, mask = gray, None, None, None
+
+    blocked = tmp_path / "viewer"
+    blocked.write_text("a file where the viewer's folder should be")  # saving fails in the worker
+    writer = StripWriter(blocked, panel=16)
+    writer(0, {"main": gray, "ref": gray, "truth": None}, Result)
+    with pytest.raises(RuntimeError, match="writing the viewer's strips failed"):
+        writer.close()

@@ -205,17 +205,19 @@ def folder_bytes(path: Path) -> int:
 
 
 def finish_viewer(eval_dir: Path, strips: Any, total_seconds: float) -> str:
-    """After ``evaluate``: write the viewer beside the strips and return a line saying its size and its share of
-    the evaluation's own time (``total_seconds`` covers the evaluation and the strips). Also saved as
-    ``viewer/timing.json``."""
+    """After ``evaluate``: finish the strips, write the viewer beside them and return a line saying its size and
+    the wall time it added as a share of the evaluation's own time (``total_seconds`` covers the evaluation and
+    the strips' calls, not this function). Also saved as ``viewer/timing.json``."""
+    calls = strips.seconds  # inside total_seconds
     tic = time.perf_counter()
+    strips.close()
     index = write_viewer(eval_dir)
-    viewer_seconds = strips.seconds + time.perf_counter() - tic
-    evaluation_seconds = max(total_seconds - strips.seconds, 1e-9)
+    viewer_seconds = calls + time.perf_counter() - tic
+    evaluation_seconds = max(total_seconds - calls, 1e-9)
     size = folder_bytes(index.parent)
     timing = {"questions": strips.count, "viewer_seconds": viewer_seconds, "evaluation_seconds": evaluation_seconds,
-              "ratio": viewer_seconds / evaluation_seconds, "bytes": size,
-              "bytes_per_question": size / max(strips.count, 1)}  # fmt: skip
+              "ratio": viewer_seconds / evaluation_seconds, "strip_worker_seconds": strips.worker_seconds,
+              "bytes": size, "bytes_per_question": size / max(strips.count, 1)}  # fmt: skip
     (index.parent / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     return (f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.1f} s "
             f"= {100 * timing['ratio']:.1f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
