@@ -37,6 +37,8 @@ def test_every_numeric_key_grouped(tmp_path):
 def test_runs_overlaid_png_and_svg(tmp_path):
     a, b = _run(tmp_path / "model", 1.0), _run(tmp_path / "blind", 2.0, extra=False)
     png, svg = plot_runs([a, b], tmp_path / "out" / "curves")
+    assert cli_main(["plot", str(a), str(b), "--out", str(tmp_path / "cli"), "--labels", "ours,question-only"]) == 0
+    assert "question-only" in (tmp_path / "cli.svg").read_text()
     with Image.open(png) as image:
         assert image.size[0] > 1000  # 4 panels a row
     text = svg.read_text()

@@ -1,6 +1,9 @@
 """The viewer's data and picture strips (no browser; tests/test_viewer_browser.py drives the page)."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +119,12 @@ def test_a_failing_strip_worker_fails_the_evaluation(tmp_path):
     writer(0, {"main": gray, "ref": gray, "truth": None}, Result)
     with pytest.raises(RuntimeError, match="writing the viewer's strips failed"):
         writer.close()
+
+
+def test_viewer_benchmark_runs():
+    """benchmarks/viewer.py (the README's budget numbers), on a small configuration."""
+    script = Path(__file__).parents[1] / "benchmarks" / "viewer.py"
+    out = subprocess.run([sys.executable, str(script), "--pairs", "6", "--size", "64", "--questions", "16"],
+                         capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["questions"] == 16 and result["disk_bytes_per_strip"] > 1000 and result["worker_ms_per_strip"] > 0

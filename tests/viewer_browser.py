@@ -103,15 +103,35 @@ def screenshot(eval_dir: Path, out_png: Path) -> Path:
     with sync_playwright() as p:
         browser = p.chromium.launch(**chromium_launch_options())
         try:
-            view = ViewerPage(browser, index, width=1400, height=860)
+            view = ViewerPage(browser, index, width=1400, height=560)
             view.select("f-type", "difference")
+            view.page.wait_for_function("[...document.querySelectorAll('img.thumb')].every(i => i.complete)")
+            view.page.screenshot(path=str(Path(out_png).with_suffix(".list.png")))
+            view.page.set_viewport_size({"width": 1400, "height": 1000})  # room for the whole detail view
             view.open_row(0)
-            view.page.screenshot(path=str(out_png))
+            view.detail()  # waits for the picture strip
+            view.page.locator(".detail-box").screenshot(path=str(Path(out_png).with_suffix(".detail.png")))
+            _stack([Path(out_png).with_suffix(".list.png"), Path(out_png).with_suffix(".detail.png")], out_png)
             if view.errors or view.network:
                 raise RuntimeError(f"console errors {view.errors}, network requests {view.network}")
         finally:
             browser.close()
     return Path(out_png)
+
+
+def _stack(parts: list[Path], out_png: Path) -> None:
+    """The list above the detail view, in one picture; the parts are removed."""
+    from PIL import Image
+
+    images = [Image.open(p).convert("RGB") for p in parts]
+    sheet = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images) + 8), (246, 247, 249))
+    y = 0
+    for image in images:
+        sheet.paste(image, (0, y))
+        y += image.height + 8
+    sheet.save(out_png, optimize=True)
+    for part in parts:
+        part.unlink()
 
 
 if __name__ == "__main__":

@@ -219,8 +219,8 @@ def finish_viewer(eval_dir: Path, strips: Any, total_seconds: float) -> str:
               "ratio": viewer_seconds / evaluation_seconds, "strip_worker_seconds": strips.worker_seconds,
               "bytes": size, "bytes_per_question": size / max(strips.count, 1)}  # fmt: skip
     (index.parent / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    return (f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.1f} s "
-            f"= {100 * timing['ratio']:.1f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
+    return (f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.2f} s "
+            f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

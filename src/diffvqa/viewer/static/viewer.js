@@ -72,7 +72,7 @@
       ["wrong-right", `${name(0)} wrong, ${name(1)} right`]);
   }
   options($("f-correct"), correct);
-  options($("f-pointing"), [["", "all"], ["hit", "hit"], ["miss", "miss"], ["none", "no ground truth"]]);
+  options($("f-pointing"), [["", "all"], ["hit", "hit"], ["miss", "miss"], ["none", "no score (no ground truth)"]]);
   const sorts = [["order", "evaluation order"], ["meteor-asc", "METEOR_nltk, worst first"],
     ["meteor-desc", "METEOR_nltk, best first"], ["pointing-asc", "pointing game, worst first"],
     ["pointing-desc", "pointing game, best first"]];
@@ -210,7 +210,7 @@
       ["final answer (pass 2)", a.final, "detail-final"],
       ["exact match", a.exact ? "✓ right" : "✗ wrong", `detail-exact ${a.exact ? "right" : "wrong"}`],
       ["METEOR_nltk", fmt(a.meteor), "detail-meteor"],
-      ["pointing game", a.pointing === null ? "— (no ground truth)" : fmt(a.pointing), "detail-pointing"],
+      ["pointing game", a.pointing === null ? "— (no score in predictions.jsonl)" : fmt(a.pointing), "detail-pointing"],
       ["line in predictions.jsonl", a.line + 1, "detail-line"],
     ];
     box.append(el("table", { class: "qa" }, ...rows.map(([k, v, cls]) =>
