@@ -10,11 +10,12 @@ land in "other" rather than being dropped. Counts (``val/n``) and flags (boolean
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from diffvqa.jsonl import read_jsonl
 
 METRICS_LOG = "metrics.jsonl"  # as diffvqa.train.METRICS_LOG (not imported: plotting needs no torch)
 GROUPS = ("loss", "validation", "localisation", "optimiser", "other")
@@ -36,24 +37,17 @@ def find_metrics_log(path: str | Path) -> Path | None:
 def read_log(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     """``{key: (steps, values)}`` of every numeric key; errors name the file and line."""
     series: dict[str, tuple[list[int], list[float]]] = {}
-    with Path(path).open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
+    for number, record in read_jsonl(path):
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise ValueError(f"{path}:{number}: a record needs an integer 'step'")
+        for key, value in record.items():
+            if key in SKIPPED or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            step = record.get("step") if isinstance(record, dict) else None
-            if not isinstance(step, int) or isinstance(step, bool):
-                raise ValueError(f"{path}:{number}: a record needs an integer 'step'")
-            for key, value in record.items():
-                if key in SKIPPED or isinstance(value, bool) or not isinstance(value, (int, float)):
-                    continue
-                if math.isfinite(value):
-                    steps, values = series.setdefault(key, ([], []))
-                    steps.append(step)
-                    values.append(float(value))
+            if math.isfinite(value):
+                steps, values = series.setdefault(key, ([], []))
+                steps.append(step)
+                values.append(float(value))
     return series
 
 

@@ -29,6 +29,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from diffvqa.jsonl import read_jsonl
 from diffvqa.viewer.strips import PANELS, strip_path
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -46,19 +47,12 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"{path}: not found (an evaluation directory holds the predictions.jsonl that "
                                 "`diffvqa evaluate` writes)")  # fmt: skip
     records = []
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
-            needed = ("question_type", "question", "answer", "final")
-            missing = [k for k in needed if not isinstance(record, dict) or not isinstance(record.get(k), str)]
-            if missing:
-                raise ValueError(f"{path}:{number}: a prediction record needs the strings {missing}")
-            records.append(record)
+    needed = ("question_type", "question", "answer", "final")
+    for number, record in read_jsonl(path):
+        missing = [k for k in needed if not isinstance(record, dict) or not isinstance(record.get(k), str)]
+        if missing:
+            raise ValueError(f"{path}:{number}: a prediction record needs the strings {missing}")
+        records.append(record)
     if not records:
         raise ValueError(f"{path}: no predictions")
     return records
