@@ -35,6 +35,7 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     from diffvqa.data.phantom import simulate
     from diffvqa.evaluate import evaluate, format_table
     from diffvqa.train import train
+    from diffvqa.viewer.build import write_viewer
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -82,11 +83,12 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     model_metrics = evaluate(out / "run", out / "cache", out / "eval", question_types=types, progress=progress,
                              baseline=blind_metrics,
                              title="diffvqa demo — longitudinal CXR phantom")  # fmt: skip
+    compare = write_viewer(out / "eval", out / "eval_blind")  # every answer, the model beside the blind baseline
     _done(t)
 
     report = out / "eval" / "report.html"
     print("\n" + format_table(model_metrics, blind_metrics))
-    print(f"\nreport: {report}")
+    print(f"\nreport: {report}\nviewer, model vs blind baseline: {compare}")
     print(f"total: {time.perf_counter() - started:.0f} s")
     return {"model": model_metrics, "blind": blind_metrics, "report": str(report)}
 

@@ -5,8 +5,8 @@ Writes ``predictions.jsonl`` (one record per question: ids, question type, quest
 and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
 and, on the phantom, the mechanism scores of :mod:`diffvqa.mechanisms`: ``pointing_game`` beside its chance,
-fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``) and
-``report.html``.
+fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``),
+``report.html`` and ``viewer/`` (every question with its pictures, to browse from disk; ``--no-viewer`` skips it).
 """
 
 from __future__ import annotations

@@ -83,12 +83,16 @@ def plot_runs(runs: list[str | Path], out: str | Path, labels: list[str] | None 
             raise FileNotFoundError(f"{run}: no {METRICS_LOG} (a training run directory written by `diffvqa train`)")
         logs.append(read_log(log))
     labels = labels or _labels([Path(r) for r in runs])
-    keys = curve_keys(logs)
-    if not keys:
+    if not curve_keys(logs):
         raise ValueError(f"{', '.join(map(str, runs))}: no numeric records to plot")
+    with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable and editable
+        return _draw(plt, logs, labels, Path(out))
+
+
+def _draw(plt, logs: list[dict[str, Any]], labels: list[str], out: Path) -> list[Path]:
+    keys = curve_keys(logs)
     columns = min(4, len(keys))
     rows = math.ceil(len(keys) / columns)
-    plt.rcParams["svg.fonttype"] = "none"  # SVG text stays text: searchable and editable
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.0 * rows), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes.flat, keys, strict=False):
@@ -109,7 +113,6 @@ def plot_runs(runs: list[str | Path], out: str | Path, labels: list[str] | None 
     if len(logs) > 1:
         axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_name(out.name + ".png"), out.with_name(out.name + ".svg")]
     for path in paths:
