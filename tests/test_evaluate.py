@@ -59,6 +59,7 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     html = (out / "report.html").read_text()
     assert "report_images/" in html
     assert "Training curves" in html and (out / "report_images" / "training_curves.svg").is_file()
+    assert 'href="viewer/index.html"' in html
     # the viewer: every question with its picture strip, and what writing it cost
     viewer = out / "viewer"
     assert (viewer / "index.html").is_file() and (viewer / "data.js").is_file()

@@ -239,3 +239,10 @@ def test_report_shows_both_meteors_and_which_papers_use_which(tmp_path):
     # without the NLTK implementation record (an older metrics.json) there is no claim about it
     del metrics["implementation"]["METEOR_nltk"]
     assert "EKAID" not in write_report(tmp_path, metrics, []).read_text(encoding="utf-8")
+
+
+def test_report_links_the_viewer_when_there_is_one(tmp_path):
+    assert "viewer/index.html" not in write_report(tmp_path, _metrics(1.0, True), []).read_text(encoding="utf-8")
+    (tmp_path / "viewer").mkdir()
+    (tmp_path / "viewer" / "index.html").write_text("<!DOCTYPE html>")
+    assert 'href="viewer/index.html"' in write_report(tmp_path, _metrics(1.0, True), []).read_text(encoding="utf-8")

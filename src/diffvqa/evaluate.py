@@ -202,13 +202,13 @@ def evaluate(
         "saliency_overrides": list(saliency_overrides or []),
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    if strips is not None:  # before the report, which links to it
+        print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     if report:
         from diffvqa.report import write_report
 
         write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}",
                      training_run=checkpoint)  # fmt: skip
-    if strips is not None:
-        print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     return metrics
 
 
