@@ -196,7 +196,10 @@
   function detailRun(q, r) {
     const a = q.runs[r];
     const box = el("section", { class: "detail-run", "data-run": r }, el("h3", {}, runs[r].name));
-    if (!a) return box.appendChild(el("p", { class: "missing" }, "this evaluation did not ask this question")) && box;
+    if (!a) {
+      box.append(el("p", { class: "missing" }, "this evaluation did not ask this question"));
+      return box;
+    }
     const src = stripSrc(r, a.line);
     if (src === null) {
       box.append(el("p", { class: "missing" }, "no pictures: this evaluation was written without the viewer"));
