@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from diffvqa.errors import UserError
+
 
 def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
     """``(line number, record)`` of each non-blank line; a line that is not JSON raises ``ValueError`` naming
@@ -18,4 +20,4 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+                raise UserError(f"{path}:{number}: not JSON ({exc.msg})") from None

@@ -9,12 +9,12 @@ land in "other" rather than being dropped. Counts (``val/n``) and flags (boolean
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
 
 METRICS_LOG = "metrics.jsonl"  # as diffvqa.train.METRICS_LOG (not imported: plotting needs no torch)
@@ -40,7 +40,7 @@ def read_log(path: Path) -> dict[str, tuple[list[int], list[float]]]:
     for number, record in read_jsonl(path):
         step = record.get("step") if isinstance(record, dict) else None
         if not isinstance(step, int) or isinstance(step, bool):
-            raise ValueError(f"{path}:{number}: a record needs an integer 'step'")
+            raise UserError(f"{path}:{number}: a record needs an integer 'step'")
         for key, value in record.items():
             if key in SKIPPED or isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
@@ -80,11 +80,11 @@ def plot_runs(runs: list[str | Path], out: str | Path, labels: list[str] | None 
     for run in runs:
         log = find_metrics_log(run)
         if log is None:
-            raise FileNotFoundError(f"{run}: no {METRICS_LOG} (a training run directory written by `diffvqa train`)")
+            raise MissingInputError(f"{run}: no {METRICS_LOG} (a training run directory written by `diffvqa train`)")
         logs.append(read_log(log))
     labels = labels or _labels([Path(r) for r in runs])
     if not curve_keys(logs):
-        raise ValueError(f"{', '.join(map(str, runs))}: no numeric records to plot")
+        raise UserError(f"{', '.join(map(str, runs))}: no numeric records to plot")
     with plt.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable and editable
         return _draw(plt, logs, labels, Path(out))
 
@@ -126,8 +126,9 @@ def _labels(runs: list[Path]) -> list[str]:
     return [str(r) for r in runs] if len(set(names)) < len(names) else names
 
 
+@command("diffvqa plot")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa plot", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa plot", description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="training run directories (with metrics.jsonl)")
     parser.add_argument("--out", type=Path, help="output prefix (default: FIRST_RUN/curves)")
     parser.add_argument("--labels", help="comma-separated legend names, one per run")
@@ -135,11 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     labels = args.labels.split(",") if args.labels else None
     if labels is not None and len(labels) != len(args.runs):
         parser.error(f"--labels names {len(labels)} runs, but {len(args.runs)} were given")
-    try:
-        paths = plot_runs(args.runs, args.out or args.runs[0] / "curves", labels)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diffvqa plot: error: {exc}", file=sys.stderr)
-        return 2
+    paths = plot_runs(args.runs, args.out or args.runs[0] / "curves", labels)
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

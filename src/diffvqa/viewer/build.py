@@ -19,7 +19,6 @@ is a score of at least 0.5.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -29,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
 from diffvqa.viewer.strips import PANELS, strip_path
 
@@ -44,17 +44,17 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
     """The records of ``eval_dir/predictions.jsonl``; errors name the file and line."""
     path = Path(eval_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (an evaluation directory holds the predictions.jsonl that "
+        raise MissingInputError(f"{path}: not found (an evaluation directory holds the predictions.jsonl that "
                                 "`diffvqa evaluate` writes)")  # fmt: skip
     records = []
     needed = ("question_type", "question", "answer", "final")
     for number, record in read_jsonl(path):
         missing = [k for k in needed if not isinstance(record, dict) or not isinstance(record.get(k), str)]
         if missing:
-            raise ValueError(f"{path}:{number}: a prediction record needs the strings {missing}")
+            raise UserError(f"{path}:{number}: a prediction record needs the strings {missing}")
         records.append(record)
     if not records:
-        raise ValueError(f"{path}: no predictions")
+        raise UserError(f"{path}: no predictions")
     return records
 
 
@@ -65,7 +65,7 @@ def _read_metrics(eval_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not JSON ({exc.msg})") from None
+        raise UserError(f"{path}: not JSON ({exc.msg})") from None
 
 
 def pointing_score(record: dict[str, Any]) -> float | None:
@@ -151,7 +151,7 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
                              [None] * len(per_run), 0])  # fmt: skip
             row = rows[where[key]]
             if row[7][r] is not None:
-                raise ValueError(f"{eval_dirs[r] / PREDICTIONS_FILE}:{line + 1}: the question {key} appears twice")
+                raise UserError(f"{eval_dirs[r] / PREDICTIONS_FILE}:{line + 1}: the question {key} appears twice")
             exact = normalize_answer(record["final"]) == normalize_answer(record["answer"])
             row[7][r] = [line, strings(record.get("preliminary")), strings(record.get("keyword")),
                          strings(record["final"]), int(exact), round(meteor[line], 4),
@@ -217,18 +217,15 @@ def finish_viewer(eval_dir: Path, strips: Any, total_seconds: float) -> str:
             f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
 
 
+@command("diffvqa view")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="diffvqa view", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="diffvqa view", description=__doc__.split("\n\n")[0])
     parser.add_argument("eval_dir", type=Path, help="an evaluation directory (holds predictions.jsonl)")
     parser.add_argument("other", type=Path, nargs="?", help="a second evaluation of the same questions, to compare")
     parser.add_argument("--out", type=Path, help="default: EVAL_DIR/viewer, or EVAL_DIR/viewer-vs-NAME")
     parser.add_argument("--title")
     args = parser.parse_args(argv)
-    try:
-        index = write_viewer(args.eval_dir, args.other, args.out, args.title)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"diffvqa view: error: {exc}", file=sys.stderr)
-        return 2
+    index = write_viewer(args.eval_dir, args.other, args.out, args.title)
     print(f"wrote {index} (open it in a browser: {index.resolve().as_uri()})")
     return 0
 
