@@ -123,3 +123,20 @@ def test_inference_time_saliency_overrides(tiny_run, phantom_cache, tmp_path, ca
     assert flat["pointing_game"] == pytest.approx(flat["pointing_game_reference"]["chance"])
     assert main([*common, "--out", str(tmp_path / "c"), "model.align=false"]) == 2
     assert "saliency.*" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_batchnorm_passes_benchmark_runs(tiny_run, phantom_cache):
+    """benchmarks/batchnorm_passes.py (the README's BatchNorm measurement) at toy size: three scored settings."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "batchnorm_passes.py"
+    result = subprocess.run([sys.executable, str(script), str(tiny_run), str(phantom_cache), "--samples", "16"],
+                            capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(scores) == {"trained (blended)", "per-pass re-estimated", "unmasked statistics for both"}
+    for entry in scores.values():
+        assert entry["final_CIDEr"] >= 0 and 0 <= entry["pointing_game"] <= 1
