@@ -150,8 +150,7 @@ class MechanismTally:
         gate = None
         if cfg.cam_method == "change_gated":
             ref = batch["ref"].to(device)[index]
-            pair_content = None if result.content is None else content
-            gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, pair_content)
+            gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)
         cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
                                             keyword_mask, cfg.cam_eps, cfg.cam_method, content, gate)  # fmt: skip
         maps = shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()  # (R, S, S)

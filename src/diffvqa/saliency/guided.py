@@ -42,8 +42,8 @@ class GuidedOutput:
 
 
 def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | None,
-                 ref_box: Tensor | None) -> tuple[AlignOutput, Tensor, Tensor | None]:  # fmt: skip
-    """Align main onto ref with their content masks -> (alignment, ref, content (2B, 1, S, S) or None).
+                 ref_box: Tensor | None) -> tuple[AlignOutput, Tensor | None]:  # fmt: skip
+    """Align main onto ref with their content masks -> (alignment, content (2B, 1, S, S) or None).
 
     ``content`` marks where the aligned main and the reference hold image (main first, as the feature maps);
     None when neither image has a recorded content box (the whole frame counts).
@@ -53,11 +53,11 @@ def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | N
     ref_content = None if ref_box is None else box_masks(ref_box, size, device=ref.device)
     aligned = model.align(main, ref, main_content, ref_content)
     if aligned.content is None and ref_content is None:
-        return aligned, ref, None
+        return aligned, None
     ones = torch.ones(batch, 1, size, size, device=main.device)
     content = torch.cat([ones if aligned.content is None else aligned.content,
                          ones if ref_content is None else ref_content])  # fmt: skip
-    return aligned, ref, content
+    return aligned, content
 
 
 def cam_gate(method: str, aligned_main: Tensor, ref: Tensor, content: Tensor | None) -> Tensor | None:
@@ -89,7 +89,7 @@ class SaliencyGuidedVQA(nn.Module):
         cfg = model.config.saliency
         enabled = cfg.enabled and guided
         main, ref = model.inputs(main, ref)
-        aligned, ref, content = aligned_pair(model, main, ref, main_box, ref_box)
+        aligned, content = aligned_pair(model, main, ref, main_box, ref_box)
         similarity_weight = model.config.model.align_similarity
         text = model.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
         # λ_A = 0: L_A does not count, so pass A serves the CAM alone: no graph into the encoder, and the CAM's
@@ -162,7 +162,7 @@ def two_pass_answer(
     """
     cfg = model.config.saliency
     main, ref = model.inputs(main, ref)
-    aligned, ref, content = aligned_pair(model, main, ref, main_box, ref_box)
+    aligned, content = aligned_pair(model, main, ref, main_box, ref_box)
     features = model.encode(aligned.aligned, ref)
     if single_pass or not cfg.enabled:
         preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
