@@ -1,11 +1,15 @@
-"""BatchNorm statistics across the two passes: the two-pass score with the running statistics as trained (blended:
-both passes run in train mode, so pass A (unmasked) and pass B (masked) both update them) vs per-pass statistics
-re-estimated on the train split (pass 1 normalised with unmasked-image statistics, pass 2 with masked-image ones).
+"""BatchNorm statistics across the two passes, on a trained run: the two-pass score with
+
+1. the statistics as trained — one set per pass (pass 1 normalised with the unmasked-image set, pass 2 with the
+   masked-image set, each a running average over training; ``diffvqa.model.encoder``);
+2. the unmasked set for both passes — what a single set of statistics fitted to pass 1 gives pass 2;
+3. per-pass statistics re-estimated on train pairs after training (cumulative averages of the final weights'
+   batch statistics) — a check that the running averages of training are not stale.
 
     .venv/bin/python benchmarks/batchnorm_passes.py RUN CACHE [--samples 640]
 
 Prints one JSON object: final/preliminary CIDEr, final BLEU-4 and pointing game of the test split's difference
-questions for (1) the trained statistics, (2) per-pass re-estimated, (3) unmasked statistics for both passes.
+questions for each setting.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from diffvqa.saliency.guided import two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn
 from diffvqa.saliency.mask import apply_mask
 
+SETS = ("running_mean", "running_var")
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -35,15 +41,16 @@ def main() -> None:
     cfg = model.config
     norms = [m for m in model.encoder.modules() if isinstance(m, nn.BatchNorm2d)]
 
-    def stats():
-        return [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+    def stats(prefix: str = "") -> list[tuple[torch.Tensor, ...]]:
+        return [tuple(getattr(m, prefix + s).clone() for s in SETS) for m in norms]
 
-    def put(values):
-        for m, (mean, var) in zip(norms, values, strict=True):
-            m.running_mean.copy_(mean)
-            m.running_var.copy_(var)
+    def put(pass1, pass2) -> None:
+        for m, one, two in zip(norms, pass1, pass2, strict=True):
+            for s, a, b in zip(SETS, one, two, strict=True):
+                getattr(m, s).copy_(a)
+                getattr(m, "masked_" + s).copy_(b)
 
-    trained = stats()
+    trained = stats(), stats("masked_")
     train = PairQADataset(args.cache, "train", ["difference"])
     subset = torch.utils.data.Subset(train, evenly_spaced(len(train), args.samples))
     collate = Collate(model.tokenizer, cfg.data.max_question_tokens, cfg.data.max_answer_tokens)
@@ -51,17 +58,9 @@ def main() -> None:
     unmasked, masked = [], []
     with torch.no_grad():  # the images each pass sees, with the masks the trained model makes
         for batch in torch.utils.data.DataLoader(subset, batch_size=32, collate_fn=collate):
-            r = two_pass_answer(
-                model,
-                batch["main"],
-                batch["ref"],
-                batch["question_ids"],
-                batch["question_mask"],
-                batch["question"],
-                keyword_fn,
-                main_box=batch["main_box"],
-                ref_box=batch["ref_box"],
-            )
+            r = two_pass_answer(model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                                batch["question"], keyword_fn, main_box=batch["main_box"],
+                                ref_box=batch["ref_box"])  # fmt: skip
             floor = cfg.saliency.mask_floor
             unmasked.append(torch.cat([r.aligned_main, batch["ref"]]))
             masked.append(
@@ -81,22 +80,13 @@ def main() -> None:
             m.momentum = 0.1
         return stats()
 
-    per_unmasked, per_masked = estimate(unmasked), estimate(masked)
+    re_estimated = estimate(unmasked), estimate(masked)
     test = PairQADataset(args.cache, "test", ["difference"])
 
     def score(pass1, pass2):
-        encode, calls = model.encode, {"n": 0}
-
-        def switching(main, ref):  # two_pass_answer encodes pass 1, then pass 2
-            put(pass1 if calls["n"] % 2 == 0 else pass2)
-            calls["n"] += 1
-            return encode(main, ref)
-
-        model.encode = switching
-        records, mechanisms, _ = predict(
-            model, test, keyword_fn, 32, progress=False, examples=0, keyword_conditioning=False
-        )
-        model.encode = encode
+        put(pass1, pass2)
+        records, mechanisms, _ = predict(model, test, keyword_fn, 32, progress=False, examples=0,
+                                         keyword_conditioning=False)  # fmt: skip
         final = caption_scores([r["final"] for r in records], [r["answer"] for r in records])
         preliminary = caption_scores([r["preliminary"] for r in records], [r["answer"] for r in records])
         return {
@@ -106,15 +96,11 @@ def main() -> None:
             "pointing_game": mechanisms.get("pointing_game"),
         }
 
-    print(
-        json.dumps(
-            {
-                "trained (blended)": score(trained, trained),
-                "per-pass re-estimated": score(per_unmasked, per_masked),
-                "unmasked statistics for both": score(per_unmasked, per_unmasked),
-            }
-        )
-    )
+    print(json.dumps({
+        "trained, per pass": score(*trained),
+        "unmasked set for both": score(trained[0], trained[0]),
+        "per pass, re-estimated": score(*re_estimated),
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":

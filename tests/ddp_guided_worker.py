@@ -49,9 +49,23 @@ def main(out_dir: str) -> None:
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(flat) for _ in range(2)]
     dist.all_gather(gathered, flat)
+    # Both sets of BatchNorm statistics travel apart: an eval-mode forward broadcasts rank 0's buffers (by
+    # object) without updating them; then every rank holds rank 0's unmasked and masked sets, and they differ.
+    model.eval()
+    ddp(main_images, ref_images, q, qm, a, am, keyword_mask)
+    norms = [m for m in model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    plain = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms])
+    masked = torch.cat([m.masked_running_mean for m in norms] + [m.masked_running_var for m in norms])
+    buffers = torch.cat([plain, masked])
+    gathered_buffers = [torch.zeros_like(buffers) for _ in range(2)]
+    dist.all_gather(gathered_buffers, buffers)
     if rank == 0:
         diff = (gathered[0] - gathered[1]).abs().max().item()
-        Path(out_dir, "ddp_report.txt").write_text(f"{'identical' if diff == 0 else 'different'} {diff} {STEPS}\n")
+        buffer_diff = (gathered_buffers[0] - gathered_buffers[1]).abs().max().item()
+        sets_apart = (plain - masked).abs().max().item()
+        Path(out_dir, "ddp_report.txt").write_text(
+            f"{'identical' if diff == 0 else 'different'} {diff} {STEPS} {buffer_diff} {sets_apart}\n"
+        )
     # Release DDP's reducer while the process group is alive: tearing it down after destroy_process_group
     # can leave a gloo rank hanging at interpreter exit.
     del ddp, optimiser

@@ -172,3 +172,56 @@ def test_import_is_lazy():
     subprocess.run([sys.executable, "-c", code], check=True)
     light = "import sys, diffvqa, diffvqa.config, diffvqa.cli; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", light], check=True)
+
+
+def test_both_sets_of_batchnorm_statistics_round_trip_with_the_format_version(tiny_model, tiny_batch, tmp_path):
+    from safetensors import safe_open
+
+    from diffvqa.model.checkpoint import FORMAT_KEY, FORMAT_VERSION
+
+    tiny_model.train()
+    tiny_model.encode(tiny_batch["main"], tiny_batch["ref"])
+    tiny_model.encode(tiny_batch["main"] * 0.5, tiny_batch["ref"] * 0.5, masked=True)
+    save_checkpoint(tiny_model, tmp_path)
+    with safe_open(str(tmp_path / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {FORMAT_KEY: str(FORMAT_VERSION)}
+    loaded = load_checkpoint(tmp_path).eval()
+    for key, value in tiny_model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    tiny_model.eval()
+    with torch.no_grad():
+        for masked in (False, True):
+            assert torch.equal(tiny_model.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked),
+                               loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked))  # fmt: skip
+
+
+def test_a_format_1_checkpoint_loads_with_its_one_set_for_both_passes_and_says_so(tiny_model, tiny_batch,
+                                                                                   tmp_path, capsys):  # fmt: skip
+    """A checkpoint written before per-pass statistics (no masked_* buffers, no format in the metadata)."""
+    tiny_model.train()
+    tiny_model.encode(tiny_batch["main"], tiny_batch["ref"])  # the one set away from its initial values
+    save_checkpoint(tiny_model, tmp_path)
+    old = {k: v for k, v in load_file(str(tmp_path / "model.safetensors")).items() if ".masked_" not in k}
+    save_file(old, str(tmp_path / "model.safetensors"))  # as the old code wrote it: no metadata
+    loaded = load_checkpoint(tmp_path).eval()
+    note = capsys.readouterr().err
+    assert "format-1 checkpoint" in note and str(tmp_path / "model.safetensors") in note
+    assert "both passes use its single set of statistics" in note
+    state = loaded.state_dict()
+    for key in old:
+        if key.endswith(("running_mean", "running_var")):
+            masked_key = key.rsplit(".", 1)[0] + ".masked_" + key.rsplit(".", 1)[1]
+            assert torch.equal(state[masked_key], old[key])
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(tiny_batch["main"], tiny_batch["ref"]),
+                           loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=True))  # fmt: skip
+
+
+def test_a_checkpoint_from_a_newer_format_is_one_user_error(tiny_model, tmp_path):
+    from diffvqa.model.checkpoint import FORMAT_KEY
+
+    save_checkpoint(tiny_model, tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    save_file(state, str(tmp_path / "model.safetensors"), metadata={FORMAT_KEY: "99"})
+    with pytest.raises(UserError, match=r"model\.safetensors: checkpoint format 99 was written by a newer diffvqa"):
+        load_checkpoint(tmp_path)

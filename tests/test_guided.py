@@ -186,6 +186,8 @@ def test_ddp_two_processes_keep_parameters_identical(tmp_path):
     run_torchrun([worker, tmp_path])
     report = (tmp_path / "ddp_report.txt").read_text().split()
     assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3
+    # the BatchNorm statistics of both passes: the same on every rank, and the two sets apart
+    assert float(report[3]) == 0.0 and float(report[4]) > 0.0
 
 
 @pytest.mark.parametrize("method", ["hirescam", "change_gated"])

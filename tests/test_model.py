@@ -231,3 +231,92 @@ def test_aligner_learns_registration_from_the_similarity_and_stays_alive():
     assert after / before < 0.5
     assert theta.std(dim=0).max() > 0.01  # a per-pair transform, not one constant
     assert (units.flatten(2).std(dim=2).std(dim=0) > 1e-6).all()  # every unit's response varies across pairs
+
+
+def _statistics(model, prefix=""):
+    """(name -> clone) of every BatchNorm running statistic of the encoder, of one set."""
+    from diffvqa.model.encoder import STATISTICS
+
+    return {
+        f"{n}.{s}": dict(m.named_buffers(recurse=False))[prefix + s].clone()
+        for n, m in model.encoder.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+        for s in STATISTICS
+    }
+
+
+def test_each_pass_updates_and_reads_its_own_batchnorm_statistics(tiny_model, tiny_batch):
+    """Train mode: the unmasked pass moves only the unmasked set, the masked pass only the masked set. Eval mode:
+    each pass normalises with its own set (different sets -> different features; equal sets -> equal features)."""
+    from diffvqa.model.encoder import MASKED_PREFIX
+
+    main, ref = tiny_batch["main"], tiny_batch["ref"]
+    model = tiny_model.train()
+    plain0, masked0 = _statistics(model), _statistics(model, MASKED_PREFIX)
+    assert all(torch.equal(plain0[k], masked0[k]) for k in plain0)  # both start from the same values
+    model.encode(main, ref)
+    plain1, masked1 = _statistics(model), _statistics(model, MASKED_PREFIX)
+    assert all(torch.equal(masked0[k], masked1[k]) for k in masked0)
+    assert sum(not torch.equal(plain0[k], plain1[k]) for k in plain0) == len(plain0)  # every statistic moved
+    model.encode(main * 0.3, ref * 0.3, masked=True)  # darker images, as a mask makes them
+    plain2, masked2 = _statistics(model), _statistics(model, MASKED_PREFIX)
+    assert all(torch.equal(plain1[k], plain2[k]) for k in plain1)
+    assert sum(not torch.equal(masked1[k], masked2[k]) for k in masked1) == len(masked1)
+
+    model.eval()
+    with torch.no_grad():
+        assert not torch.allclose(model.encode(main, ref), model.encode(main, ref, masked=True))
+        for n, m in model.encoder.named_modules():  # make the sets equal again: the passes must agree
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.masked_running_mean.copy_(m.running_mean)
+                m.masked_running_var.copy_(m.running_var)
+        assert torch.equal(model.encode(main, ref), model.encode(main, ref, masked=True))
+
+
+def test_the_statistics_trade_back_when_the_masked_pass_fails(tiny_model, tiny_batch):
+    from diffvqa.model.encoder import MASKED_PREFIX
+
+    model = tiny_model.train()
+    model.encode(tiny_batch["main"], tiny_batch["ref"])  # the sets now differ
+    plain, masked = _statistics(model), _statistics(model, MASKED_PREFIX)
+    with pytest.raises(RuntimeError):
+        model.encode(tiny_batch["main"][:, :, :5], tiny_batch["ref"], masked=True)  # shapes that cannot be stacked
+    assert all(torch.equal(plain[k], v) for k, v in _statistics(model).items())
+    assert all(torch.equal(masked[k], v) for k, v in _statistics(model, MASKED_PREFIX).items())
+
+
+def test_a_guided_step_and_two_pass_inference_use_the_masked_statistics_for_the_masked_pass(
+    tiny_model, tiny_batch
+):  # fmt: skip
+    """Through the saliency loop: a training step moves both sets (pass A the unmasked, pass B the masked) apart;
+    in two-pass inference, changing only the masked set changes the masked pass's features and leaves pass 1 (its
+answers, features and the mask) as it was."""
+    from diffvqa.model.encoder import MASKED_PREFIX
+    from diffvqa.saliency.gradcam import keyword_token_mask
+    from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer
+    from diffvqa.saliency.lexicon import lexicon_keyword
+
+    b = tiny_batch
+    model = tiny_model.train()
+    model.config.saliency.mask_floor = 0.0  # a strong mask: the masked pass sees very different intensities
+    keywords = [lexicon_keyword(a, q) for a, q in zip(b["answer"], b["question"], strict=True)]
+    keyword_mask = keyword_token_mask(model.tokenizer, b["answer"], keywords, b["answer_ids"])
+    SaliencyGuidedVQA(model)(b["main"], b["ref"], b["question_ids"], b["question_mask"], b["answer_ids"],
+                             b["answer_mask"], keyword_mask)  # fmt: skip
+    plain, masked = _statistics(model), _statistics(model, MASKED_PREFIX)
+    assert sum(not torch.allclose(plain[k].float(), masked[k].float()) for k in plain if "running" in k) > 0
+
+    model.eval()
+    args = (b["main"], b["ref"], b["question_ids"], b["question_mask"], b["question"], lexicon_keyword)
+    before = two_pass_answer(model, *args)
+    with torch.no_grad():
+        masked_before = model.encode(b["main"], b["ref"], masked=True)
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.masked_running_mean.add_(5.0)  # wreck the masked set only
+    after = two_pass_answer(model, *args)
+    assert after.preliminary == before.preliminary
+    assert torch.equal(after.mask, before.mask)  # the CAM comes from pass 1
+    with torch.no_grad():
+        assert not torch.allclose(model.encode(b["main"], b["ref"], masked=True), masked_before)
+        assert torch.equal(model.encode(b["main"], b["ref"]), before.features)

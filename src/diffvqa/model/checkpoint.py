@@ -7,23 +7,36 @@
 Training runs add ``trainer_state`` (see ``diffvqa.train``). Saving unwraps DDP and ``torch.compile`` wrappers,
 so keys never carry ``module.`` or ``_orig_mod.`` prefixes. Loading is strict: a missing or unexpected key is
 an error that names it.
+
+The weights file carries the checkpoint's format version in its safetensors metadata (``diffvqa_format``):
+
+* 1 (no version recorded): one set of BatchNorm statistics, blended over the saliency loop's two passes. Such a
+  checkpoint still loads: both passes use that one set, as when it was trained, and a note says so.
+* 2: a second set of BatchNorm statistics for the masked pass (:mod:`diffvqa.model.encoder`).
+
+A format newer than this code knows is an error.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from diffvqa.config import Config
 from diffvqa.data.text import Tokenizer
 from diffvqa.errors import MissingInputError, UserError
+from diffvqa.model.encoder import MASKED_PREFIX
 from diffvqa.model.vqa import DiffVQA
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+FORMAT_KEY = "diffvqa_format"
+FORMAT_VERSION = 2
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -53,32 +66,69 @@ def _shared_duplicates(state: dict[str, torch.Tensor]) -> set[str]:
 def save_weights(model: nn.Module, path: str | Path) -> None:
     state = unwrap_model(model).state_dict()
     tied = _shared_duplicates(state)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}, str(path))
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}
+    save_file(tensors, str(path), metadata={FORMAT_KEY: str(FORMAT_VERSION)})
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    """``model.safetensors`` -> tensors; a missing, truncated or corrupt file is a UserError naming it."""
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:
+    """``model.safetensors`` -> (tensors, format version); a missing, truncated or corrupt file is a UserError
+    naming it."""
     if not path.is_file():
         raise MissingInputError(f"{path}: not found (a checkpoint holds {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        return load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
     # safetensors raises its own SafetensorError for a bad header and OSError/RuntimeError for a short file
     except Exception as exc:  # noqa: BLE001 - any failure to parse the file is the file's fault
         raise UserError(
             f"{path}: not a readable safetensors file ({type(exc).__name__}: {exc}); the checkpoint is truncated "
             "or corrupt: copy it again, or use another checkpoint of the run"
         ) from exc
+    raw = metadata.get(FORMAT_KEY, "1")
+    if not raw.isdigit():
+        raise UserError(f"{path}: metadata {FORMAT_KEY}={raw!r} is not a format version (expected an integer)")
+    version = int(raw)
+    if version > FORMAT_VERSION:
+        raise UserError(
+            f"{path}: checkpoint format {version} was written by a newer diffvqa (this one reads formats 1 to "
+            f"{FORMAT_VERSION}); upgrade diffvqa to load it"
+        )
+    return tensors, version
+
+
+def _single_statistics(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], path: Path) -> None:
+    """Format 1: give the masked pass the checkpoint's one set of BatchNorm statistics (what it was trained and
+    evaluated with), in place, and say so once."""
+    copied = 0
+    for key in expected:
+        module, _, name = key.rpartition(".")
+        if name.startswith(MASKED_PREFIX) and key not in state:
+            source = f"{module}.{name[len(MASKED_PREFIX):]}"
+            if source in state:
+                state[key] = state[source].clone()
+                copied += 1
+    if copied:
+        print(
+            f"diffvqa: note: {path} is a format-1 checkpoint (written before per-pass BatchNorm statistics): both "
+            "passes use its single set of statistics, as when it was trained; a model trained by this version "
+            "keeps one set per pass",
+            file=sys.stderr,
+        )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
     """Load ``model.safetensors`` strictly. A missing or unexpected key, or a tensor whose shape differs from
     the model's (a ``config.json`` that does not describe these weights), raises :class:`UserError` naming the
-    file and the first offender."""
+    file and the first offender. A format-1 checkpoint loads with its one set of BatchNorm statistics for both
+    passes (module docstring)."""
     path = Path(path)
     model = unwrap_model(model)
     expected = model.state_dict()
     tied = _shared_duplicates(expected)
-    state = _read_weights(path)
+    state, version = _read_weights(path)
+    if version == 1:
+        _single_statistics(state, expected, path)
     missing = [k for k in expected if k not in state and k not in tied]
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:

@@ -1,11 +1,22 @@
 """The shared image encoder: a ``transformers.ResNetModel`` run once on the stacked pair.
 
 Its last stage's feature maps (before pooling) are both the decoder's visual input and the Grad-CAM layer, so
-the interface is simply ``features(images) -> (N, C, h, w)`` (STYLE.md item 3).
+the interface is simply ``features(images) -> (N, C, h, w)``.
+
+**BatchNorm statistics per pass.** The saliency loop encodes two kinds of input with the same weights: the
+unmasked pair (pass 1 / pass A) and the masked pair (pass 2 / pass B), whose intensity statistics differ (the
+mask dims most of the image). One set of running statistics would be a blend of both that fits neither at
+evaluation. So every BatchNorm layer keeps a second set (buffers ``masked_running_mean``, ``masked_running_var``,
+``masked_num_batches_tracked``): ``features(images, masked=True)`` normalises with, and in training updates, that
+set; everything else (weights, affine parameters) is shared. In train mode both passes normalise with their batch
+statistics, exactly as before; only what evaluation uses differs. The two sets start equal (a pretrained ResNet's
+statistics are copied into both).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import Tensor, nn
@@ -31,6 +42,43 @@ def resnet_config(config: ModelConfig) -> ResNetConfig:
         layer_type=config.encoder_layer_type,
         hidden_act="relu",
     )
+
+
+MASKED_PREFIX = "masked_"  # the second set of BatchNorm statistics: masked_running_mean, ...
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def add_masked_statistics(module: nn.Module) -> list[nn.Module]:
+    """Give every BatchNorm layer of ``module`` a copy of its running statistics for the masked pass; returns the
+    layers. Idempotent."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        for name in STATISTICS:
+            if MASKED_PREFIX + name not in norm._buffers:
+                norm.register_buffer(MASKED_PREFIX + name, norm._buffers[name].detach().clone())
+    return norms
+
+
+@contextlib.contextmanager
+def masked_statistics(norms: list[nn.Module], enabled: bool = True) -> Iterator[None]:
+    """Within the block, each layer's running statistics *are* its masked set: the buffers trade places (the same
+    tensor objects, so in-place updates in train mode land in the masked set, and DDP, which broadcasts buffers by
+    object, keeps each set apart). They trade back on exit, exceptions included."""
+
+    def swap() -> None:
+        for norm in norms:
+            for name in STATISTICS:
+                other = MASKED_PREFIX + name
+                norm._buffers[name], norm._buffers[other] = norm._buffers[other], norm._buffers[name]
+
+    if not enabled:
+        yield
+        return
+    swap()
+    try:
+        yield
+    finally:
+        swap()
 
 
 def feature_stride(config: ModelConfig) -> int:
@@ -69,12 +117,15 @@ class ImageEncoder(nn.Module):
         else:
             self.resnet = ResNetModel(wanted)
         self.out_channels = wanted.hidden_sizes[-1]
+        self._norms = add_masked_statistics(self.resnet)  # after loading: pretrained statistics start both sets
 
     def normalize(self, images: Tensor) -> Tensor:
         """(N, 1, S, S) in [0, 1] -> (N, channels, S, S) normalised; the gray channel repeated for 3-channel nets."""
         x = (images - self.mean) / self.std
         return x.expand(-1, self.channels, -1, -1) if self.channels != 1 else x
 
-    def features(self, images: Tensor) -> Tensor:
-        """(N, 1, S, S) in [0, 1] -> feature maps (N, C, h, w)."""
-        return self.resnet(pixel_values=self.normalize(images)).last_hidden_state
+    def features(self, images: Tensor, masked: bool = False) -> Tensor:
+        """(N, 1, S, S) in [0, 1] -> feature maps (N, C, h, w). ``masked``: the images are the masked pass's, so
+        BatchNorm uses (and in training updates) the masked pass's running statistics (module docstring)."""
+        with masked_statistics(self._norms, masked):
+            return self.resnet(pixel_values=self.normalize(images)).last_hidden_state

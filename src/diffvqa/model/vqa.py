@@ -87,15 +87,16 @@ class DiffVQA(nn.Module):
             return AlignOutput(aligned=main, theta=theta, reg_loss=zero, similarity_loss=zero, content=main_content)
         return self.aligner(main, ref, main_content, ref_content)
 
-    def encode(self, main: Tensor, ref: Tensor) -> Tensor:
-        """Both images through the shared encoder as one batch -> (2B, C, h, w), main images first."""
+    def encode(self, main: Tensor, ref: Tensor, masked: bool = False) -> Tensor:
+        """Both images through the shared encoder as one batch -> (2B, C, h, w), main images first. ``masked``:
+        the saliency loop's masked pass (its own BatchNorm statistics, :mod:`diffvqa.model.encoder`)."""
         if self.config.model.blind:
             # Every image is zeros: encode one pair and broadcast it. Identical to encoding the whole batch (its
             # BatchNorm statistics over identical images equal one image's) at a 1/B of the cost.
             batch = main.shape[0]
-            one = self.encoder.features(torch.cat([main[:1], ref[:1]], dim=0))
+            one = self.encoder.features(torch.cat([main[:1], ref[:1]], dim=0), masked=masked)
             return torch.cat([one[:1].expand(batch, -1, -1, -1), one[1:].expand(batch, -1, -1, -1)], dim=0)
-        return self.encoder.features(torch.cat([main, ref], dim=0))
+        return self.encoder.features(torch.cat([main, ref], dim=0), masked=masked)
 
     def decode_loss(self, features: Tensor, text: TextBatch) -> tuple[Tensor, Tensor]:
         """Teacher-forced answer loss from feature maps; also returns the hidden states."""

@@ -118,7 +118,7 @@ class SaliencyGuidedVQA(nn.Module):
             loss_a = loss_a.detach()
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
         features_b = model.encode(
-            apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor)
+            apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True
         )
         loss_b, _ = model.decode_loss(features_b, text)
         losses = {"answer_masked": loss_b, "answer_unmasked": loss_a, "registration": aligned.reg_loss,
@@ -190,7 +190,9 @@ def two_pass_answer(
         cam_gate(cfg.cam_method, aligned.aligned, ref, content),
     )
     mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
-    masked = model.encode(apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor))
+    masked = model.encode(
+        apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True
+    )
     final, _ = model.generate_from_features(masked, question_ids, question_mask)
     return TwoPassResult(preliminary, keywords, cam_main, cam_ref, mask, aligned.theta, aligned.aligned, final,
                          empty_mask=empty, content=content, features=features)  # fmt: skip
