@@ -266,7 +266,7 @@ def test_each_pass_updates_and_reads_its_own_batchnorm_statistics(tiny_model, ti
     model.eval()
     with torch.no_grad():
         assert not torch.allclose(model.encode(main, ref), model.encode(main, ref, masked=True))
-        for n, m in model.encoder.named_modules():  # make the sets equal again: the passes must agree
+        for m in model.encoder.modules():  # make the sets equal again: the passes must agree
             if isinstance(m, torch.nn.BatchNorm2d):
                 m.masked_running_mean.copy_(m.running_mean)
                 m.masked_running_var.copy_(m.running_var)
@@ -289,8 +289,8 @@ def test_a_guided_step_and_two_pass_inference_use_the_masked_statistics_for_the_
     tiny_model, tiny_batch
 ):  # fmt: skip
     """Through the saliency loop: a training step moves both sets (pass A the unmasked, pass B the masked) apart;
-    in two-pass inference, changing only the masked set changes the masked pass's features and leaves pass 1 (its
-answers, features and the mask) as it was."""
+        in two-pass inference, changing only the masked set changes the masked pass's features and leaves pass 1 (its
+    answers, features and the mask) as it was."""
     from diffvqa.model.encoder import MASKED_PREFIX
     from diffvqa.saliency.gradcam import keyword_token_mask
     from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer

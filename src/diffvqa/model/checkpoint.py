@@ -104,7 +104,7 @@ def _single_statistics(state: dict[str, torch.Tensor], expected: dict[str, torch
     for key in expected:
         module, _, name = key.rpartition(".")
         if name.startswith(MASKED_PREFIX) and key not in state:
-            source = f"{module}.{name[len(MASKED_PREFIX):]}"
+            source = f"{module}.{name[len(MASKED_PREFIX) :]}"
             if source in state:
                 state[key] = state[source].clone()
                 copied += 1
