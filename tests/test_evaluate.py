@@ -56,7 +56,22 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     assert metrics["empty_mask_fallbacks"]["masks"] == len(records)
     assert metrics["preliminary"]["n"] == sum(r["question_type"] == "difference" for r in records)
     assert metrics["run"]["mode"] == "two-pass" and metrics["run"]["questions"] == len(records)
+    # final vs preliminary: per-answer CIDEr-D in the records, whose means are the corpus scores, and the interval
+    difference = [r for r in records if r["question_type"] == "difference"]
+    assert all("cider" in r and "cider_preliminary" in r for r in difference)
+    assert not any("cider" in r for r in records if r["question_type"] != "difference")
+    passes = metrics["final_vs_preliminary"]
+    assert passes["n"] == len(difference)
+    assert passes["CIDEr_final"] == pytest.approx(metrics["difference"]["CIDEr"], abs=1e-9)
+    assert passes["CIDEr_preliminary"] == pytest.approx(metrics["preliminary"]["CIDEr"], abs=1e-9)
+    gap = passes["CIDEr_difference"]
+    mean_gap = sum(r["cider"] - r["cider_preliminary"] for r in difference) / len(difference)
+    assert gap["estimate"] == pytest.approx(mean_gap) and gap["low"] <= gap["estimate"] <= gap["high"]
+    changed = sum(r["final"] != r["preliminary"] for r in difference)
+    assert passes["answers_changed"] == changed
+    assert passes["right_only_in_final"] + passes["right_only_in_preliminary"] <= changed
     html = (out / "report.html").read_text()
+    assert "Final vs preliminary answers" in html and f"{gap['estimate']:+.3f} [{gap['low']:+.3f}," in html
     assert "report_images/" in html
     assert "Training curves" in html and (out / "report_images" / "training_curves.svg").is_file()
     assert 'href="viewer/index.html"' in html
@@ -76,6 +91,9 @@ def test_single_pass_and_question_type_filter(tiny_run, phantom_cache, tmp_path)
     assert not (tmp_path / "viewer").exists()
     assert metrics["run"]["mode"] == "single-pass" and "pointing_game" not in metrics
     assert metrics["all"]["n"] == metrics["difference"]["n"] == metrics["run"]["questions"]
+    assert "final_vs_preliminary" not in metrics  # one pass: nothing to compare; the records still carry CIDEr
+    records = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all("cider" in r and "cider_preliminary" not in r for r in records)
 
 
 def test_evaluate_errors_are_named(tiny_run, phantom_cache, tmp_path, capsys):

@@ -4,6 +4,7 @@ from conftest import train_briefly
 
 from diffvqa.saliency.gradcam import (
     cams_from_score,
+    gate_cams,
     keyword_gradcam,
     keyword_gradcam_from_prompt,
     keyword_token_mask,
@@ -222,3 +223,63 @@ def test_change_gated_cams_vanish_where_the_pair_does_not_differ():
     for p, g in zip(plain, gated, strict=True):
         assert g[:, :, :30].abs().max() == 0 and g.amax() > 0.99  # renormalised inside the changed area
         assert not torch.allclose(p, g)
+    # gating afterwards (the keyword-conditioning measurement's gated map) gives the same maps
+    for mode in ("image", "pair"):
+        plain = cams_from_score(features, score, 64, retain_graph=True, normalize=mode)
+        gated = cams_from_score(features, score, 64, method="change_gated", gate=gate, retain_graph=True,
+                                normalize=mode)  # fmt: skip
+        for got, want in zip(gate_cams(*plain, gate, mode), gated, strict=True):
+            assert (got - want).abs().max() < 1e-5
+
+
+def test_pair_normalisation_keeps_the_weaker_visit_weaker():
+    from diffvqa.saliency.gradcam import normalize_cams
+
+    cam = torch.zeros(4, 1, 8, 8)  # two pairs: mains (rows 0, 1), then refs (rows 2, 3)
+    cam[0, 0, 1, 1], cam[2, 0, 5, 5] = 4.0, 1.0  # pair 0: the main map four times stronger
+    cam[1, 0, 2, 2], cam[3, 0, 6, 6] = 0.5, 2.0  # pair 1: the reference stronger
+    image = normalize_cams(cam, "image")
+    assert image.amax(dim=(1, 2, 3)).tolist() == pytest.approx([1.0] * 4, abs=1e-5)
+    pair = normalize_cams(cam, "pair")
+    assert pair.amax(dim=(1, 2, 3)).tolist() == pytest.approx([1.0, 0.25, 0.25, 1.0], abs=1e-5)
+    with pytest.raises(ValueError, match="cam_normalize"):
+        normalize_cams(cam, "global")
+
+
+def test_the_logit_target_scores_the_keyword_alone():
+    """log p(keyword) rises when a competing token's logit falls; the keyword's logit does not."""
+    from diffvqa.saliency.gradcam import token_scores
+
+    logits = torch.tensor([[2.0, 1.0, 0.0]], requires_grad=True)
+    target = torch.tensor([0])
+    (log_prob_grad,) = torch.autograd.grad(token_scores(logits, target, "log_prob").sum(), logits)
+    (logit_grad,) = torch.autograd.grad(token_scores(logits, target, "logit").sum(), logits)
+    assert (log_prob_grad[0, 1:] < 0).all() and logit_grad[0].tolist() == [1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="cam_target"):
+        token_scores(logits, target, "prob")
+
+
+@pytest.mark.parametrize("normalize, target", [("pair", "log_prob"), ("image", "logit"), ("pair", "logit")])
+def test_cam_options_agree_between_the_kept_prompt_and_the_teacher_forced_pass(
+    tiny_model, tokenizer, tiny_batch, normalize, target
+):  # fmt: skip
+    """saliency.cam_normalize / cam_target reach both CAM paths (training's and inference's) alike, and change
+    the maps."""
+    model, b = train_briefly(tiny_model, tiny_batch), tiny_batch
+    model.eval()
+    keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
+    answers = (b["answer_ids"], b["answer_mask"], keyword_mask)
+    with torch.no_grad():
+        features = model.encode(b["main"], b["ref"])
+        default = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers)
+        expected = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers,
+                                   normalize=normalize, target=target)  # fmt: skip
+        with torch.enable_grad():
+            leaf = features.detach().requires_grad_(True)
+            prefix = model.prefix(leaf)
+        kept = model.decoder.generate(*prefix, b["question_ids"], b["question_mask"], max_new_tokens=6,
+                                      keep_prompt=True)  # fmt: skip
+        cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers, normalize=normalize, target=target)
+    for got, want in zip(cams, expected, strict=True):
+        assert (got - want).abs().max() <= 1e-5
+    assert any(not torch.allclose(a, c, atol=1e-4) for a, c in zip(default, expected, strict=True))

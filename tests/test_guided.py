@@ -139,11 +139,17 @@ def test_two_pass_outputs(tiny_model, tiny_batch):
 def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, monkeypatch):
     """Pass 2 answers from the masked pair: an all-ones mask gives pass 1's answers back; a mask of 1e-30 (black
     images, to float32 precision after normalising) gives the answers of a zero image pair; an all-zero mask falls
-    back to all ones and is flagged."""
+    back to all ones and is flagged. (Both passes normalise with the same BatchNorm statistics here, so that only
+    the images differ between them: the masked pass's own set is tested in test_model.)"""
     import diffvqa.saliency.guided as guided_module
 
     train_briefly(tiny_model, tiny_batch, steps=30)  # varied, multi-token answers
     model, b = tiny_model.eval(), tiny_batch
+    with torch.no_grad():
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.masked_running_mean.copy_(m.running_mean)
+                m.masked_running_var.copy_(m.running_var)
     args = (model, b["main"], b["ref"], b["question_ids"], b["question_mask"], b["question"], lexicon_keyword)
     model.config.saliency.mask = "none"
     unmasked = two_pass_answer(*args)
@@ -158,7 +164,8 @@ def test_two_pass_final_answer_reads_the_masked_images(tiny_model, tiny_batch, m
     blacked = two_pass_answer(*args)
     zeros = torch.zeros_like(b["main"])
     with torch.no_grad():
-        expected, _ = model.generate_from_features(model.encode(zeros, zeros), b["question_ids"], b["question_mask"])
+        features = model.encode(zeros, zeros, masked=True)
+        expected, _ = model.generate_from_features(features, b["question_ids"], b["question_mask"])
     assert blacked.preliminary == unmasked.preliminary and blacked.final == expected
     assert expected != unmasked.preliminary  # the two checks tell the images apart
 

@@ -5,11 +5,11 @@ import torch
 from diffvqa.scoring import (
     area_shares,
     best_fixed_point,
-    distinct_regions,
     fixed_point_hits,
     grid_ceiling,
     keyword_conditioning,
     pointing_scores,
+    separated_regions,
 )
 
 
@@ -61,17 +61,25 @@ def test_grid_ceiling_is_whether_a_cell_centre_lies_inside():
 def test_keyword_conditioning_is_one_half_for_a_map_that_ignores_the_keyword():
     left, right = _region(32, 10, 20, 2, 10), _region(32, 10, 20, 22, 30)
     good_left, good_right = left * 0.9 + 0.05, right * 0.9 + 0.05
-    assert keyword_conditioning([good_left, good_right], [left, right]) == [1.0, 1.0]
-    assert keyword_conditioning([good_right, good_left], [left, right]) == [0.0, 0.0]
+    assert keyword_conditioning([good_left, good_right], [left, right], 4) == [1.0, 1.0]
+    assert keyword_conditioning([good_right, good_left], [left, right], 4) == [0.0, 0.0]
     # One map, however good a localiser of *one* of the changes, used for both keywords: exactly one half.
     same = left * 0.8 + right * 0.3
-    scores = keyword_conditioning([same, same], [left, right])
+    scores = keyword_conditioning([same, same], [left, right], 4)
     assert sorted(scores) == [0.0, 1.0] and sum(scores) / len(scores) == 0.5
     flat = torch.ones(32, 32)
-    assert keyword_conditioning([flat, flat], [left, right]) == [0.5, 0.5]
+    assert keyword_conditioning([flat, flat], [left, right], 4) == [0.5, 0.5]
 
 
-def test_overlapping_regions_are_not_compared():
+def test_only_regions_at_least_one_grid_cell_apart_are_compared():
     a, b = _region(32, 0, 10, 0, 10), _region(32, 2, 12, 2, 12)
-    assert distinct_regions([a, b]) == []
-    assert distinct_regions([a, _region(32, 20, 30, 20, 30), torch.zeros(32, 32)]) == [(0, 1), (1, 0)]
+    assert separated_regions([a, b], 1) == []  # overlapping
+    far, empty = _region(32, 20, 30, 20, 30), torch.zeros(32, 32)
+    assert separated_regions([a, far, empty], 8) == [(0, 1), (1, 0)]
+    # the nearest pixels are rows 9 and 14: 5 pixels apart, so apart for a gap of 5, not of 6
+    below = _region(32, 14, 20, 0, 10)
+    assert separated_regions([a, below], 5) == [(0, 1), (1, 0)]
+    assert separated_regions([a, below], 6) == []
+    diagonal = _region(32, 14, 20, 14, 20)  # 5 pixels apart in rows and in columns: the max norm counts 5
+    assert separated_regions([a, diagonal], 5) == [(0, 1), (1, 0)] and separated_regions([a, diagonal], 6) == []
+    assert keyword_conditioning([a, below], [a, below], 6) == []  # too close: not scored at all

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffvqa.study import VARIANTS, main, markdown_table, summarise
+from diffvqa.study import VARIANTS, compare, comparison_table, main, markdown_table, summarise
 
 
 @pytest.mark.slow
@@ -22,7 +22,11 @@ def test_study_runs_resumes_and_seeds_differ(phantom_cache, tmp_path, capsys):
     assert record["variants"]["no_aligner"]["reg. ratio"]["values"] == [1.0, 1.0]  # identity: no aligner
     for png in ("pointing_over_training.png", "registration_over_training.png", "pointing_per_finding.png"):
         assert (out / png).stat().st_size > 1000
-    assert "| full | 2 |" in (out / "study.md").read_text()
+    table = (out / "study.md").read_text()
+    assert "| full | 2 |" in table and "full: final − preliminary" in table and "no_aligner − full" in table
+    comparison = record["comparisons"]["no_aligner"]["minus_full"]
+    assert comparison["low"] <= comparison["estimate"] <= comparison["high"] and len(comparison["per_seed"]) == 2
+    assert "final_minus_preliminary" in record["comparisons"]["full"]
     weights = out / "runs" / "full" / "seed0" / "latest"
     stamp = weights.stat().st_mtime_ns
     assert main(argv) == 0  # resumed: every run finished, nothing is trained or evaluated again
@@ -48,3 +52,34 @@ def test_summary_mean_and_sd_over_seeds():
     assert "1.500 ± 0.707" in markdown_table(summary)
     assert set(VARIANTS) >= {"full", "no_aligner", "no_reg", "no_similarity", "single_pass", "mask_mean",
                              "mask_main", "mask_ref", "mask_none", "blind"}  # fmt: skip
+
+
+def _predictions(path, ciders, preliminaries=None):
+    path.mkdir(parents=True)
+    with (path / "predictions.jsonl").open("w") as f:
+        for q, cider in enumerate(ciders):
+            record = {"study_id": q, "ref_id": 100 + q, "question": "what has changed?", "cider": cider}
+            if preliminaries is not None:
+                record["cider_preliminary"] = preliminaries[q]
+            f.write(json.dumps(record) + "\n")
+
+
+def test_comparisons_pair_seeds_and_questions(tmp_path):
+    """full beats single_pass by 0.5 on every question of both seeds, and its final beats its preliminary by 0.2:
+    both intervals sit on those values; the per-seed means are reported."""
+    runs = {"full": {}, "single_pass": {}}
+    for seed in (0, 1):
+        base = [1.0 + 0.1 * q + seed for q in range(20)]
+        full, single = tmp_path / "full" / f"seed{seed}", tmp_path / "single" / f"seed{seed}"
+        _predictions(full / "eval", [b + 0.5 for b in base], preliminaries=[b + 0.3 for b in base])
+        _predictions(single / "eval", base)
+        runs["full"][seed], runs["single_pass"][seed] = full, single
+    result = compare(runs)
+    gain = result["single_pass"]["minus_full"]
+    assert gain["estimate"] == pytest.approx(-0.5) and gain["low"] == pytest.approx(-0.5)
+    assert gain["high"] == pytest.approx(-0.5) and gain["per_seed"] == pytest.approx([-0.5, -0.5])
+    assert result["full"]["final_minus_preliminary"]["estimate"] == pytest.approx(0.2)
+    assert "final_minus_preliminary" not in result["single_pass"]  # no preliminary answers in single-pass runs
+    table = comparison_table(result)
+    assert "| full: final − preliminary | +0.200 | [+0.200, +0.200] | +0.200, +0.200 | 20 |" in table
+    assert "| single_pass − full | -0.500 |" in table

@@ -198,6 +198,11 @@ class SaliencyConfig:
     # gradcam (the paper's) | hirescam (a departure: gradient x activation per cell, no channel averaging) |
     # change_gated (a departure: Grad-CAM times the registered difference |aligned main - ref|)
     cam_method: str = "gradcam"
+    # The score whose gradient Grad-CAM takes: log_prob (the paper's: log p of the keyword's tokens) | logit (the
+    # keyword tokens' logits alone: evidence for the keyword, not against the other findings)
+    cam_target: str = "log_prob"
+    # image (the paper's: each map scaled by its own maximum) | pair (both maps of a pair by their common maximum)
+    cam_normalize: str = "image"
     keyword_source: str = "lexicon"  # lexicon | llm | truth
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3:70b"
@@ -214,6 +219,8 @@ class SaliencyConfig:
         "mask_floor": UNIT,
         "cam_eps": POSITIVE,
         "cam_method": Rule(choices=("gradcam", "hirescam", "change_gated")),
+        "cam_target": Rule(choices=("log_prob", "logit")),
+        "cam_normalize": Rule(choices=("image", "pair")),
         "keyword_source": Rule(choices=("lexicon", "llm", "truth")),
         "llm_base_url": Rule(pattern=r"https?://\S+", what="an http(s):// URL such as http://127.0.0.1:11434/v1"),
         "llm_model": Rule(pattern=r"\S.*", what="a model name (not empty)"),

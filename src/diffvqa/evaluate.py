@@ -186,17 +186,21 @@ def evaluate(
                                           on_batch=strips)  # fmt: skip
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)
-    with (out / "predictions.jsonl").open("w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
+    two_pass = not single_pass and model.config.saliency.enabled
     metrics = evaluate_answers([r["final"] for r in records], [r["answer"] for r in records],
                                [r["question_type"] for r in records])  # fmt: skip
-    if not single_pass and model.config.saliency.enabled:
+    if two_pass:
         metrics["preliminary"] = {
             "accuracy_note": "pass-1 answers (unmasked images), difference questions only",
             **_difference_scores(records, "preliminary"),
         }
+    passes = compare_passes(records, two_pass=two_pass)  # also adds per-answer CIDEr to the records
+    if passes is not None:
+        metrics["final_vs_preliminary"] = passes
     metrics.update(saliency)
+    with (out / "predictions.jsonl").open("w") as f:
+        for record in records:
+            f.write(json.dumps(record) + "\n")
     metrics["run"] = {
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "question_types": question_types,
         "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
@@ -214,6 +218,47 @@ def evaluate(
     return metrics
 
 
+def compare_passes(records: list[dict[str, Any]], *, two_pass: bool) -> dict[str, Any] | None:
+    """Per-answer CIDEr-D of the difference questions (``cider`` of the final answer and, two-pass,
+    ``cider_preliminary``, added to each record for paired comparisons across runs on the same questions) and,
+    two-pass, the final − preliminary comparison: mean difference with a paired bootstrap 95 % interval over
+    questions (:mod:`diffvqa.intervals`), and the exact-match answers each pass got right that the other did not.
+    None when there are no difference questions, or in single-pass mode (after adding ``cider``)."""
+    from diffvqa.intervals import paired_interval
+    from diffvqa.metrics import cider_per_answer, normalize_answer
+
+    rows = [r for r in records if r["question_type"] == "difference"]
+    if not rows:
+        return None
+    sets = {"final": [r["final"] for r in rows]}
+    if two_pass:
+        sets["preliminary"] = [r["preliminary"] for r in rows]
+    scores, tokenizer = cider_per_answer(sets, [r["answer"] for r in rows])
+    for i, r in enumerate(rows):
+        r["cider"] = scores["final"][i]
+        if two_pass:
+            r["cider_preliminary"] = scores["preliminary"][i]
+    if not two_pass:
+        return None
+    interval = paired_interval(scores["final"], scores["preliminary"])
+    right = [(normalize_answer(r["final"]) == normalize_answer(r["answer"]),
+              normalize_answer(r["preliminary"]) == normalize_answer(r["answer"])) for r in rows]  # fmt: skip
+    return {
+        "CIDEr_final": sum(scores["final"]) / len(rows),
+        "CIDEr_preliminary": sum(scores["preliminary"]) / len(rows),
+        "CIDEr_difference": interval.to_dict(),
+        "exact_match_final": sum(f for f, _ in right),
+        "exact_match_preliminary": sum(p for _, p in right),
+        "right_only_in_final": sum(f and not p for f, p in right),
+        "right_only_in_preliminary": sum(p and not f for f, p in right),
+        "answers_changed": sum(r["final"] != r["preliminary"] for r in rows),
+        "n": len(rows),
+        "tokenizer": tokenizer,
+        "note": "difference questions; CIDEr-D per answer with the IDF of these references (its mean is the "
+        "corpus CIDEr-D); final minus preliminary, paired bootstrap over questions",
+    }
+
+
 def _difference_scores(records: list[dict[str, Any]], key: str) -> dict[str, Any]:
     from diffvqa.metrics import caption_scores
 
@@ -226,7 +271,9 @@ def _difference_scores(records: list[dict[str, Any]], key: str) -> dict[str, Any
 
 def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
     """A plain-text table of the headline numbers (model vs baseline when given)."""
-    rows = [(f"difference {k}", ("difference", k)) for k in ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")]
+    rows = [(f"difference {k}", ("difference", k))
+            for k in ("BLEU-1", "BLEU-4", "METEOR", "METEOR_nltk", "ROUGE-L", "CIDEr")]  # fmt: skip
+    rows += [("  preliminary CIDEr (pass 1)", ("final_vs_preliminary", "CIDEr_preliminary"))]
     rows += [(f"all types {k}", ("all", k)) for k in ("BLEU-1", "CIDEr")]
     rows += [("accuracy closed", ("accuracy_closed",)), ("accuracy open", ("accuracy_open",))]
     rows += [("pointing game", ("pointing_game",)),
@@ -234,6 +281,7 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
              ("  fixed-point prior", ("pointing_game_reference", "prior")),
              ("  ceiling of the grid", ("pointing_game_reference", "ceiling")),
              ("keyword conditioning", ("keyword_conditioning", "score")),
+             ("  gated (after the change gate)", ("keyword_conditioning", "gated", "score")),
              ("registration error ratio", ("registration_error_ratio",)),
              ("  identity (no aligner)", ("registration_error_px", "identity_ratio"))]  # fmt: skip
 
@@ -256,6 +304,17 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
             b = get(baseline, path)
             line += f"{fmt(b):>10}{fmt(None if v is None or b is None else v - b):>10}"
         lines.append(line)
+    passes = get(metrics, ("final_vs_preliminary", "CIDEr_difference"))
+    if passes is not None:
+        lines.append(f"final − preliminary CIDEr: {passes['estimate']:+.3f}, 95 % interval "
+                     f"[{passes['low']:+.3f}, {passes['high']:+.3f}] over {passes['n']} questions")  # fmt: skip
+    conditioning = get(metrics, ("keyword_conditioning",))
+    if conditioning is not None:
+        low, high = conditioning["ci95"]
+        lines.append(
+            f"keyword conditioning: {conditioning['score']:.3f}, 95 % interval [{low:.3f}, {high:.3f}] over "
+            f"{conditioning['questions']} answers ({conditioning['pairs']} ordered pairs; chance 0.5)"
+        )
     return "\n".join(lines)
 
 

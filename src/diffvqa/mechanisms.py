@@ -3,7 +3,8 @@
 :class:`MechanismTally` takes each evaluated batch with its two-pass result and accumulates what
 :mod:`diffvqa.scoring` defines: the pointing game of the shared mask on the difference questions with a changed
 region (beside chance, the fixed-point prior and the grid's ceiling, overall and per finding), keyword conditioning
-(one extra Grad-CAM per named change, on the pass-1 feature maps, teacher-forced on the reference answer), the
+(one extra Grad-CAM per named change, on the pass-1 feature maps, teacher-forced on the reference answer; scored on
+the keyword's own map before any gate, and on the gated map beside it, with a 95 % interval over answers), the
 registration error of Θ against the true transform, and how often the shared mask fell back to all ones.
 
 The ground truth is read here only to score; the model's inputs never include it.
@@ -22,16 +23,17 @@ from diffvqa.data.dataset import pad_token_ids
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.gradcam import keyword_gradcam, keyword_token_mask
+from diffvqa.intervals import clustered_interval
+from diffvqa.saliency.gradcam import gate_cams, keyword_gradcam, keyword_token_mask
 from diffvqa.saliency.guided import TwoPassResult, cam_gate
 from diffvqa.saliency.mask import registered_difference, shared_mask
 from diffvqa.scoring import (
     area_shares,
-    distinct_regions,
     fixed_point_hits,
     grid_ceiling,
     keyword_conditioning,
     pointing_scores,
+    separated_regions,
 )
 
 
@@ -48,10 +50,10 @@ class MechanismTally:
         self.model = model
         self.cells = model.image_size // feature_stride(model.config.model)
         self.prior_point = prior_point
-        self.conditioning = keyword_conditioning
+        self.score_conditioning = keyword_conditioning
         self.rows: list[dict[str, Any]] = []  # one per scored question
-        self.conditioning_scores: list[float] = []
-        self.conditioning_questions = 0
+        self.gap = model.image_size // self.cells  # one grid cell: the closest two regions a map can tell apart
+        self.conditioning: dict[str, list[list[float]]] = {"ungated": [], "gated": []}  # per question: its pairs
         self.errors_after: list[float] = []
         self.errors_before: list[float] = []
         self.seen_pairs: set[tuple[int, int]] = set()
@@ -92,7 +94,7 @@ class MechanismTally:
                 "prior": None if prior is None else float(prior[i]),
                 "difference_map": float(difference_points[i]),
             })  # fmt: skip
-        if self.conditioning and "changes" in truth:
+        if self.score_conditioning and "changes" in truth:
             self._keyword_conditioning(batch, result, truth["changes"], scored)
         return per_question
 
@@ -121,13 +123,14 @@ class MechanismTally:
     @torch.no_grad()
     def _keyword_conditioning(self, batch: dict[str, Any], result: TwoPassResult, changes: list[list[dict]],
                               scored: Tensor) -> None:  # fmt: skip
-        """One CAM per named change of each scored question whose answer names >= 2 changes in different regions."""
+        """One CAM per named change of each scored question whose answer names >= 2 changes at least a grid cell
+        apart; scored on the keyword's own map (no gate) and, where the method gates, on the gated map."""
         model = self.model
         rows, keywords, regions = [], [], []
         for i in torch.nonzero(scored).flatten().tolist():
             named = [c for c in changes[i] if c["name"] and c["name"] in batch["answer"][i]]
             masks = [torch.as_tensor(np.asarray(c["mask"])).float() for c in named]
-            if len(named) < 2 or not distinct_regions(masks):
+            if len(named) < 2 or not separated_regions(masks, self.gap):
                 continue
             rows += [i] * len(named)
             keywords += [c["name"] for c in named]
@@ -147,19 +150,21 @@ class MechanismTally:
         keyword_mask = keyword_token_mask(model.tokenizer, answers, keywords, answer_ids)
         question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
         cfg = model.config.saliency
-        gate = None
-        if cfg.cam_method == "change_gated":
-            ref = batch["ref"].to(device)[index]
-            gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)
         cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
-                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content, gate)  # fmt: skip
-        maps = shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()  # (R, S, S)
-        start = 0
-        for masks in regions:
-            scores = keyword_conditioning(list(maps[start : start + len(masks)]), masks)
-            start += len(masks)
-            self.conditioning_scores += scores
-            self.conditioning_questions += 1
+                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content,
+                                            normalize=cfg.cam_normalize, target=cfg.cam_target)  # fmt: skip
+        maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
+        ref = batch["ref"].to(device)[index]
+        gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)
+        if gate is not None:
+            gated = gate_cams(cam_main, cam_ref, gate, cfg.cam_normalize, cfg.cam_eps)
+            maps["gated"] = shared_mask(*gated, cfg.mask)[:, 0].cpu()
+        for name, stack in maps.items():
+            start = 0
+            for masks in regions:
+                self.conditioning[name].append(keyword_conditioning(list(stack[start : start + len(masks)]), masks,
+                                                                    self.gap))  # fmt: skip
+                start += len(masks)
 
     def summary(self) -> dict[str, Any]:
         """The metrics.json entries (empty when nothing was scored)."""
@@ -189,13 +194,15 @@ class MechanismTally:
                 }
                 for name, rows in sorted(groups.items(), key=lambda kv: -len(kv[1]))
             }
-        if self.conditioning_scores:
+        if self.conditioning["ungated"]:
             out["keyword_conditioning"] = {
-                "score": _mean(self.conditioning_scores),
-                "pairs": len(self.conditioning_scores),
-                "questions": self.conditioning_questions,
+                **_conditioning_entry(self.conditioning["ungated"]),
+                "map": "the keyword's own Grad-CAM (shared mask of the two CAMs), before any gate",
+                "min_gap_px": self.gap,
                 "chance": 0.5,
             }
+            if self.conditioning["gated"]:
+                out["keyword_conditioning"]["gated"] = _conditioning_entry(self.conditioning["gated"])
         if self.errors_after:
             before = float(np.mean(self.errors_before))
             out["registration_error_ratio"] = float(np.mean(self.errors_after)) / max(before, 1e-12)
@@ -208,6 +215,17 @@ class MechanismTally:
         if self.masks:
             out["empty_mask_fallbacks"] = {"masks": self.masks, "fell_back_to_all_ones": self.empty_masks}
         return out
+
+
+def _conditioning_entry(per_question: list[list[float]]) -> dict[str, Any]:
+    """Mean over every ordered pair, with a 95 % interval that resamples answers (their pairs are correlated)."""
+    interval = clustered_interval(per_question)
+    return {
+        "score": interval.estimate,
+        "ci95": [interval.low, interval.high],
+        "pairs": sum(len(q) for q in per_question),
+        "questions": sum(1 for q in per_question if q),
+    }
 
 
 def _mean(values) -> float:

@@ -620,16 +620,37 @@ def _add_meteor_nltk(results, subsets, predictions, references, implementation) 
     implementation["METEOR_nltk"] = meteor_nltk_implementation()
 
 
+def cider_per_answer(
+    predictions: dict[str, Sequence[str]], references: Sequence[str]
+) -> tuple[dict[str, list[float]], str]:
+    """Per-answer CIDEr-D of one or more sets of predictions of the same questions -> ({name: scores}, tokenizer).
+
+    Every set is scored against the same ``references`` with the IDF of those references — as the corpus score
+    computes it, so each list's mean is that set's corpus CIDEr-D — which makes the sets comparable answer by
+    answer (the paired intervals of :mod:`diffvqa.intervals`). One tokenizer run (PTB when Java runs it, else the
+    fallback; the second item says which) and no METEOR: validation during training calls it often.
+    """
+    from pycocoevalcap.cider.cider import Cider
+
+    n = len(references)
+    for name, rows in predictions.items():
+        _check_predictions(rows)
+        if n == 0 or len(rows) != n:
+            raise ValueError(f"cider_per_answer needs matching, non-empty lists ({name}: {len(rows)} vs {n})")
+    names = list(predictions)
+    captions = [c for name in names for c in predictions[name]]
+    tokens, tokenizer, _ = _tokenize([*captions, *references], java_version())
+    refs = {i: [tokens[len(captions) + i]] for i in range(n)}
+    scores = {}
+    for k, name in enumerate(names):
+        _, per_answer = Cider().compute_score(refs, {i: [tokens[k * n + i]] for i in range(n)})
+        scores[name] = [float(x) for x in per_answer]
+    return scores, tokenizer
+
+
 def cider_score(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Corpus CIDEr-D alone, as in :func:`caption_scores` but without starting METEOR (model selection
     during training validates often; METEOR's JVM start-up would dominate). PTB tokens when Java is present,
     the fallback tokenizer otherwise."""
-    from pycocoevalcap.cider.cider import Cider
-
-    _check_predictions(predictions)
-    if len(predictions) == 0 or len(predictions) != len(references):
-        raise ValueError(f"cider_score needs matching, non-empty lists ({len(predictions)} vs {len(references)})")
-    tokens, _, _ = _tokenize([*predictions, *references], java_version())
-    n = len(predictions)
-    score, _ = Cider().compute_score({i: [tokens[n + i]] for i in range(n)}, {i: [tokens[i]] for i in range(n)})
-    return float(score)
+    scores, _ = cider_per_answer({"predictions": predictions}, references)
+    return sum(scores["predictions"]) / len(scores["predictions"])

@@ -42,9 +42,9 @@ MECHANISMS_NOTE = (
     "and the <b>ceiling</b> of the saliency grid (the share of regions that contain a feature-cell centre: no map "
     "of that grid can do better); the <b>difference map</b> |aligned main − reference| (with the model's own Θ) "
     "shows what registration and subtraction alone point at. Keyword conditioning: for answers naming two changes "
-    "in different regions, how "
-    "often the map computed for one keyword is higher in that finding's region than in the other's (0.5 for a "
-    "map that ignores the keyword). Registration error ratio: mean corner error of Θ against the true transform, "
+    "at least one grid cell apart, how often the map computed for one keyword is higher in that finding's region "
+    "than in the other's (0.5 for a map that ignores the keyword), on the keyword's own Grad-CAM (and, "
+    "<i>gated</i>, after the change gate), with a 95 % interval over answers (ci95). Registration error ratio: mean corner error of Θ against the true transform, "
     "after / before alignment (1.0 = the identity, no aligner)."
 )
 # METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
@@ -164,6 +164,42 @@ def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
         rows.append(_group_header("Localisation", columns))
         rows += localisation
     return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+def passes_section(metrics: Mapping[str, Any]) -> str:
+    """Does the saliency loop help? The final (masked, pass-2) answers beside the preliminary (pass-1) ones on the
+    difference questions, with the paired 95 % interval of the difference; empty for single-pass evaluations."""
+    passes = metrics.get("final_vs_preliminary")
+    if not isinstance(passes, Mapping):
+        return ""
+    d = passes.get("CIDEr_difference") or {}
+    estimate, low, high = _number(d.get("estimate")), _number(d.get("low")), _number(d.get("high"))
+    if estimate is None or low is None or high is None:
+        return ""
+    if low > 0:
+        verdict = "the masked second pass answers <b>better</b> than the first"
+    elif high < 0:
+        verdict = "the masked second pass answers <b>worse</b> than the first"
+    else:
+        verdict = "the two passes cannot be told apart on these questions"
+    rows = [
+        ("CIDEr-D, final (pass 2, masked images)", _fmt(passes.get("CIDEr_final"))),
+        ("CIDEr-D, preliminary (pass 1, whole images)", _fmt(passes.get("CIDEr_preliminary"))),
+        ("final − preliminary (95 % interval, paired over questions)",
+         f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"),
+        ("answers the second pass changed", _fmt(passes.get("answers_changed"))),
+        ("exactly right only in the final answer", _fmt(passes.get("right_only_in_final"))),
+        ("exactly right only in the preliminary answer", _fmt(passes.get("right_only_in_preliminary"))),
+        ("difference questions (n)", _fmt(passes.get("n"))),
+    ]  # fmt: skip
+    body = "".join(f'<tr><th scope="row">{_esc(k)}</th><td class="num">{v}</td></tr>' for k, v in rows)
+    return (
+        "<h2>Final vs preliminary answers</h2>"
+        f'<p class="note">The method answers twice: once from the whole images, then from the images masked by '
+        f"the saliency of its own first answer's keyword. On these questions {verdict} (CIDEr-D per answer, "
+        "bootstrap over questions; one trained model — other seeds vary more).</p>"
+        f'<table class="metrics"><tbody>{body}</tbody></table>'
+    )
 
 
 def per_finding_table(metrics: Mapping[str, Any]) -> str:
@@ -517,6 +553,7 @@ def write_report(
 <h2>Metrics</h2>
 {metrics_table(metrics, baseline_metrics)}
 {baseline_note}
+{passes_section(metrics)}
 {implementation_note(metrics)}
 {f'<p class="note">{MECHANISMS_NOTE}</p>' if any(k in metrics for k in LOCALISATION_KEYS) else ""}
 {per_finding_table(metrics)}

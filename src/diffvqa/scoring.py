@@ -18,10 +18,11 @@ inside" rule gave a flat map 1.0). Every score comes with its reference levels, 
   with the model's own Θ: what plain registration and subtraction point at, at full resolution.
 
 **Keyword conditioning** — the method's own claim: the CAM follows the keyword. For an answer naming two changed
-findings A and B in different regions, the map computed for keyword A should be higher inside A's region than
-inside B's. Each ordered pair (A's map; A's region vs B's) scores 1, 0.5 on a tie, 0 otherwise. A map that ignores
-the keyword is the same for A and B, so the pairs (A, B) and (B, A) sum to exactly 1: it scores 0.5 however well it
-localises.
+findings A and B in regions at least one grid cell apart (closer ones no map of that grid can tell apart), the map
+computed for keyword A should be higher inside A's region than inside B's. Each ordered pair (A's map; A's region
+vs B's) scores 1, 0.5 on a tie, 0 otherwise. A map that ignores the keyword is the same for A and B, so the pairs
+(A, B) and (B, A) sum to exactly 1: it scores 0.5 however well it localises. It is measured on the keyword's own
+Grad-CAM, before any keyword-independent gate (a gate sharper than the CAM's contrast would force 0.5).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 TIE_TOLERANCE = 1e-6  # relative: pixels within this of the maximum are tied with it
@@ -80,31 +82,32 @@ def grid_ceiling(regions: Tensor, cells: int) -> Tensor:
     return (grid > 0.5).flatten(1).any(dim=1).float()
 
 
-def distinct_regions(regions: Sequence[Tensor], max_overlap: float = 0.1) -> list[tuple[int, int]]:
-    """Ordered pairs (a, b), a != b, of regions (each (S, S)) that overlap by under ``max_overlap`` of the
-    smaller one and are both non-empty: "different regions" for :func:`keyword_conditioning`."""
+def separated_regions(regions: Sequence[Tensor], gap: int) -> list[tuple[int, int]]:
+    """Ordered pairs (a, b), a != b, of non-empty regions (each (S, S)) at least ``gap`` pixels apart (the nearest
+    two pixels, one of each, differ by >= ``gap`` in row or column): "different regions" for
+    :func:`keyword_conditioning`. With ``gap`` one grid cell, a map of that grid can tell the two apart."""
     masks = [r > 0.5 for r in regions]
-    areas = [int(m.sum()) for m in masks]
+    grown = []
+    for m in masks:  # each region dilated by gap - 1 pixels: touching it means closer than gap
+        x = m.float()[None, None]
+        grown.append(F.max_pool2d(x, 2 * gap - 1, stride=1, padding=gap - 1)[0, 0] > 0 if gap > 1 else m)
     pairs = []
     for a in range(len(masks)):
         for b in range(len(masks)):
-            if a == b or not areas[a] or not areas[b]:
-                continue
-            overlap = int((masks[a] & masks[b]).sum())
-            if overlap < max_overlap * min(areas[a], areas[b]):
+            if a != b and masks[a].any() and masks[b].any() and not (grown[a] & masks[b]).any():
                 pairs.append((a, b))
     return pairs
 
 
-def keyword_conditioning(maps: Sequence[Tensor], regions: Sequence[Tensor]) -> list[float]:
+def keyword_conditioning(maps: Sequence[Tensor], regions: Sequence[Tensor], gap: int) -> list[float]:
     """Scores of one question: ``maps[k]`` (S, S) was computed for keyword k, whose region is ``regions[k]``.
 
-    For every ordered pair (a, b) of distinct regions: 1 if map a's maximum inside region a exceeds its maximum
-    inside region b, 0.5 if they are equal, 0 otherwise. Returns one score per ordered pair (empty when fewer than
-    two distinct regions).
+    For every ordered pair (a, b) of regions at least ``gap`` pixels apart (:func:`separated_regions`): 1 if map
+    a's maximum inside region a exceeds its maximum inside region b, 0.5 if they are equal, 0 otherwise. Returns
+    one score per ordered pair (empty when no two regions are that far apart).
     """
     scores = []
-    for a, b in distinct_regions(regions):
+    for a, b in separated_regions(regions, gap):
         own = maps[a][regions[a] > 0.5].max()
         other = maps[a][regions[b] > 0.5].max()
         scores.append(1.0 if own > other else 0.5 if own == other else 0.0)

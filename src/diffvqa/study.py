@@ -1,13 +1,19 @@
-"""The ablation study: ``diffvqa study --data CACHE --out DIR [--seeds 3] [--jobs N] [--variants ...] [key=value ...]``.
+"""The ablation study: ``diffvqa study --data CACHE --out DIR [--eval-data CACHE] [--seeds 3] [--jobs N]
+[--variants ...] [key=value ...]``.
 
 Each variant of the method (:data:`VARIANTS`) is trained with each seed on a prepared cache and evaluated two-pass
-on the test split's difference questions, with the same code a user runs (``diffvqa train`` / ``evaluate``, as
-subprocesses so that ``--jobs`` runs share the cores). Finished runs are skipped and interrupted trainings resume,
-so the study can be stopped and restarted at will. It writes::
+on the test split's difference questions — of ``--eval-data`` when given (e.g. a larger phantom release of another
+seed: evaluation is cheap, and more questions narrow the intervals), else of the training cache — with the same
+code a user runs (``diffvqa train`` / ``evaluate``, as subprocesses so that ``--jobs`` runs share the cores).
+Finished runs are skipped and interrupted trainings resume, so the study can be stopped and restarted at will.
+
+Every comparison comes with a 95 % interval (:func:`diffvqa.intervals.seeds_and_questions_interval`: seeds and
+questions resampled, paired by seed and question): each variant's final − preliminary CIDEr-D, and each variant's
+final CIDEr-D minus the reference variant's (``full`` when it is in the grid). It writes::
 
     DIR/runs/<variant>/seed<k>/            the training run (diffvqa train) and its eval/ (diffvqa evaluate)
-    DIR/study.json                         per variant: every seed's numbers, their mean and sd
-    DIR/study.md                           the table (mean ± sd over seeds) with the reference levels
+    DIR/study.json                         per variant: every seed's numbers, their mean and sd; the comparisons
+    DIR/study.md                           the tables (mean ± sd over seeds; comparisons with their intervals)
     DIR/pointing_over_training.png         validation pointing game over steps (phantom caches)
     DIR/registration_over_training.png     validation registration error ratio over steps
     DIR/pointing_per_finding.png           the test pointing game per finding, with chance and prior
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
+from diffvqa.intervals import seeds_and_questions_interval
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -46,12 +53,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 
 # (column, path into metrics.json)
 COLUMNS: list[tuple[str, tuple[str, ...]]] = [
+    ("CIDEr", ("difference", "CIDEr")),
+    ("prelim. CIDEr", ("final_vs_preliminary", "CIDEr_preliminary")),
     ("BLEU-4", ("difference", "BLEU-4")),
     ("METEOR", ("difference", "METEOR")),
     ("ROUGE-L", ("difference", "ROUGE-L")),
-    ("CIDEr", ("difference", "CIDEr")),
     ("pointing", ("pointing_game",)),
     ("kw-cond", ("keyword_conditioning", "score")),
+    ("kw-cond gated", ("keyword_conditioning", "gated", "score")),
     ("reg. ratio", ("registration_error_ratio",)),
     ("distinct", ("difference", "n_distinct_predictions")),
 ]
@@ -59,7 +68,9 @@ REFERENCES: list[tuple[str, tuple[str, ...]]] = [
     ("chance", ("pointing_game_reference", "chance")),
     ("prior", ("pointing_game_reference", "prior")),
     ("ceiling", ("pointing_game_reference", "ceiling")),
+    ("difference map", ("pointing_game_reference", "difference_map")),
 ]
+REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
 
 
 def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
@@ -82,8 +93,9 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "diffvqa.cli", *args]
 
 
-def run_one(data: Path, run_dir: Path, preset: str, overrides: list[str], threads: int, log: Path) -> dict[str, Any]:
-    """Train (or resume) and evaluate one run; returns its metrics.json. Skips what is already done."""
+def run_one(data: Path, eval_data: Path, run_dir: Path, preset: str, overrides: list[str], threads: int,
+            log: Path) -> dict[str, Any]:  # fmt: skip
+    """Train (or resume) on ``data`` and evaluate on ``eval_data``; returns the metrics.json. Skips what is done."""
     metrics_file = run_dir / "eval" / "metrics.json"
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())
@@ -96,8 +108,9 @@ def run_one(data: Path, run_dir: Path, preset: str, overrides: list[str], thread
                      "--device", "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
             subprocess.run(_command(train), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
             finished.write_text("ok\n")
-        evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(data), "--out", str(run_dir / "eval"),
-                    "--question-types", "difference", "--no-progress", "--no-report"]  # fmt: skip
+        evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(eval_data), "--out",
+                    str(run_dir / "eval"), "--question-types", "difference", "--no-progress", "--no-report",
+                    "--no-viewer"]  # fmt: skip
         subprocess.run(_command(evaluate), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
     return json.loads(metrics_file.read_text())
 
@@ -114,6 +127,65 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
             entry[name] = {"values": values, "mean": mean, "sd": sd}
         summary[variant] = entry
     return summary
+
+
+def _per_question(run_dir: Path) -> dict[tuple, dict[str, float]]:
+    """question key -> per-answer CIDEr-D of the final (``cider``) and preliminary answers, from the run's
+    eval/predictions.jsonl (difference questions)."""
+    from diffvqa.jsonl import read_jsonl
+
+    rows = {}
+    for _, r in read_jsonl(run_dir / "eval" / "predictions.jsonl"):
+        if "cider" in r:
+            rows[(r["study_id"], r["ref_id"], r["question"])] = r
+    return rows
+
+
+def _entry(differences: list[list[float]]) -> dict[str, Any]:
+    interval = seeds_and_questions_interval(differences)
+    return {**interval.to_dict(), "per_seed": [sum(d) / len(d) for d in differences]}
+
+
+def compare(runs: dict[str, dict[int, Path]], reference: str | None = REFERENCE_VARIANT) -> dict[str, Any]:
+    """The study's paired comparisons of final CIDEr-D, each with a seeds-and-questions 95 % interval.
+
+    ``final_minus_preliminary`` per two-pass variant; ``minus_<reference>`` per other variant, paired by seed
+    (same ``train.seed``: same initial weights and data order) and by question. Questions every run answered.
+    """
+    tables = {v: {s: _per_question(d) for s, d in seeds.items()} for v, seeds in runs.items()}
+    out: dict[str, Any] = {}
+    for variant, seeds in tables.items():
+        entry: dict[str, Any] = {}
+        common = set.intersection(*(set(rows) for rows in seeds.values()))
+        keys = sorted(common)
+        if keys and all("cider_preliminary" in seeds[s][keys[0]] for s in seeds):
+            entry["final_minus_preliminary"] = _entry(
+                [[seeds[s][k]["cider"] - seeds[s][k]["cider_preliminary"] for k in keys] for s in sorted(seeds)]
+            )
+        if reference in tables and variant != reference:
+            paired = sorted(set(seeds) & set(tables[reference]))
+            keys = sorted(set.intersection(*(set(tables[v][s]) for v in (variant, reference) for s in paired)))
+            if paired and keys:
+                entry[f"minus_{reference}"] = _entry(
+                    [[seeds[s][k]["cider"] - tables[reference][s][k]["cider"] for k in keys] for s in paired]
+                )
+        out[variant] = entry
+    return out
+
+
+def comparison_table(comparisons: dict[str, Any], reference: str = REFERENCE_VARIANT) -> str:
+    """Markdown: each comparison's mean difference, its 95 % interval and the per-seed means."""
+    lines = ["| comparison (final CIDEr-D) | mean Δ | 95 % interval (seeds × questions) | per seed | questions |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for variant, entry in comparisons.items():
+        for key, label in (("final_minus_preliminary", f"{variant}: final − preliminary"),
+                           (f"minus_{reference}", f"{variant} − {reference}")):  # fmt: skip
+            if key in entry:
+                e = entry[key]
+                seeds = ", ".join(f"{d:+.3f}" for d in e["per_seed"])
+                lines.append(f"| {label} | {e['estimate']:+.3f} | [{e['low']:+.3f}, {e['high']:+.3f}] | {seeds} "
+                             f"| {e['n']} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
@@ -134,7 +206,8 @@ def markdown_table(summary: dict[str, Any]) -> str:
             refs.append(f"{name} {sum(means) / len(means):.3f}")
     lines.append("")
     lines.append("Pointing game reference levels (same test questions for every run): " + (", ".join(refs) or "—")
-                 + "; keyword conditioning: chance 0.5; registration ratio: identity 1.0.")  # fmt: skip
+                 + "; keyword conditioning (on the keyword's own CAM; `gated`: after the change gate): chance 0.5; "
+                 "registration ratio: identity 1.0.")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -209,8 +282,8 @@ def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, A
 
 
 def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs: int = 1,
-              variants: Sequence[str] | None = None, overrides: Sequence[str] = (),
-              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+              variants: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
+              eval_data: Path | None = None) -> dict[str, Any]:  # fmt: skip
     """Run (or resume) the grid and write study.json, study.md and the plots; returns the summary."""
     variants = list(variants or VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -218,8 +291,10 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
         raise UserError(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
     if seeds < 1 or jobs < 1:
         raise UserError(f"--seeds and --jobs must be >= 1 (got {seeds}, {jobs})")
-    if not (Path(data) / "manifest.json").is_file():
-        raise MissingInputError(f"--data {data}: not a prepared cache (no manifest.json)")
+    eval_data = Path(eval_data) if eval_data is not None else Path(data)
+    for flag, path in (("--data", data), ("--eval-data", eval_data)):
+        if not (Path(path) / "manifest.json").is_file():
+            raise MissingInputError(f"{flag} {path}: not a prepared cache (no manifest.json)")
     out.mkdir(parents=True, exist_ok=True)
     base = ["data.question_types=[difference]", *overrides]
     threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -234,7 +309,7 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
         log = run_dir.parent / f"seed{seed}.log"
         settings = [*base, *VARIANTS[variant][1], f"train.seed={seed}"]
         tic = time.perf_counter()
-        metrics = run_one(Path(data), run_dir, preset, settings, threads, log)
+        metrics = run_one(Path(data), eval_data, run_dir, preset, settings, threads, log)
         if progress:
             cider = _get(metrics, ("difference", "CIDEr"))
             print(f"study: {variant} seed {seed} done ({time.perf_counter() - tic:.0f} s, CIDEr {cider})", flush=True)
@@ -245,12 +320,17 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
         for variant, seed, metrics in pool.map(work, jobs_list):
             results[variant][seed] = metrics
     summary = summarise(results)
-    record = {"data": str(data), "preset": preset, "overrides": base, "seeds": seeds, "variants": summary,
+    comparisons = compare(runs)
+    record = {"data": str(data), "eval_data": str(eval_data), "preset": preset, "overrides": base, "seeds": seeds,
+              "variants": summary, "comparisons": comparisons,
               "wall_s_this_invocation": round(time.perf_counter() - started, 1)}  # fmt: skip
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
-    header = (f"# diffvqa study\n\n`{data}`, preset `{preset}`, overrides `{' '.join(base)}`, {seeds} seed(s); "
-              "test split, difference questions, two-pass.\n\n")  # fmt: skip
-    (out / "study.md").write_text(header + markdown_table(summary) + "\n")
+    header = (
+        f"# diffvqa study\n\ntrained on `{data}`, evaluated on the test split of `{eval_data}` (difference "
+        f"questions, two-pass); preset `{preset}`, overrides `{' '.join(base)}`, {seeds} seed(s).\n\n"
+    )
+    body = markdown_table(summary) + "\n\n" + comparison_table(comparisons) + "\n"
+    (out / "study.md").write_text(header + body)
     plot_study(out, runs, summary, results)
     return record
 
@@ -258,7 +338,8 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
 @command("diffvqa study")
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="diffvqa study", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, help="a prepared cache")
+    parser.add_argument("--data", required=True, type=Path, help="a prepared cache to train on")
+    parser.add_argument("--eval-data", type=Path, help="a prepared cache whose test split evaluates (default: --data)")
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--preset", default="small")
     parser.add_argument("--seeds", type=int, default=3)
@@ -271,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     try:
         record = run_study(args.data, args.out, args.preset, args.seeds, args.jobs, variants, args.overrides,
-                           progress=not args.no_progress)  # fmt: skip
+                           progress=not args.no_progress, eval_data=args.eval_data)  # fmt: skip
     except subprocess.CalledProcessError as exc:
         print(f"diffvqa study: error: a run failed ({' '.join(exc.cmd[2:5])} ...); see its log under "
               f"{args.out / 'runs'}; rerun the same command to resume", file=sys.stderr)  # fmt: skip

@@ -80,11 +80,29 @@ def score_selection(text: TextBatch, question_mask: Tensor, keyword_mask: Tensor
     return select
 
 
-def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor) -> Tensor:
-    """s per row: the summed log-probabilities of the selected tokens -> (B,)."""
+CAM_TARGETS = ("log_prob", "logit")
+CAM_NORMALIZATIONS = ("image", "pair")
+
+
+def token_scores(logits: Tensor, targets: Tensor, target: str = "log_prob") -> Tensor:
+    """Each selected token's contribution to s: (N, V) logits and (N,) target ids -> (N,).
+
+    ``log_prob`` (the paper's): log p(token) — it also rises when the evidence for *other* tokens falls, so its
+    gradient mixes in the evidence against competing findings. ``logit`` (an alternative): the token's
+    unnormalised score alone — only the evidence for the keyword itself.
+    """
+    if target == "log_prob":
+        return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
+    if target == "logit":
+        return logits.float().gather(1, targets[:, None]).squeeze(1)
+    raise ValueError(f"saliency.cam_target={target!r}: expected one of {', '.join(CAM_TARGETS)}")
+
+
+def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor, target: str = "log_prob") -> Tensor:
+    """s per row: the summed log-probabilities (or logits, ``target``) of the selected tokens -> (B,)."""
     logits, targets, rows = decoder.scored_logits(hidden, text, select)
-    token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
-    return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, token_log_probs)
+    scores = token_scores(logits, targets, target)
+    return torch.zeros(hidden.shape[0], device=hidden.device).index_add(0, rows, scores)
 
 
 CAM_METHODS = ("gradcam", "hirescam", "change_gated")
@@ -116,9 +134,25 @@ def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam") -> Tenso
     raise ValueError(f"saliency.cam_method={method!r}: expected one of {', '.join(CAM_METHODS)}")
 
 
+def normalize_cams(cam: Tensor, mode: str = "image", eps: float = 1e-6) -> Tensor:
+    """(2B, 1, S, S) maps, main images first, scaled into [0, 1].
+
+    ``image`` (the paper's): each map by its own maximum, so the image in which the keyword's finding is absent
+    still gets a full-strength peak. ``pair``: both maps of a pair by their common maximum, so the weaker visit's
+    map stays weaker.
+    """
+    if mode == "image":
+        return cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
+    if mode == "pair":
+        b = cam.shape[0] // 2
+        peak = torch.maximum(cam[:b].amax(dim=(2, 3), keepdim=True), cam[b:].amax(dim=(2, 3), keepdim=True))
+        return cam / (torch.cat([peak, peak]) + eps)
+    raise ValueError(f"saliency.cam_normalize={mode!r}: expected one of {', '.join(CAM_NORMALIZATIONS)}")
+
+
 def cams_from_score(
     features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
-    method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None,
+    method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None, normalize: str = "image",
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
@@ -126,7 +160,7 @@ def cams_from_score(
     gives every row's own gradient. In training the graph is retained for the loss's backward. ``content``
     (2B, 1, S, S), main images first, zeroes each map outside its image's content before normalising. Returns the
     main and reference maps, each (B, 1, S, S) in [0, 1], detached. ``gate`` (B, 1, S, S), reference frame,
-    multiplies both maps before normalising (``change_gated``).
+    multiplies both maps before normalising (``change_gated``); ``normalize``: :func:`normalize_cams`.
     """
     (grads,) = torch.autograd.grad(score.sum(), features, retain_graph=retain_graph)
     cam = upsample_cells(cell_cams(features.detach(), grads, method), size)  # (2B, 1, S, S)
@@ -134,9 +168,17 @@ def cams_from_score(
         cam = cam * content
     if gate is not None:
         cam = cam * torch.cat([gate, gate])
-    cam = cam / (cam.amax(dim=(2, 3), keepdim=True) + eps)
-    cam_main, cam_ref = cam.chunk(2, dim=0)
+    cam_main, cam_ref = normalize_cams(cam, normalize, eps).chunk(2, dim=0)
     return cam_main, cam_ref
+
+
+def gate_cams(cam_main: Tensor, cam_ref: Tensor, gate: Tensor, normalize: str = "image",
+              eps: float = 1e-6) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """Maps from :func:`cams_from_score` without a gate -> the same maps gated, as if ``gate`` had been given:
+    the normalisations divide by maxima, so gating the normalised maps and normalising again is the same."""
+    gated = normalize_cams(torch.cat([cam_main, cam_ref]) * torch.cat([gate, gate]), normalize, eps)
+    main, ref = gated.chunk(2, dim=0)
+    return main, ref
 
 
 def keyword_gradcam(
@@ -151,6 +193,8 @@ def keyword_gradcam(
     method: str = "gradcam",
     content: Tensor | None = None,
     gate: Tensor | None = None,
+    normalize: str = "image",
+    target: str = "log_prob",
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM from already computed feature maps (inference: the pass-1 features are re-used).
 
@@ -167,9 +211,9 @@ def keyword_gradcam(
     with torch.enable_grad():
         leaf = features.detach().requires_grad_(True)
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
-        score = keyword_log_prob(decoder, hidden, text, select[:, :cut])
+        score = keyword_log_prob(decoder, hidden, text, select[:, :cut], target)
         return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content,
-                               gate=gate)  # fmt: skip
+                               gate=gate, normalize=normalize)  # fmt: skip
 
 
 def keyword_gradcam_from_prompt(
@@ -183,6 +227,8 @@ def keyword_gradcam_from_prompt(
     method: str = "gradcam",
     content: Tensor | None = None,
     gate: Tensor | None = None,
+    normalize: str = "image",
+    target: str = "log_prob",
 ) -> tuple[Tensor, Tensor]:
     """:func:`keyword_gradcam` on a kept prompt pass: the same maps (to float rounding), without re-running it.
 
@@ -208,8 +254,7 @@ def keyword_gradcam_from_prompt(
         hidden = decoder.continuation_hidden(prompt, answer_ids[:, : cut - 1], answer_mask[:, : cut - 1])
         sel_rows, sel_cols = select[:, :cut].nonzero(as_tuple=True)
         logits = decoder.gpt2.lm_head(hidden[sel_rows, sel_cols])
-        picked = targets[sel_rows, sel_cols][:, None]
-        token_log_probs = torch.log_softmax(logits.float(), dim=-1).gather(1, picked).squeeze(1)
-        score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, token_log_probs)
+        scores = token_scores(logits, targets[sel_rows, sel_cols], target)
+        score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, scores)
         return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
-                               content=content, gate=gate)  # fmt: skip
+                               content=content, gate=gate, normalize=normalize)  # fmt: skip

@@ -110,10 +110,11 @@ class SaliencyGuidedVQA(nn.Module):
             return GuidedOutput(loss_a + alignment, losses, aligned.theta, None, None)
 
         select = score_selection(text, question_mask, keyword_mask)
-        score = keyword_log_prob(model.decoder, hidden_a, text, select)
+        score = keyword_log_prob(model.decoder, hidden_a, text, select, cfg.cam_target)
         cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps,
                                             retain_graph=not cam_only, method=cfg.cam_method, content=content,
-                                            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content))  # fmt: skip
+                                            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content),
+                                            normalize=cfg.cam_normalize)  # fmt: skip
         if cam_only:
             loss_a = loss_a.detach()
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
@@ -188,6 +189,8 @@ def two_pass_answer(
         cfg.cam_method,
         content,
         cam_gate(cfg.cam_method, aligned.aligned, ref, content),
+        cfg.cam_normalize,
+        cfg.cam_target,
     )
     mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
     masked = model.encode(
