@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from diffvqa.data.dataset import pad_token_ids
+from diffvqa.intervals import clustered_interval
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.intervals import clustered_interval
 from diffvqa.saliency.gradcam import gate_cams, keyword_gradcam, keyword_token_mask
 from diffvqa.saliency.guided import TwoPassResult, cam_gate
 from diffvqa.saliency.mask import registered_difference, shared_mask

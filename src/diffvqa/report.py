@@ -44,8 +44,9 @@ MECHANISMS_NOTE = (
     "shows what registration and subtraction alone point at. Keyword conditioning: for answers naming two changes "
     "at least one grid cell apart, how often the map computed for one keyword is higher in that finding's region "
     "than in the other's (0.5 for a map that ignores the keyword), on the keyword's own Grad-CAM (and, "
-    "<i>gated</i>, after the change gate), with a 95 % interval over answers (ci95). Registration error ratio: mean corner error of Θ against the true transform, "
-    "after / before alignment (1.0 = the identity, no aligner)."
+    "<i>gated</i>, after the change gate), with a 95 % interval over answers (ci95). Registration error ratio: "
+    "mean corner error of Θ against the true transform, after / before alignment (1.0 = the identity, no "
+    "aligner)."
 )
 # METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
 CAPTION_ROWS = (*METRIC_KEYS[: METRIC_KEYS.index("METEOR") + 1], "METEOR_nltk",
