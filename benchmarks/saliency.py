@@ -18,7 +18,9 @@ spell of the machine hits them alike):
   encoder and the decoder's whole teacher-forced pass with the LM head at every position), both images, the batch's
   real answers and lexicon keywords. Ours is ``keyword_gradcam`` on the pass's feature maps, and — what two-pass
   inference runs — ``keyword_gradcam_from_prompt`` on pass 1's kept prompt pass, charged with what keeping it costs
-  that pass (prompt pass with autograd minus without); max |difference| of the normalised maps for both;
+  that pass (prompt pass with autograd minus without); max |difference| of the normalised maps for both, captum's
+  cells placed on the pixel grid by our ``upsample_cells`` (the values are compared; the placement is tested
+  against the network's receptive fields in tests/test_gradcam.py);
 * a saliency-guided training step (forward + backward + AdamW step of ``SaliencyGuidedVQA``) against the plain step
   (``saliency.enabled=False``), with λ_A = 1 and λ_A = 0, and the kernel time and page faults of each: glibc's
   malloc returns large freed blocks to the OS, so every step faults its activations in again, and the guided step
@@ -53,7 +55,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from diffvqa.config import Config, load_config  # noqa: E402
 from diffvqa.data.text import Tokenizer, build_word_tokenizer, load_gpt2_tokenizer  # noqa: E402
@@ -66,6 +67,7 @@ from diffvqa.saliency.gradcam import (  # noqa: E402
     keyword_log_prob,
     keyword_token_mask,
     score_selection,
+    upsample_cells,
 )
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer  # noqa: E402
 from diffvqa.saliency.lexicon import lexicon_keyword  # noqa: E402
@@ -303,7 +305,10 @@ def captum_maps(model: DiffVQA, b: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     layer = model.encoder.resnet.encoder.stages[-1]
     maps = LayerGradCam(score, layer).attribute((b["main"], b["ref"]), relu_attributions=True)
-    maps = F.interpolate(maps, size=(model.image_size,) * 2, mode="bilinear", align_corners=False)
+    # captum is the oracle for the cell values (gradients, weights, ReLU); the cells' placement on the pixel grid
+    # is ours (each cell centred on its receptive field, tested against the network in tests/test_gradcam.py), so
+    # both are placed alike and the comparison measures the values
+    maps = upsample_cells(maps, model.image_size)
     maps = maps / (maps.amax(dim=(2, 3), keepdim=True) + model.config.saliency.cam_eps)
     return maps.chunk(2, dim=0)
 
