@@ -28,7 +28,7 @@ def test_preset_values_differ():
     assert (paper.model.align_similarity, paper.saliency.cam_method) == (0.0, "gradcam")
     assert small.model.align_similarity > 0 and small.saliency.cam_method == "change_gated"  # the demo's departures
     # the CPU demo's departures from it (README "What the demo shows")
-    assert (small.saliency.start_step, small.saliency.mask_floor, small.model.prefix_pool) == (900, 0.8, 2)
+    assert (small.saliency.start_step, small.saliency.mask_floor, small.model.prefix_pool) == (550, 0.8, 2)
 
 
 def test_overrides_are_typed():

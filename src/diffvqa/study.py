@@ -48,6 +48,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mask_main": ("mask from the main image's CAM only", ["saliency.mask=main"]),
     "mask_ref": ("mask from the reference image's CAM only", ["saliency.mask=ref"]),
     "mask_none": ("no masking (pass 2 sees what pass 1 saw)", ["saliency.mask=none"]),
+    "floor_05": ("a stronger mask: floor 0.5 instead of the preset's", ["saliency.mask_floor=0.5"]),
+    "late_guidance": ("the saliency loop in the last 200 of 1,100 steps only", ["saliency.start_step=900"]),
     "blind": ("question only: both images replaced by zeros", ["model.blind=true", "saliency.enabled=false"]),
 }
 
