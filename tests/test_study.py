@@ -10,12 +10,18 @@ from diffvqa.study import VARIANTS, compare, comparison_table, main, markdown_ta
 @pytest.mark.slow
 def test_study_runs_resumes_and_seeds_differ(phantom_cache, tmp_path, capsys):
     out = tmp_path / "study"
-    argv = ["--data", str(phantom_cache), "--out", str(out), "--preset", "tiny", "--seeds", "2", "--jobs", "2",
+    held_out = tmp_path / "held_out"  # evaluation on another cache (here the same files under another name)
+    held_out.symlink_to(phantom_cache, target_is_directory=True)
+    argv = ["--data", str(phantom_cache), "--eval-data", str(held_out), "--out", str(out), "--preset", "tiny",
+            "--seeds", "2", "--jobs", "2",
             "--variants", "full,no_aligner", "--no-progress", "train.steps=3", "train.eval_every=3",
             "train.checkpoint_every=3", "saliency.start_step=1"]  # fmt: skip
     assert main(argv) == 0
     record = json.loads((out / "study.json").read_text())
     assert set(record["variants"]) == {"full", "no_aligner"} and record["seeds"] == 2
+    assert record["eval_data"] == str(held_out)
+    evaluated = json.loads((out / "runs" / "full" / "seed0" / "eval" / "metrics.json").read_text())
+    assert evaluated["run"]["data"] == str(held_out)
     full = record["variants"]["full"]
     assert len(full["CIDEr"]["values"]) == 2 and full["pointing"]["mean"] is not None
     assert full["reg. ratio"]["values"][0] != full["reg. ratio"]["values"][1]  # the seeds change the runs
