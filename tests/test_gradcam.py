@@ -283,3 +283,32 @@ def test_cam_options_agree_between_the_kept_prompt_and_the_teacher_forced_pass(
     for got, want in zip(cams, expected, strict=True):
         assert (got - want).abs().max() <= 1e-5
     assert any(not torch.allclose(a, c, atol=1e-4) for a, c in zip(default, expected, strict=True))
+
+
+def test_the_prefix_grid_cam_is_the_block_average_placed_on_the_pooled_cells():
+    """saliency.cam_grid=prefix: the CAM of the pooled maps the decoder reads equals the 2 x 2 block average of
+    the cell CAM before its ReLU (the gradient is constant over each block), and a hot pooled cell lands on the
+    centre of its four feature cells."""
+    from diffvqa.saliency.gradcam import cell_cams
+
+    torch.manual_seed(0)
+    features = torch.rand(2, 3, 8, 8)
+    pooled_grad = torch.randn(2, 3, 4, 4)
+    grads = pooled_grad.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3) / 4  # d/dF of a function of P
+    for method in ("gradcam", "hirescam"):
+        pooled = torch.nn.functional.avg_pool2d(features, 2)
+        if method == "gradcam":
+            expected = torch.relu((pooled_grad.mean(dim=(2, 3), keepdim=True) * pooled).sum(1, keepdim=True))
+        else:
+            expected = torch.relu((pooled_grad * pooled).sum(1, keepdim=True))
+        # the same map up to the factor k² = 4 the normalisation removes: the pooled gradient is 4 x each cell's
+        assert torch.allclose(4 * cell_cams(features, grads, method, pool=2), expected, atol=1e-6)
+    hot = torch.zeros(1, 1, 4, 4)
+    hot[0, 0, 1, 2] = 1.0
+    up = upsample_cells(hot, 128, pool=2)  # feature stride 16: pooled cell (1, 2) centred at pixel (40, 72)
+    assert up[0, 0, 40, 72] == 1.0 and up.flatten().argmax().item() == 40 * 128 + 72
+    from diffvqa.scoring import grid_ceiling
+
+    region = torch.zeros(1, 128, 128)
+    region[0, 38:43, 70:75] = 1  # holds the pooled cell's centre (40, 72) but no feature-cell centre (16 i)
+    assert grid_ceiling(region, 4, pool=2).tolist() == [1.0] and grid_ceiling(region, 8).tolist() == [0.0]

@@ -212,3 +212,25 @@ def test_cam_variants_train_and_infer(tiny_model, tiny_batch, method):
                              b["question"], lexicon_keyword, main_box=boxes, ref_box=boxes)  # fmt: skip
     keep = ~result.empty_mask  # an all-zero map falls back to all ones (no masking)
     assert result.mask[keep][..., :6].abs().max() == 0 and result.mask[keep][..., 58:].abs().max() == 0
+
+
+def test_the_cam_on_the_prefix_grid_trains_and_infers(tiny_config, tokenizer, tiny_batch):
+    """saliency.cam_grid=prefix with model.prefix_pool=2: the training step uses every parameter and two-pass
+    inference makes masks in [0, 1] from the 2 x 2 grid of pooled cells (flat around each pooled cell's centre)."""
+    from diffvqa.model.vqa import DiffVQA
+
+    tiny_config.model.prefix_pool = 2
+    tiny_config.saliency.cam_grid = "prefix"
+    torch.manual_seed(0)
+    model = DiffVQA(tiny_config, tokenizer)
+    out = SaliencyGuidedVQA(model)(*_step_inputs(model, tiny_batch))
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+    b = tiny_batch
+    result = two_pass_answer(model.eval(), b["main"], b["ref"], b["question_ids"], b["question_mask"], b["question"],
+                             lexicon_keyword)  # fmt: skip
+    assert result.mask.min() >= 0 and result.mask.max() <= 1
+    # pooled cells sit at pixels 24 and 56 of 64 (feature stride 16, pairs of cells): the map is linear between
+    # them, so its second difference along a row vanishes between those centres
+    row = result.cam_main[:, 0, 40, 24:57]
+    assert (row[:, 2:] - 2 * row[:, 1:-1] + row[:, :-2]).abs().max() < 1e-5

@@ -203,6 +203,9 @@ class SaliencyConfig:
     cam_target: str = "log_prob"
     # image (the paper's: each map scaled by its own maximum) | pair (both maps of a pair by their common maximum)
     cam_normalize: str = "image"
+    # encoder (the paper's: the encoder's last feature maps) | prefix (the model.prefix_pool-pooled cells the decoder
+    # reads: a coarser grid, the block average of the encoder-grid CAM before its ReLU)
+    cam_grid: str = "encoder"
     keyword_source: str = "lexicon"  # lexicon | llm | truth
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3:70b"
@@ -221,6 +224,7 @@ class SaliencyConfig:
         "cam_method": Rule(choices=("gradcam", "hirescam", "change_gated")),
         "cam_target": Rule(choices=("log_prob", "logit")),
         "cam_normalize": Rule(choices=("image", "pair")),
+        "cam_grid": Rule(choices=("encoder", "prefix")),
         "keyword_source": Rule(choices=("lexicon", "llm", "truth")),
         "llm_base_url": Rule(pattern=r"https?://\S+", what="an http(s):// URL such as http://127.0.0.1:11434/v1"),
         "llm_model": Rule(pattern=r"\S.*", what="a model name (not empty)"),

@@ -24,7 +24,7 @@ from diffvqa.intervals import clustered_interval
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.gradcam import gate_cams, keyword_gradcam, keyword_token_mask
+from diffvqa.saliency.gradcam import cam_pool, gate_cams, keyword_gradcam, keyword_token_mask
 from diffvqa.saliency.guided import TwoPassResult, cam_gate
 from diffvqa.saliency.mask import registered_difference, shared_mask
 from diffvqa.scoring import (
@@ -48,7 +48,7 @@ class MechanismTally:
 
     def __init__(self, model: DiffVQA, prior_point: tuple[int, int] | None = None, keyword_conditioning: bool = True):
         self.model = model
-        self.cells = model.image_size // feature_stride(model.config.model)
+        self.cells = model.image_size // feature_stride(model.config.model) // cam_pool(model.config)  # the CAM grid
         self.prior_point = prior_point
         self.score_conditioning = keyword_conditioning
         self.rows: list[dict[str, Any]] = []  # one per scored question
@@ -82,7 +82,7 @@ class MechanismTally:
         difference = self._difference_map(batch, result).to(regions.device)
         difference_points = pointing_scores(difference, regions)
         chance = area_shares(regions)
-        ceiling = grid_ceiling(regions, self.cells)
+        ceiling = grid_ceiling(regions, self.cells, cam_pool(self.model.config))
         prior = fixed_point_hits(regions, self.prior_point) if self.prior_point is not None else None
         for i in torch.nonzero(scored).flatten().tolist():
             per_question[i] = float(points[i])
@@ -152,7 +152,8 @@ class MechanismTally:
         cfg = model.config.saliency
         cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
                                             keyword_mask, cfg.cam_eps, cfg.cam_method, content,
-                                            normalize=cfg.cam_normalize, target=cfg.cam_target)  # fmt: skip
+                                            normalize=cfg.cam_normalize, target=cfg.cam_target,
+                                            pool=cam_pool(model.config))  # fmt: skip
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)

@@ -70,14 +70,16 @@ def fixed_point_hits(regions: Tensor, point: tuple[int, int]) -> Tensor:
     return (regions.reshape(regions.shape[0], regions.shape[-2], regions.shape[-1])[:, y, x] > 0.5).float()
 
 
-def grid_ceiling(regions: Tensor, cells: int) -> Tensor:
+def grid_ceiling(regions: Tensor, cells: int, pool: int = 1) -> Tensor:
     """Can any map of a ``cells`` x ``cells`` grid point into each region? -> (B,) float in {0, 1}.
 
     Cell i sits on pixel stride * i (stride = S / cells), so a region is reachable when it contains one of those
-    pixels.
+    pixels. A grid of ``pool`` x ``pool``-pooled feature cells (:func:`diffvqa.saliency.gradcam.cell_weights`) has
+    its cell i at pixel stride_f * (pool * i + (pool - 1) / 2), stride_f = S / (cells * pool).
     """
     size = regions.shape[-1]
-    centres = (torch.arange(cells, device=regions.device) * size) // cells
+    stride = size / (cells * pool)
+    centres = torch.tensor([round(stride * (pool * i + (pool - 1) / 2)) for i in range(cells)], device=regions.device)
     grid = regions.reshape(regions.shape[0], size, size)[:, centres][:, :, centres]  # (B, cells, cells)
     return (grid > 0.5).flatten(1).any(dim=1).float()
 

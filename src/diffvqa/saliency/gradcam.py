@@ -82,6 +82,16 @@ def score_selection(text: TextBatch, question_mask: Tensor, keyword_mask: Tensor
 
 CAM_TARGETS = ("log_prob", "logit")
 CAM_NORMALIZATIONS = ("image", "pair")
+CAM_GRIDS = ("encoder", "prefix")
+
+
+def cam_pool(config) -> int:
+    """The pooling of the CAM's grid: 1 on the encoder's feature cells (``saliency.cam_grid = encoder``, the
+    paper's), ``model.prefix_pool`` on the pooled cells the prefix reads (``prefix``). ``config``: a Config."""
+    grid = config.saliency.cam_grid
+    if grid not in CAM_GRIDS:
+        raise ValueError(f"saliency.cam_grid={grid!r}: expected one of {', '.join(CAM_GRIDS)}")
+    return config.model.prefix_pool if grid == "prefix" else 1
 
 
 def token_scores(logits: Tensor, targets: Tensor, target: str = "log_prob") -> Tensor:
@@ -108,30 +118,44 @@ def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor, t
 CAM_METHODS = ("gradcam", "hirescam", "change_gated")
 
 
-def cell_weights(cells: int, size: int, device=None) -> Tensor:
-    """(size, cells) linear-interpolation weights that put cell i at pixel ``stride * i``, stride = size / cells.
+def cell_weights(cells: int, size: int, device=None, pool: int = 1) -> Tensor:
+    """(size, cells) linear-interpolation weights that put cell i at its receptive field's centre.
 
-    Pixel p reads the cells around position p / stride (clamped to the last cell: the map is flat beyond it).
+    ``pool = 1``: feature cell i at pixel ``stride * i``, stride = size / cells. ``pool = k``: the cells are the
+    k x k averages the prefix reads (``saliency.cam_grid = prefix``), cell i centred between feature cells k·i and
+    k·i + k - 1, at pixel ``stride_f * (k * i + (k - 1) / 2)`` with stride_f = size / (cells * k). Pixel p reads the
+    cells around its position (clamped to the first and last cell: the map is flat beyond them).
     """
-    position = (torch.arange(size, device=device, dtype=torch.float32) * cells / size).clamp(max=cells - 1)
+    stride = size / (cells * pool)  # pixels per feature cell
+    pixels = torch.arange(size, device=device, dtype=torch.float32)
+    position = ((pixels / stride - (pool - 1) / 2) / pool).clamp(min=0, max=cells - 1)
     return (1.0 - (position[:, None] - torch.arange(cells, device=device)[None, :]).abs()).clamp(min=0.0)
 
 
-def upsample_cells(maps: Tensor, size: int) -> Tensor:
-    """(N, 1, h, w) cell maps -> (N, 1, S, S), each cell centred on its receptive field (module docstring)."""
-    wy = cell_weights(maps.shape[-2], size, maps.device).to(maps.dtype)
-    wx = cell_weights(maps.shape[-1], size, maps.device).to(maps.dtype)
+def upsample_cells(maps: Tensor, size: int, pool: int = 1) -> Tensor:
+    """(N, 1, h, w) cell maps -> (N, 1, S, S), each cell centred on its receptive field (:func:`cell_weights`)."""
+    wy = cell_weights(maps.shape[-2], size, maps.device, pool).to(maps.dtype)
+    wx = cell_weights(maps.shape[-1], size, maps.device, pool).to(maps.dtype)
     return torch.einsum("yi,ncij,xj->ncyx", wy, maps, wx)
 
 
-def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam") -> Tensor:
-    """Class activation maps at the feature resolution: (N, C, h, w) features and their gradient -> (N, 1, h, w)."""
+def cell_cams(features: Tensor, grads: Tensor, method: str = "gradcam", pool: int = 1) -> Tensor:
+    """Class activation maps on the cell grid: (N, C, h, w) features and their gradient -> (N, 1, h / pool, w / pool).
+
+    ``pool = k`` gives the CAM of the k x k average-pooled maps the prefix reads. The pooling is linear and the
+    decoder sees only the pooled maps, so the gradient is constant over each k x k block and that CAM is the block
+    average of the cell CAM before its ReLU, for Grad-CAM (its channel weights scale by k²) and HiResCAM alike.
+    """
     if method in ("gradcam", "change_gated"):  # change_gated: Grad-CAM, gated afterwards by the caller's ``gate``
         alpha = grads.mean(dim=(2, 3), keepdim=True)  # (N, C, 1, 1)
-        return F.relu((alpha * features).sum(dim=1, keepdim=True))
-    if method == "hirescam":
-        return F.relu((grads * features).sum(dim=1, keepdim=True))
-    raise ValueError(f"saliency.cam_method={method!r}: expected one of {', '.join(CAM_METHODS)}")
+        cam = (alpha * features).sum(dim=1, keepdim=True)
+    elif method == "hirescam":
+        cam = (grads * features).sum(dim=1, keepdim=True)
+    else:
+        raise ValueError(f"saliency.cam_method={method!r}: expected one of {', '.join(CAM_METHODS)}")
+    if pool > 1:
+        cam = F.avg_pool2d(cam, pool)
+    return F.relu(cam)
 
 
 def normalize_cams(cam: Tensor, mode: str = "image", eps: float = 1e-6) -> Tensor:
@@ -153,6 +177,7 @@ def normalize_cams(cam: Tensor, mode: str = "image", eps: float = 1e-6) -> Tenso
 def cams_from_score(
     features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
     method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None, normalize: str = "image",
+    pool: int = 1,
 ) -> tuple[Tensor, Tensor]:  # fmt: skip
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
@@ -160,10 +185,11 @@ def cams_from_score(
     gives every row's own gradient. In training the graph is retained for the loss's backward. ``content``
     (2B, 1, S, S), main images first, zeroes each map outside its image's content before normalising. Returns the
     main and reference maps, each (B, 1, S, S) in [0, 1], detached. ``gate`` (B, 1, S, S), reference frame,
-    multiplies both maps before normalising (``change_gated``); ``normalize``: :func:`normalize_cams`.
+    multiplies both maps before normalising (``change_gated``); ``normalize``: :func:`normalize_cams`; ``pool``:
+    the CAM on the k x k pooled grid the prefix reads (:func:`cell_cams`; 1: the encoder's grid).
     """
     (grads,) = torch.autograd.grad(score.sum(), features, retain_graph=retain_graph)
-    cam = upsample_cells(cell_cams(features.detach(), grads, method), size)  # (2B, 1, S, S)
+    cam = upsample_cells(cell_cams(features.detach(), grads, method, pool), size, pool)  # (2B, 1, S, S)
     if content is not None:
         cam = cam * content
     if gate is not None:
@@ -195,6 +221,7 @@ def keyword_gradcam(
     gate: Tensor | None = None,
     normalize: str = "image",
     target: str = "log_prob",
+    pool: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """Grad-CAM from already computed feature maps (inference: the pass-1 features are re-used).
 
@@ -213,7 +240,7 @@ def keyword_gradcam(
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut], target)
         return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content,
-                               gate=gate, normalize=normalize)  # fmt: skip
+                               gate=gate, normalize=normalize, pool=pool)  # fmt: skip
 
 
 def keyword_gradcam_from_prompt(
@@ -229,6 +256,7 @@ def keyword_gradcam_from_prompt(
     gate: Tensor | None = None,
     normalize: str = "image",
     target: str = "log_prob",
+    pool: int = 1,
 ) -> tuple[Tensor, Tensor]:
     """:func:`keyword_gradcam` on a kept prompt pass: the same maps (to float rounding), without re-running it.
 
@@ -257,4 +285,4 @@ def keyword_gradcam_from_prompt(
         scores = token_scores(logits, targets[sel_rows, sel_cols], target)
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, scores)
         return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
-                               content=content, gate=gate, normalize=normalize)  # fmt: skip
+                               content=content, gate=gate, normalize=normalize, pool=pool)  # fmt: skip

@@ -22,6 +22,7 @@ from diffvqa.model.align import AlignOutput
 from diffvqa.model.content import box_masks
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import (
+    cam_pool,
     cams_from_score,
     keyword_gradcam_from_prompt,
     keyword_log_prob,
@@ -114,7 +115,7 @@ class SaliencyGuidedVQA(nn.Module):
         cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps,
                                             retain_graph=not cam_only, method=cfg.cam_method, content=content,
                                             gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content),
-                                            normalize=cfg.cam_normalize)  # fmt: skip
+                                            normalize=cfg.cam_normalize, pool=cam_pool(model.config))  # fmt: skip
         if cam_only:
             loss_a = loss_a.detach()
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
@@ -191,6 +192,7 @@ def two_pass_answer(
         cam_gate(cfg.cam_method, aligned.aligned, ref, content),
         cfg.cam_normalize,
         cfg.cam_target,
+        cam_pool(model.config),
     )
     mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
     masked = model.encode(
