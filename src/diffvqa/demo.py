@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small", help="config preset (default: small)")
     parser.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     parser.add_argument("--blind-steps", type=int, help="blind-baseline training steps (default: half the model's)")
-    parser.add_argument("--workers", type=int, default=2, help="processes that render the phantom and decode its images")
+    parser.add_argument(
+        "--workers", type=int, default=2, help="processes that render the phantom and decode its images"
+    )
     parser.add_argument("--all-types", action="store_true", help="train/evaluate all 7 question types")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")

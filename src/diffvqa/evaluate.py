@@ -28,6 +28,7 @@ from diffvqa.errors import ArgumentParser, UserError, check_device, check_output
 from diffvqa.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 from diffvqa.viewer.build import VIEWER_DIR, finish_viewer
@@ -198,7 +199,7 @@ def evaluate(
     if passes is not None:
         metrics["final_vs_preliminary"] = passes
     metrics.update(saliency)
-    with (out / "predictions.jsonl").open("w") as f:
+    with (out / PREDICTIONS_FILE).open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     metrics["run"] = {
@@ -207,7 +208,7 @@ def evaluate(
         "blind": model.config.model.blind, "questions": len(records), "limit": limit,
         "saliency_overrides": list(saliency_overrides or []),
     }  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     if strips is not None:  # before the report, which links to it
         print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     if report:
@@ -353,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                        args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
                        args.keyword_source, saliency_overrides=args.overrides, viewer=not args.no_viewer)  # fmt: skip
     print(format_table(metrics))
-    print(f"wrote {args.out / 'predictions.jsonl'}, {args.out / 'metrics.json'}")
+    print(f"wrote {args.out / PREDICTIONS_FILE}, {args.out / EVAL_METRICS_FILE}")
     return 0
 
 

@@ -16,22 +16,10 @@ from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
+from diffvqa.run import METRICS_LOG, find_metrics_log
 
-METRICS_LOG = "metrics.jsonl"  # as diffvqa.train.METRICS_LOG (not imported: plotting needs no torch)
 GROUPS = ("loss", "validation", "localisation", "optimiser", "other")
 SKIPPED = {"step", "val/n"}
-
-
-def find_metrics_log(path: str | Path) -> Path | None:
-    """``metrics.jsonl`` of a run directory, or of the run a checkpoint directory (``RUN/checkpoints/step-N``) is
-    in; None when there is none."""
-    path = Path(path)
-    if path.is_file() and path.name == METRICS_LOG:
-        return path
-    for directory in (path, path.parent, path.parent.parent):
-        if (directory / METRICS_LOG).is_file():
-            return directory / METRICS_LOG
-    return None
 
 
 def read_log(path: Path) -> dict[str, tuple[list[int], list[float]]]:

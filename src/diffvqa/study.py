@@ -36,6 +36,7 @@ from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
 from diffvqa.intervals import seeds_and_questions_interval
+from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -72,6 +73,7 @@ REFERENCES: list[tuple[str, tuple[str, ...]]] = [
     ("ceiling", ("pointing_game_reference", "ceiling")),
     ("difference map", ("pointing_game_reference", "difference_map")),
 ]
+EVAL_DIR = "eval"  # each run's evaluation, inside its run directory
 REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
 
 
@@ -98,20 +100,20 @@ def _command(args: list[str]) -> list[str]:
 def run_one(data: Path, eval_data: Path, run_dir: Path, preset: str, overrides: list[str], threads: int,
             log: Path) -> dict[str, Any]:  # fmt: skip
     """Train (or resume) on ``data`` and evaluate on ``eval_data``; returns the metrics.json. Skips what is done."""
-    metrics_file = run_dir / "eval" / "metrics.json"
+    metrics_file = run_dir / EVAL_DIR / EVAL_METRICS_FILE
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     finished = run_dir / "finished"
     with log.open("a") as out:
         if not finished.is_file():
-            resume = ["--resume"] if (run_dir / "latest").is_file() else []
+            resume = ["--resume"] if (run_dir / LATEST).is_file() else []
             train = ["train", "--data", str(data), "--out", str(run_dir), "--preset", preset, "--no-progress",
                      "--device", "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
             subprocess.run(_command(train), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
             finished.write_text("ok\n")
         evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(eval_data), "--out",
-                    str(run_dir / "eval"), "--question-types", "difference", "--no-progress", "--no-report",
+                    str(run_dir / EVAL_DIR), "--question-types", "difference", "--no-progress", "--no-report",
                     "--no-viewer"]  # fmt: skip
         subprocess.run(_command(evaluate), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
     return json.loads(metrics_file.read_text())
@@ -137,7 +139,7 @@ def _per_question(run_dir: Path) -> dict[tuple, dict[str, float]]:
     from diffvqa.jsonl import read_jsonl
 
     rows = {}
-    for _, r in read_jsonl(run_dir / "eval" / "predictions.jsonl"):
+    for _, r in read_jsonl(run_dir / EVAL_DIR / PREDICTIONS_FILE):
         if "cider" in r:
             rows[(r["study_id"], r["ref_id"], r["question"])] = r
     return rows
@@ -215,7 +217,7 @@ def markdown_table(summary: dict[str, Any]) -> str:
 
 def _validation_curves(run_dir: Path, key: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
-    log = run_dir / "metrics.jsonl"
+    log = run_dir / METRICS_LOG
     if not log.is_file():
         return steps, values
     for line in log.read_text().splitlines():

@@ -4,23 +4,15 @@ Boring on purpose (torchvision references): AdamW, linear warm-up + cosine decay
 bf16 autocast, the saliency-guided objective by default, validation CIDEr selecting the best checkpoint, atomic
 checkpoints and exact resume. Runs unchanged under ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
 
-Run directory::
-
-    RUN/config.json            the resolved config
-    RUN/metrics.jsonl          one JSON record per log step and per validation
-    RUN/checkpoints/step-N/    config.json, model.safetensors, tokenizer.json, trainer_state.pt
-    RUN/latest, RUN/best       one line each: the checkpoint directory they point to (relative to RUN)
-
-A checkpoint directory is written under a temporary name and renamed when complete, and the ``latest`` /
-``best`` pointers are replaced atomically, so a crash never leaves a half-written checkpoint as the latest.
-Data order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
+The run directory (its layout, pointers and metrics log: :mod:`diffvqa.run`) gets a checkpoint at every
+validation and every ``train.checkpoint_every`` steps, each written whole before ``latest`` points at it. Data
+order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
 optimiser and scheduler an uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -40,14 +32,24 @@ from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
-from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
+from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.run import (
+    BEST,
+    CONFIG_FILE,
+    LATEST,
+    TRAINER_STATE,
+    append_metrics,
+    checkpoint_dir,
+    clean_after_interruption,
+    partial_checkpoint_dir,
+    prune_checkpoints,
+    read_pointer,
+    write_pointer,
+)
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
-
-TRAINER_STATE = "trainer_state.pt"
-METRICS_LOG = "metrics.jsonl"
 
 
 # -- distributed -------------------------------------------------------------------------------------------
@@ -192,17 +194,12 @@ def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samp
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-def _write_pointer(run_dir: Path, name: str, target: str) -> None:
-    tmp = run_dir / f".{name}.tmp"
-    tmp.write_text(target + "\n")
-    os.replace(tmp, run_dir / name)
-
-
-def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, scheduler, step: int,
-                             best: dict | None) -> Path:  # fmt: skip
+def save_training_checkpoint(
+    run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None
+) -> Path:
     """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it."""
-    final = run_dir / "checkpoints" / f"step-{step:07d}"
-    tmp = run_dir / "checkpoints" / f".tmp-step-{step:07d}"
+    final = checkpoint_dir(run_dir, step)
+    tmp = partial_checkpoint_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(module, tmp)
     state = {
@@ -217,38 +214,8 @@ def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, schedu
     if final.exists():  # rerun of the same step after a resume
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _write_pointer(run_dir, "latest", str(final.relative_to(run_dir)))
+    write_pointer(run_dir, LATEST, final)
     return final
-
-
-def clean_after_interruption(run_dir: Path, step: int) -> None:
-    """Undo what a killed run left behind, before this one writes: ``metrics.jsonl`` records after ``step`` (the
-    step training resumes from; they are logged again) and a torn last line, and ``checkpoints/.tmp-step-N``
-    directories of saves that never finished."""
-    for tmp in (run_dir / "checkpoints").glob(".tmp-step-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    path = run_dir / METRICS_LOG
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by the kill
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
-def _prune_checkpoints(run_dir: Path) -> None:
-    """Keep only the checkpoints ``latest`` and ``best`` point to."""
-    keep = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")}
-    for path in (run_dir / "checkpoints").glob("step-*"):
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- logging -----------------------------------------------------------------------------------------------
@@ -257,7 +224,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / METRICS_LOG
+        self.run_dir = run_dir
         self.tensorboard = None
         if enabled:
             try:
@@ -270,8 +237,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.run_dir, record)
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -352,12 +318,12 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
             "use lexicon or llm"
         )
     if resume:
-        latest = read_pointer(run_dir, "latest")
+        latest = read_pointer(run_dir, LATEST)
         if latest is None or not latest.is_dir():
             raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
     elif is_main:
-        if read_pointer(run_dir, "latest") is not None:
+        if read_pointer(run_dir, LATEST) is not None:
             raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
@@ -391,7 +357,7 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign file: the run directory's fault
             raise UserError(
                 f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
-                f"from an intact checkpoint (point {run_dir / 'latest'} at it) or start a new run"
+                f"from an intact checkpoint (point {run_dir / LATEST} at it) or start a new run"
             ) from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -465,8 +431,8 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
             path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best)
             if improved:
-                _write_pointer(run_dir, "best", str(path.relative_to(run_dir)))
-            _prune_checkpoints(run_dir)
+                write_pointer(run_dir, BEST, path)
+            prune_checkpoints(run_dir)
         if at_checkpoint and world > 1:
             dist.barrier()
     if bar is not None:
@@ -514,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
                 device=args.device, progress=not args.no_progress)  # fmt: skip
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run: {run}  latest: {read_pointer(run, 'latest')}  best: {read_pointer(run, 'best')}")
+        print(f"run: {run}  latest: {read_pointer(run, LATEST)}  best: {read_pointer(run, BEST)}")
     return 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.atomic import write_atomic
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.cache_truth import write_truth
 from diffvqa.data.image_cache import (
@@ -117,9 +118,7 @@ def _versions() -> dict[str, str]:
 
 def _write_json(path: Path, value: dict) -> None:
     """Atomic: a reader never sees half a file (the manifest's presence means 'complete')."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
 
 
 def _index_table(release: Release) -> pd.DataFrame:

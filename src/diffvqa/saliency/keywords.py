@@ -25,10 +25,8 @@ import http.client
 import io
 import ipaddress
 import json
-import os
 import re
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -39,6 +37,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from diffvqa.atomic import write_atomic
 from diffvqa.config import SaliencyConfig
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.saliency.lexicon import (
@@ -124,17 +123,9 @@ def _load_cache(path: Path) -> dict[str, str]:
     return values
 
 
-def _write_json_atomic(path: Path, values: dict[str, str]) -> None:
+def _write_cache(path: Path, values: dict[str, str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(values, f, ensure_ascii=False, indent=0, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(values, ensure_ascii=False, indent=0, sort_keys=True) + "\n")
 
 
 class LLMKeywords:
@@ -296,7 +287,7 @@ class LLMKeywords:
                 snapshot = dict(self.cache)
                 self._dirty = False
                 self._last_save = time.monotonic()
-            _write_json_atomic(self.cache_path, snapshot)
+            _write_cache(self.cache_path, snapshot)
 
     def __enter__(self) -> LLMKeywords:
         return self

@@ -30,10 +30,9 @@ from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE
 from diffvqa.viewer.strips import PANELS, strip_path
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
 VIEWER_DIR = "viewer"
 DATA_FILE = "data.js"
 STATIC_FILES = ("index.html", "viewer.js", "viewer.css")
@@ -59,7 +58,7 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
 
 
 def _read_metrics(eval_dir: Path) -> dict[str, Any]:
-    path = Path(eval_dir) / METRICS_FILE
+    path = Path(eval_dir) / EVAL_METRICS_FILE
     if not path.is_file():
         return {}
     try:
