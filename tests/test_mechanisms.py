@@ -1,12 +1,12 @@
-"""The mechanism tally's keyword conditioning (diffvqa.mechanisms): which maps it scores, which pairs, the
+"""The mechanism tally's keyword conditioning (diffvqa.metrics.mechanisms): which maps it scores, which pairs, the
 interval — on a hand-built batch whose per-keyword CAMs are known."""
 
 import pytest
 import torch
 
-import diffvqa.mechanisms as mechanisms
+import diffvqa.metrics.mechanisms as mechanisms
 from diffvqa.data.dataset import pad_token_ids
-from diffvqa.mechanisms import MechanismTally
+from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.saliency.guided import two_pass_answer
 from diffvqa.saliency.lexicon import lexicon_keyword
 

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from diffvqa import metrics
 from diffvqa.metrics import (
     METRIC_KEYS,
     caption_scores,
+    coco,
     evaluate_answers,
     exact_match_accuracy,
     fallback_tokenize,
@@ -380,7 +380,7 @@ def test_fallback_tokenizer_matches_ptb():
 
 @needs_java
 def test_ptb_tokenize_writes_nothing_into_site_packages():
-    folder = metrics._pycocoevalcap_dir() / "tokenizer"
+    folder = coco._pycocoevalcap_dir() / "tokenizer"
     before = sorted(os.listdir(folder))
     assert ptb_tokenize(["Nothing has changed.", ""]) == ["nothing has changed", ""]
     assert sorted(os.listdir(folder)) == before
@@ -394,7 +394,7 @@ def hanging_meteor(pid_file):
 @needs_java
 def test_meteor_timeout_kills_a_hung_process(monkeypatch, tmp_path):
     pid_file = tmp_path / "pid"
-    monkeypatch.setattr(metrics, "_meteor_command", hanging_meteor(pid_file))
+    monkeypatch.setattr(coco, "_meteor_command", hanging_meteor(pid_file))
     start = time.monotonic()
     ours = caption_scores(TINY_PREDS, TINY_REFS, meteor_timeout=1.0)
     assert time.monotonic() - start < 20
@@ -417,7 +417,7 @@ def test_meteor_timeout_real_jar():
 @needs_java
 def test_meteor_crash_is_reported(monkeypatch):
     code = "import sys; sys.stderr.write('boom: out of memory'); sys.exit(3)"
-    monkeypatch.setattr(metrics, "_meteor_command", lambda java: [sys.executable, "-c", code])
+    monkeypatch.setattr(coco, "_meteor_command", lambda java: [sys.executable, "-c", code])
     ours = caption_scores(TINY_PREDS, TINY_REFS)
     assert ours["METEOR"] is None and "boom: out of memory" in ours["unavailable"]["METEOR"]
     assert ours["CIDEr"] == pytest.approx(TINY_GOLDEN["CIDEr"], abs=1e-12)

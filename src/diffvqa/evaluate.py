@@ -4,7 +4,7 @@
 Writes ``predictions.jsonl`` (one record per question: ids, question type, question, ground truth, preliminary
 and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
-and, on the phantom, the mechanism scores of :mod:`diffvqa.mechanisms`: ``pointing_game`` beside its chance,
+and, on the phantom, the mechanism scores of :mod:`diffvqa.metrics.mechanisms`: ``pointing_game`` beside its chance,
 fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``),
 ``report.html`` and ``viewer/`` (every question with its pictures, to browse from disk; ``--no-viewer`` skips it).
 """
@@ -25,7 +25,8 @@ from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
 from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
-from diffvqa.mechanisms import MechanismTally
+from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
+from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE
@@ -58,7 +59,7 @@ def predict(
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
 
-    Returns the prediction records, the mechanism scores (phantom only, else empty; :mod:`diffvqa.mechanisms`,
+    Returns the prediction records, the mechanism scores (phantom only, else empty; :mod:`diffvqa.metrics.mechanisms`,
     with the pointing game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with
     their images and maps for the report (one per pair).
     ``on_batch(first_record_index, batch, result)`` sees every batch's images and maps (the viewer's strips).
@@ -120,10 +121,10 @@ def predict(
 
 def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
     """The pointing game's fixed-point prior: the pixel inside the most regions of the *train* split's difference
-    questions (:mod:`diffvqa.scoring`); None for caches without ground truth."""
+    questions (:mod:`diffvqa.metrics.pointing`); None for caches without ground truth."""
     from diffvqa.data.image_cache import ImageCache
     from diffvqa.data.regions import question_regions
-    from diffvqa.scoring import best_fixed_point
+    from diffvqa.metrics.pointing import best_fixed_point
 
     if not ImageCache(data).has_truth:
         return None
@@ -223,10 +224,10 @@ def compare_passes(records: list[dict[str, Any]], *, two_pass: bool) -> dict[str
     """Per-answer CIDEr-D of the difference questions (``cider`` of the final answer and, two-pass,
     ``cider_preliminary``, added to each record for paired comparisons across runs on the same questions) and,
     two-pass, the final − preliminary comparison: mean difference with a paired bootstrap 95 % interval over
-    questions (:mod:`diffvqa.intervals`), and the exact-match answers each pass got right that the other did not.
-    None when there are no difference questions, or in single-pass mode (after adding ``cider``)."""
-    from diffvqa.intervals import paired_interval
+    questions (:mod:`diffvqa.metrics.intervals`), and the exact-match answers each pass got right that the other
+    did not. None when there are no difference questions, or in single-pass mode (after adding ``cider``)."""
     from diffvqa.metrics import cider_per_answer, normalize_answer
+    from diffvqa.metrics.intervals import paired_interval
 
     rows = [r for r in records if r["question_type"] == "difference"]
     if not rows:
@@ -271,45 +272,31 @@ def _difference_scores(records: list[dict[str, Any]], key: str) -> dict[str, Any
 
 
 def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
-    """A plain-text table of the headline numbers (model vs baseline when given)."""
-    rows = [(f"difference {k}", ("difference", k))
-            for k in ("BLEU-1", "BLEU-4", "METEOR", "METEOR_nltk", "ROUGE-L", "CIDEr")]  # fmt: skip
-    rows += [("  preliminary CIDEr (pass 1)", ("final_vs_preliminary", "CIDEr_preliminary"))]
-    rows += [(f"all types {k}", ("all", k)) for k in ("BLEU-1", "CIDEr")]
-    rows += [("accuracy closed", ("accuracy_closed",)), ("accuracy open", ("accuracy_open",))]
-    rows += [("pointing game", ("pointing_game",)),
-             ("  chance (area share)", ("pointing_game_reference", "chance")),
-             ("  fixed-point prior", ("pointing_game_reference", "prior")),
-             ("  ceiling of the grid", ("pointing_game_reference", "ceiling")),
-             ("keyword conditioning", ("keyword_conditioning", "score")),
-             ("  gated (after the change gate)", ("keyword_conditioning", "gated", "score")),
-             ("registration error ratio", ("registration_error_ratio",)),
-             ("  identity (no aligner)", ("registration_error_px", "identity_ratio"))]  # fmt: skip
-
-    def get(m, path):
-        for key in path:
-            m = m.get(key) if isinstance(m, dict) else None
-        return m
+    """A plain-text table of the headline numbers (:data:`diffvqa.metrics.headline.EVALUATION_TABLE`; model vs
+    baseline when given)."""
 
     def fmt(v):
         return "—" if v is None else f"{v:.3f}"
 
     header = f"{'metric':<28}{'model':>10}" + (f"{'blind':>10}{'Δ':>10}" if baseline else "")
     lines = [header, "-" * len(header)]
-    for name, path in rows:
-        v = get(metrics, path)
-        if v is None and (baseline is None or get(baseline, path) is None):
+    for name in EVALUATION_TABLE:
+        row = HEADLINES[name]
+        v = lookup(metrics, row.path)
+        if v is None and (baseline is None or lookup(baseline, row.path) is None):
             continue
-        line = f"{name:<28}{fmt(v):>10}"
+        line = f"{row.label:<28}{fmt(v):>10}"
         if baseline is not None:
-            b = get(baseline, path)
+            b = lookup(baseline, row.path)
             line += f"{fmt(b):>10}{fmt(None if v is None or b is None else v - b):>10}"
         lines.append(line)
-    passes = get(metrics, ("final_vs_preliminary", "CIDEr_difference"))
+    passes = lookup(metrics, ("final_vs_preliminary", "CIDEr_difference"))
     if passes is not None:
-        lines.append(f"final − preliminary CIDEr: {passes['estimate']:+.3f}, 95 % interval "
-                     f"[{passes['low']:+.3f}, {passes['high']:+.3f}] over {passes['n']} questions")  # fmt: skip
-    conditioning = get(metrics, ("keyword_conditioning",))
+        lines.append(
+            f"final − preliminary CIDEr: {passes['estimate']:+.3f}, 95 % interval "
+            f"[{passes['low']:+.3f}, {passes['high']:+.3f}] over {passes['n']} questions"
+        )
+    conditioning = lookup(metrics, ("keyword_conditioning",))
     if conditioning is not None:
         low, high = conditioning["ci95"]
         lines.append(

@@ -7,7 +7,7 @@ seed: evaluation is cheap, and more questions narrow the intervals), else of the
 code a user runs (``diffvqa train`` / ``evaluate``, as subprocesses so that ``--jobs`` runs share the cores).
 Finished runs are skipped and interrupted trainings resume, so the study can be stopped and restarted at will.
 
-Every comparison comes with a 95 % interval (:func:`diffvqa.intervals.seeds_and_questions_interval`: seeds and
+Every comparison comes with a 95 % interval (:func:`diffvqa.metrics.intervals.seeds_and_questions_interval`: seeds and
 questions resampled, paired by seed and question): each variant's final − preliminary CIDEr-D, and each variant's
 final CIDEr-D minus the reference variant's (``full`` when it is in the grid). It writes::
 
@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.intervals import seeds_and_questions_interval
+from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
+from diffvqa.metrics.intervals import seeds_and_questions_interval
 from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
@@ -54,33 +55,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "blind": ("question only: both images replaced by zeros", ["model.blind=true", "saliency.enabled=false"]),
 }
 
-# (column, path into metrics.json)
-COLUMNS: list[tuple[str, tuple[str, ...]]] = [
-    ("CIDEr", ("difference", "CIDEr")),
-    ("prelim. CIDEr", ("final_vs_preliminary", "CIDEr_preliminary")),
-    ("BLEU-4", ("difference", "BLEU-4")),
-    ("METEOR", ("difference", "METEOR")),
-    ("ROUGE-L", ("difference", "ROUGE-L")),
-    ("pointing", ("pointing_game",)),
-    ("kw-cond", ("keyword_conditioning", "score")),
-    ("kw-cond gated", ("keyword_conditioning", "gated", "score")),
-    ("reg. ratio", ("registration_error_ratio",)),
-    ("distinct", ("difference", "n_distinct_predictions")),
-]
-REFERENCES: list[tuple[str, tuple[str, ...]]] = [
-    ("chance", ("pointing_game_reference", "chance")),
-    ("prior", ("pointing_game_reference", "prior")),
-    ("ceiling", ("pointing_game_reference", "ceiling")),
-    ("difference map", ("pointing_game_reference", "difference_map")),
-]
+# (column, path into metrics.json): the headline numbers the study tabulates
+COLUMNS: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for name, key in STUDY_COLUMNS.items()]
+REFERENCES: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for name, key in STUDY_REFERENCES.items()]
 EVAL_DIR = "eval"  # each run's evaluation, inside its run directory
 REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
 
 
 def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
-    value: Any = metrics
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+    value = lookup(metrics, path)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 

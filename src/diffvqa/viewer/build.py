@@ -126,8 +126,8 @@ def _labels(dirs: list[Path]) -> list[str]:
 
 def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> dict[str, Any]:
     """The viewer's data (what ``data.js`` assigns): runs, a string table and one row per question."""
-    from diffvqa.meteor_nltk import meteor_nltk_sentences
     from diffvqa.metrics import normalize_answer
+    from diffvqa.metrics.meteor_nltk import meteor_nltk_sentences
 
     strings = _Strings()
     runs, per_run = [], []
