@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffvqa.report import write_report
-from diffvqa.visualize import (
+from diffvqa.report.drawing import (
     CONTOUR_COLOR,
     apply_colormap,
     heat_overlay,
@@ -164,7 +164,7 @@ def test_stale_pictures_are_removed(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# visualize
+# drawing
 
 
 def test_colormap_is_dark_to_bright():

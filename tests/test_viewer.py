@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from diffvqa.cli import main as cli_main
+from diffvqa.report.drawing import CONTOUR_COLOR
 from diffvqa.viewer.build import build_data, pointing_score, write_viewer
 from diffvqa.viewer.strips import PANELS, StripWriter, render_strips, strip_path
-from diffvqa.visualize import CONTOUR_COLOR
 
 
 def _write(eval_dir, records, metrics=None):

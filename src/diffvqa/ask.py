@@ -98,7 +98,7 @@ def write_outputs(out: Path, images: dict[str, np.ndarray | None], record: dict)
     """The overlay PNGs (maps missing in single-pass mode are skipped), a combined panel and answer.json."""
     from PIL import Image
 
-    from diffvqa.visualize import heat_overlay, panel, to_uint8
+    from diffvqa.report.drawing import heat_overlay, panel, to_uint8
 
     out.mkdir(parents=True, exist_ok=True)
     main, ref, aligned = images["main"], images["ref"], images["aligned_main"]

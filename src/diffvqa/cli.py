@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),
-    "plot": ("diffvqa.plot", "main", "plot training curves of one or more runs (PNG and SVG)"),
+    "plot": ("diffvqa.report.curves", "main", "plot training curves of one or more runs (PNG and SVG)"),
     "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
     "study": ("diffvqa.study", "main", "ablation grid x seeds on a prepared cache: study.md, study.json, plots"),
     "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),

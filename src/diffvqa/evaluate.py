@@ -29,10 +29,10 @@ from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
-from diffvqa.viewer.build import VIEWER_DIR, finish_viewer
+from diffvqa.viewer.build import finish_viewer
 from diffvqa.viewer.strips import StripWriter
 
 

@@ -16,7 +16,7 @@ the latest. Only the checkpoints ``latest`` and ``best`` point to are kept (:fun
 
 An evaluation (``diffvqa evaluate --out DIR``) writes ``DIR/predictions.jsonl`` (:data:`PREDICTIONS_FILE`),
 ``DIR/metrics.json`` (:data:`EVAL_METRICS_FILE`), ``DIR/report.html`` (:mod:`diffvqa.report`) and ``DIR/viewer/``
-(:mod:`diffvqa.viewer`).
+(:data:`VIEWER_DIR`, :mod:`diffvqa.viewer`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ TRAINER_STATE = "trainer_state.pt"  # in each of a run's checkpoints: optimiser,
 LATEST, BEST = "latest", "best"
 PREDICTIONS_FILE = "predictions.jsonl"
 EVAL_METRICS_FILE = "metrics.json"
+VIEWER_DIR = "viewer"  # the evaluation's viewer: VIEWER_DIR/index.html
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:

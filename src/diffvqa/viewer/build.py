@@ -30,10 +30,9 @@ from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
-from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.viewer.strips import PANELS, strip_path
 
-VIEWER_DIR = "viewer"
 DATA_FILE = "data.js"
 STATIC_FILES = ("index.html", "viewer.js", "viewer.css")
 SUMMARY_KEYS = ("BLEU-4", "METEOR", "METEOR_nltk", "ROUGE-L", "CIDEr")

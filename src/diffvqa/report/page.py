@@ -1,8 +1,8 @@
 """A static HTML report of an evaluation: the metrics table and example pairs with their saliency maps.
 
-``write_report`` writes one self-contained ``report.html`` (inline CSS, no JavaScript, no server) and its
-pictures under ``report_images/``, referenced by relative paths so the folder can be moved or zipped. Every
-piece of text that comes from data (questions, answers, ids, metric names) is HTML-escaped.
+``write_report`` writes one self-contained ``report.html`` (the style sheet ``report.css`` inlined, no JavaScript,
+no server) and its pictures under ``report_images/``, referenced by relative paths so the folder can be moved or
+zipped. Every piece of text that comes from data (questions, answers, ids, metric names) is HTML-escaped.
 
 The metrics come in the structure of ``metrics.json`` (:func:`diffvqa.metrics.evaluate_answers`, plus the
 optional ``pointing_game`` and ``registration_error_ratio`` of the evaluation); missing values show as "—".
@@ -14,17 +14,20 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from diffvqa.metrics import DIFFERENCE, METRIC_KEYS, normalize_answer
-from diffvqa.visualize import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
+from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+from diffvqa.run import VIEWER_DIR
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report_images"
+CSS_FILE = "report.css"
 DISPLAY_SIZE = 256  # pictures smaller than this are upsampled (bilinear; masks nearest) before drawing
 MISSING = "—"
 
@@ -48,9 +51,6 @@ MECHANISMS_NOTE = (
     "mean corner error of Θ against the true transform, after / before alignment (1.0 = the identity, no "
     "aligner)."
 )
-# METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
-CAPTION_ROWS = (*METRIC_KEYS[: METRIC_KEYS.index("METEOR") + 1], "METEOR_nltk",
-                *METRIC_KEYS[METRIC_KEYS.index("METEOR") + 1 :])  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -142,7 +142,7 @@ def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None
     for key, title in ((DIFFERENCE, "Difference questions (papers' protocol)"), ("all", "All question types")):
         scores, base = metrics.get(key) or {}, baseline.get(key) or {}
         rows.append(_group_header(title, columns))
-        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in CAPTION_ROWS]
+        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in CAPTION_KEYS]
         rows.append(_count_row("questions (n)", scores.get("n"), base.get("n"), with_baseline))
     rows.append(_group_header("Exact-match accuracy (non-difference questions)", columns))
     for key, label, _ in ACCURACY_ROWS:
@@ -352,59 +352,10 @@ def example_pictures(example: Mapping[str, Any], index: int = 0) -> list[tuple[s
 # ----------------------------------------------------------------------------------------------------------
 # the page
 
-CSS = """
-:root { --fg: #1d2330; --muted: #667085; --line: #e4e7ec; --bg: #f6f7f9; --card: #fff; --accent: #3b5bdb; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-       font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1500px; margin: 0 auto; padding: 28px 32px 60px; }
-h1 { margin: 0 0 4px; font-size: 26px; }
-h2 { margin: 36px 0 12px; font-size: 20px; border-bottom: 2px solid var(--line); padding-bottom: 6px; }
-.subtitle { color: var(--muted); margin: 0 0 8px; }
-table.metrics { border-collapse: collapse; background: var(--card); border: 1px solid var(--line);
-                min-width: 560px; font-variant-numeric: tabular-nums; }
-table.metrics th, table.metrics td { padding: 5px 16px; border-bottom: 1px solid var(--line); text-align: left; }
-table.metrics thead th { background: #eef1f6; font-weight: 600; }
-table.metrics td.num, table.metrics thead th:not(:first-child) { text-align: right; }
-table.metrics tr.group th { background: #f9fafb; color: var(--accent); font-weight: 600; padding-top: 10px; }
-table.metrics th[scope=row] { font-weight: 500; }
-.count { color: var(--muted); font-size: 13px; }
-td.better { color: #067647; font-weight: 600; }
-td.worse { color: #b42318; font-weight: 600; }
-details { margin-top: 14px; }
-summary { cursor: pointer; color: var(--accent); }
-.note { color: var(--muted); font-size: 14px; }
-.warning { background: #fffaeb; border: 1px solid #fedf89; color: #93370d; padding: 8px 12px; border-radius: 6px;
-           font-size: 14px; }
-.warning ul { margin: 4px 0 0; }
-.legend { display: flex; align-items: center; gap: 8px; color: var(--muted); font-size: 13px; margin: 8px 0 0; }
-.legend img { height: 12px; width: 200px; border: 1px solid var(--line); }
-.swatch { display: inline-block; width: 14px; height: 3px; background: rgb(0, 230, 118); vertical-align: middle; }
-section.example { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px;
-                  margin: 0 0 22px; box-shadow: 0 1px 2px rgba(16, 24, 40, .05); }
-section.example h3 { margin: 0 0 10px; font-size: 16px; display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
-.tag { background: #eef4ff; color: #3538cd; border-radius: 12px; padding: 1px 10px; font-size: 13px; font-weight: 500; }
-.id { background: #f2f4f7; color: #344054; border-radius: 4px; padding: 1px 7px; font-size: 12px; font-weight: 400;
-      font-family: ui-monospace, Menlo, Consolas, monospace; }
-.images { display: grid; grid-template-columns: repeat(6, minmax(0, 1fr)); gap: 10px; }
-@media (max-width: 1100px) { .images { grid-template-columns: repeat(3, minmax(0, 1fr)); } }
-figure { margin: 0; }
-figure img, .placeholder { width: 100%; aspect-ratio: 1; display: block; border-radius: 4px; background: #000; }
-.placeholder { background: repeating-linear-gradient(45deg, #f2f4f7, #f2f4f7 8px, #e9ecf1 8px, #e9ecf1 16px);
-               display: flex; align-items: center; justify-content: center; color: var(--muted); font-size: 13px;
-               text-align: center; padding: 8px; }
-figcaption { font-size: 12.5px; color: var(--muted); text-align: center; margin-top: 4px; }
-table.qa { border-collapse: collapse; margin-top: 12px; width: 100%; }
-table.qa th { text-align: left; width: 170px; color: var(--muted); font-weight: 500; padding: 3px 10px 3px 0;
-              vertical-align: top; }
-table.qa td { padding: 3px 0; }
-table.qa tr.final td { font-weight: 600; }
-.badge { border-radius: 4px; padding: 0 6px; font-size: 12px; margin-left: 8px; font-weight: 600; }
-.badge.hit { background: #dcfae6; color: #067647; }
-.badge.miss { background: #fee4e2; color: #b42318; }
-.missing { color: var(--muted); }
-footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
-"""
+
+def _css() -> str:
+    """The page's style sheet (package data beside this module), inlined so that the report is one file."""
+    return (resources.files("diffvqa.report") / CSS_FILE).read_text(encoding="utf-8")
 
 
 def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str, str | None]]) -> str:
@@ -452,15 +403,16 @@ def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str
 
 def _viewer_link(out_dir: Path) -> str:
     """A link to the viewer of every question (``evaluate`` writes it beside the report), when it is there."""
-    if not (out_dir / "viewer" / "index.html").is_file():
+    if not (out_dir / VIEWER_DIR / "index.html").is_file():
         return ""
     return ('<p class="note">A few examples below; every question with its pictures, filters and search: '
-            '<a href="viewer/index.html">viewer/index.html</a>.</p>')  # fmt: skip
+            f'<a href="{VIEWER_DIR}/index.html">{VIEWER_DIR}/index.html</a>.</p>')  # fmt: skip
 
 
 def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
     """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
-    from diffvqa.plot import find_metrics_log, plot_runs
+    from diffvqa.report.curves import plot_runs
+    from diffvqa.run import find_metrics_log
 
     log = None if training_run is None else find_metrics_log(training_run)
     if log is None:
@@ -501,7 +453,7 @@ def write_report(
         baseline_metrics: the blind (question-only) baseline's ``metrics.json``, shown beside the model's.
         title: the page title.
         training_run: a run directory or checkpoint; when its run has a ``metrics.jsonl``, the report shows its
-            training curves (:mod:`diffvqa.plot`).
+            training curves (:mod:`diffvqa.report.curves`).
 
     Returns:
         The path of ``report.html``.
@@ -545,7 +497,7 @@ def write_report(
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title>
-<style>{CSS}</style>
+<style>{_css()}</style>
 </head>
 <body>
 <main>
