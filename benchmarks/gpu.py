@@ -242,7 +242,7 @@ def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict]
 
 def prepared_cache(workdir: Path, size: int, pairs: int) -> Path:
     """A phantom release prepared at S = ``size``: the memory-mapped cache training reads."""
-    from diffvqa.data.cache import prepare
+    from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
 
     simulate(workdir / "release", pairs=pairs, seed=0, size=(320, 256), progress=False)

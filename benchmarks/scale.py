@@ -211,7 +211,7 @@ def _stub_decoder(size: int):
 
 
 def stage(name: str, root: Path, size: int) -> dict:
-    from diffvqa.data import cache as cache_module
+    from diffvqa.data import cache_writer as cache_module
     from diffvqa.data.dataset import PairQADataset
     from diffvqa.data.release import read_release
 

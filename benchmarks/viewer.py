@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import torch
 
-from diffvqa.data.cache import prepare
+from diffvqa.data.cache_writer import prepare
 from diffvqa.data.dataset import PairQADataset
 from diffvqa.data.phantom import simulate
 from diffvqa.viewer.strips import StripWriter

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 from test_release import dicom_id, write_release
 
-from diffvqa.data import cache as cache_module
-from diffvqa.data.cache import merge_shards, prepare, prepare_main
-from diffvqa.data.image_cache import ImageCache
+from diffvqa.data import cache_writer as cache_module
+from diffvqa.data.cache_reader import ImageCache
+from diffvqa.data.cache_writer import merge_shards, prepare, prepare_main
 from diffvqa.data.images import load_image, to_uint8
 from diffvqa.data.release import image_relpath
 

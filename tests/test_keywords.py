@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from fake_llm_server import FakeLLM
 
-from diffvqa.saliency import keywords as kw
-from diffvqa.saliency.keywords import LLMKeywords, keywords_main, make_keyword_fn, parse_reply, precompute_keywords
+from diffvqa.saliency import llm
+from diffvqa.saliency.keywords import keywords_main, make_keyword_fn, precompute_keywords
 from diffvqa.saliency.lexicon import FINDINGS, SYNONYMS, keyword_spans, lexicon_keyword, normalise_keyword
+from diffvqa.saliency.llm import LLMKeywords, parse_reply
 
 # DATA.md's list, typed again here so that FINDINGS is checked against the document, not against itself.
 DATA_MD_FINDINGS = (
@@ -223,7 +224,7 @@ def test_parse_reply(content, expected):
      json.dumps({"choices": [{"message": {"content": "the answer is: 1) effusion"}}]}).encode()],
 )  # fmt: skip
 def test_parse_reply_rejects(body):
-    with pytest.raises(kw.BadReply):
+    with pytest.raises(llm.BadReply):
         parse_reply(body)
 
 

@@ -18,7 +18,11 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("diffvqa.data.phantom", "simulate_main", "write a longitudinal CXR phantom in the release format"),
     "contact-sheet": ("diffvqa.data.phantom", "contact_sheet_main", "render phantom pairs and findings to a PNG"),
-    "prepare": ("diffvqa.data.cache", "prepare_main", "decode a release's images once into a memory-mapped cache"),
+    "prepare": (
+        "diffvqa.data.cache_writer",
+        "prepare_main",
+        "decode a release's images once into a memory-mapped cache",
+    ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),

@@ -31,7 +31,7 @@ def _done(start: float) -> None:
 
 def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps: int | None, workers: int,
              overrides: list[str], all_types: bool = False, progress: bool = True) -> dict:  # fmt: skip
-    from diffvqa.data.cache import prepare
+    from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
     from diffvqa.evaluate import evaluate, format_table
     from diffvqa.train import train

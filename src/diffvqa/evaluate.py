@@ -122,7 +122,7 @@ def predict(
 def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
     """The pointing game's fixed-point prior: the pixel inside the most regions of the *train* split's difference
     questions (:mod:`diffvqa.metrics.pointing`); None for caches without ground truth."""
-    from diffvqa.data.image_cache import ImageCache
+    from diffvqa.data.cache_reader import ImageCache
     from diffvqa.data.regions import question_regions
     from diffvqa.metrics.pointing import best_fixed_point
 

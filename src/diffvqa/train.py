@@ -27,8 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 from diffvqa.config import Config, apply_overrides, load_config
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
-from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict

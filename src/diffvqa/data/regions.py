@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.cache_truth import CacheTruth
-from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.release import SPLITS, validate_choices
 
 # DATA.md's one-lung difference template; the side is the patient's.

@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from diffvqa.data.ground_truth import FINDINGS_FILE, GROUND_TRUTH_DIR, PAIRS_FILE
+from diffvqa.data.release import QUESTIONS_FILE, STUDIES_FILE
+
 
 def _outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` (bool) with a 4-neighbour outside it."""
@@ -46,17 +49,17 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
     release, out = Path(release), Path(out)
     if pairs < 1:
         raise ValueError(f"pairs={pairs!r}: expected a positive integer")
-    questions_path = release / "mimic_pair_questions.csv"
+    questions_path = release / QUESTIONS_FILE
     if not questions_path.is_file():
         raise FileNotFoundError(f"{questions_path}: not found; is {release} a release directory?")
     q = pd.read_csv(questions_path, dtype=str, keep_default_na=False)
     q = q[q.question == "what has changed compared to the reference image?"].drop_duplicates(["study_id", "ref_id"])
-    studies = pd.read_csv(release / "mimic_all.csv", dtype=str, keep_default_na=False).set_index("study_id")
-    truth = release / "ground_truth"
+    studies = pd.read_csv(release / STUDIES_FILE, dtype=str, keep_default_na=False).set_index("study_id")
+    truth = release / GROUND_TRUTH_DIR
     findings = pairs_gt = None
-    if (truth / "pairs.csv").is_file():
-        findings = pd.read_csv(truth / "findings.csv", dtype=str, keep_default_na=False)
-        pairs_gt = pd.read_csv(truth / "pairs.csv", dtype=str, keep_default_na=False).set_index(["study_id", "ref_id"])
+    if (truth / PAIRS_FILE).is_file():
+        findings = pd.read_csv(truth / FINDINGS_FILE, dtype=str, keep_default_na=False)
+        pairs_gt = pd.read_csv(truth / PAIRS_FILE, dtype=str, keep_default_na=False).set_index(["study_id", "ref_id"])
 
     def describe(study_id: str) -> str:
         if findings is None:
