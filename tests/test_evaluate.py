@@ -85,9 +85,15 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
 
 def test_single_pass_and_question_type_filter(tiny_run, phantom_cache, tmp_path):
     metrics = evaluate(
-        tiny_run, phantom_cache, tmp_path, question_types=["difference"], single_pass=True, report=False,
-        progress=False, viewer=False,
-    )  # fmt: skip
+        tiny_run,
+        phantom_cache,
+        out=tmp_path,
+        question_types=["difference"],
+        single_pass=True,
+        report=False,
+        progress=False,
+        viewer=False,
+    )
     assert not (tmp_path / "viewer").exists()
     assert metrics["run"]["mode"] == "single-pass" and "pointing_game" not in metrics
     assert metrics["all"]["n"] == metrics["difference"]["n"] == metrics["run"]["questions"]

@@ -208,7 +208,16 @@ def test_cam_variants_train_and_infer(tiny_model, tiny_batch, method):
     assert all(p.grad is not None for p in tiny_model.parameters())
     assert out.mask.min() >= 0 and out.mask.max() <= 1
     b = tiny_batch
-    result = two_pass_answer(tiny_model.eval(), b["main"], b["ref"], b["question_ids"], b["question_mask"],
-                             b["question"], lexicon_keyword, main_box=boxes, ref_box=boxes)  # fmt: skip
+    result = two_pass_answer(
+        tiny_model.eval(),
+        b["main"],
+        b["ref"],
+        b["question_ids"],
+        b["question_mask"],
+        b["question"],
+        lexicon_keyword,
+        main_box=boxes,
+        ref_box=boxes,
+    )
     keep = ~result.empty_mask  # an all-zero map falls back to all ones (no masking)
     assert result.mask[keep][..., :6].abs().max() == 0 and result.mask[keep][..., 58:].abs().max() == 0

@@ -34,9 +34,10 @@ yaml_scalars = st.one_of(
 override_texts = st.one_of(
     st.text(max_size=40),
     st.builds(lambda key, value: f"{key}={value}", st.sampled_from(KEYS), yaml_scalars),
-    st.builds(lambda key, value: f"{key}={value}", st.text(alphabet=string.ascii_lowercase + "._", max_size=20),
-              yaml_scalars),
-)  # fmt: skip
+    st.builds(
+        lambda key, value: f"{key}={value}", st.text(alphabet=string.ascii_lowercase + "._", max_size=20), yaml_scalars
+    ),
+)
 
 
 def assert_whole_and_valid(config: Config) -> None:
@@ -65,10 +66,11 @@ def test_overrides_never_raise_anything_else_nor_apply_partly(texts):
 # YAML documents: free text, and mappings of groups -> keys -> values (valid and invalid), dumped as YAML.
 yaml_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.floats(), st.text(max_size=10)),
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children,
-                                                                               max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 group_documents = st.dictionaries(
     st.sampled_from(["data", "model", "saliency", "train", "preset", "other"]),
     st.one_of(st.dictionaries(st.sampled_from([k.split(".")[1] for k in KEYS] + ["nope"]), yaml_values, max_size=4),

@@ -229,8 +229,11 @@ def test_report_shows_the_pointing_game_beside_its_reference_levels(tmp_path):
 def test_report_shows_both_meteors_and_which_papers_use_which(tmp_path):
     metrics = _metrics(1.0, comparable=True)
     metrics["difference"]["METEOR_nltk"] = 0.6034
-    metrics["implementation"]["METEOR_nltk"] = {"nltk": "3.10.4", "matching": "exact+stem (WordNet data not installed)",
-                                                "tokens": "lower-cased, whitespace-separated"}  # fmt: skip
+    metrics["implementation"]["METEOR_nltk"] = {
+        "nltk": "3.10.4",
+        "matching": "exact+stem (WordNet data not installed)",
+        "tokens": "lower-cased, whitespace-separated",
+    }
     page = write_report(tmp_path, metrics, []).read_text(encoding="utf-8")
     row = page.index(">METEOR_nltk<")
     assert page.index(">METEOR<") < row < page.index(">ROUGE-L<")  # right under the jar's METEOR

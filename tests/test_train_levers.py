@@ -43,9 +43,16 @@ def _batch(tokenizer, config, answers, seed):
     questions = QUESTIONS[:n]
     q, qm = encode_padded(tokenizer, questions, config.data.max_question_tokens)
     a, am = encode_padded(tokenizer, answers, config.data.max_answer_tokens)
-    batch = {"main": torch.rand(n, 1, s, s, generator=g), "ref": torch.rand(n, 1, s, s, generator=g),
-             "question_ids": q, "question_mask": qm, "answer_ids": a, "answer_mask": am,
-             "question": questions, "answer": list(answers)}  # fmt: skip
+    batch = {
+        "main": torch.rand(n, 1, s, s, generator=g),
+        "ref": torch.rand(n, 1, s, s, generator=g),
+        "question_ids": q,
+        "question_mask": qm,
+        "answer_ids": a,
+        "answer_mask": am,
+        "question": questions,
+        "answer": list(answers),
+    }
     keywords = [lexicon_keyword(x, y) for x, y in zip(batch["answer"], batch["question"], strict=True)]
     return batch, keyword_token_mask(tokenizer, batch["answer"], keywords, a)
 
@@ -120,8 +127,16 @@ def test_levers_leave_training_unchanged_on_cpu(phantom_cache, tmp_path, capsys)
     init = _run(phantom_cache, tmp_path / "init", "train.steps=3", "train.lr=1e-30", "train.eval_every=100")
     plain = _run(phantom_cache, tmp_path / "plain", *common)
     capsys.readouterr()
-    levers = _run(phantom_cache, tmp_path / "levers", *common, "train.channels_last=true", "train.fused_adamw=true",
-                  "train.tf32=true", "train.cudnn_benchmark=true", "data.pin_memory=true")  # fmt: skip
+    levers = _run(
+        phantom_cache,
+        tmp_path / "levers",
+        *common,
+        "train.channels_last=true",
+        "train.fused_adamw=true",
+        "train.tf32=true",
+        "train.cudnn_benchmark=true",
+        "data.pin_memory=true",
+    )
     err = capsys.readouterr().err
     for key in ("train.tf32", "train.cudnn_benchmark", "data.pin_memory"):
         assert err.count(f"note: {key}=true has no effect on cpu") == 1, err

@@ -29,11 +29,13 @@ class BrowserMissing(RuntimeError):
 def chromium_launch_options() -> dict:
     """``executable_path`` and ``args`` of the npm package's Chromium (unpacked on first use)."""
     if not (BROWSER_DIR / "node_modules" / "@sparticuz" / "chromium").is_dir():
-        raise BrowserMissing(f"no headless Chromium: run `npm ci --prefix {BROWSER_DIR}` (the README's test command "
-                             "does)")  # fmt: skip
+        raise BrowserMissing(
+            f"no headless Chromium: run `npm ci --prefix {BROWSER_DIR}` (the README's test command does)"
+        )
     try:
-        out = subprocess.run(["node", "-e", NODE_SCRIPT], cwd=BROWSER_DIR, capture_output=True, text=True,
-                             timeout=180, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["node", "-e", NODE_SCRIPT], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=180, check=True
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
         raise BrowserMissing(f"could not unpack @sparticuz/chromium with node: {exc} {detail[-2000:]}") from None

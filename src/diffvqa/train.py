@@ -123,8 +123,17 @@ class StepBatchSampler(torch.utils.data.Sampler):
     so ``accum = 1`` is one batch per step, and ``accum = k`` splits the same indices as ``batch_size * k``.
     """
 
-    def __init__(self, size: int, batch_size: int, steps: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1, accum: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        accum: int = 1,
+    ):
         if accum < 1:
             raise UserError(f"train.grad_accum={accum}: expected an integer >= 1")
         self.global_batch = batch_size * world * accum
@@ -174,15 +183,33 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
 
 
 # -- validation --------------------------------------------------------------------------------------------
-def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
-             device: torch.device, single_pass: bool = False) -> dict[str, float]:  # fmt: skip
+def validate(
+    model: DiffVQA,
+    dataset: PairQADataset,
+    *,
+    keyword_fn: KeywordFn,
+    samples: int,
+    batch_size: int,
+    device: torch.device,
+    single_pass: bool = False,
+) -> dict[str, float]:
     """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split; on caches
     with ground truth also the pointing game and the registration error ratio (their curves over training)."""
     from diffvqa.metrics import cider_score, normalize_answer
 
     subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
-    records, mechanisms, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device,
-                                     examples=0, progress=False, keyword_conditioning=False)  # fmt: skip
+    predictions = predict(
+        model,
+        subset,
+        keyword_fn=keyword_fn,
+        batch_size=batch_size,
+        single_pass=single_pass,
+        device=device,
+        examples=0,
+        progress=False,
+        keyword_conditioning=False,
+    )
+    records, mechanisms = predictions.records, predictions.mechanisms
     model.train()
     predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
@@ -253,8 +280,14 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train_one_step(guided: nn.Module, micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]], optimizer,
-                   scheduler, config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
+def train_one_step(
+    guided: nn.Module,
+    micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]],
+    optimizer,
+    scheduler,
+    config: Config,
+    device: torch.device,
+) -> dict[str, float]:
     """One optimiser step over ``train.grad_accum`` micro-batches ``(batch, keyword_mask)``: per micro-batch one
     forward of the top-level module and one backward of its loss / k, then clip and step. ``keyword_mask=None``
     runs a micro-batch single-pass (a step before ``saliency.start_step``, or the saliency loop off).
@@ -273,9 +306,18 @@ def train_one_step(guided: nn.Module, micro_batches: list[tuple[dict[str, Any], 
         sync = i == k - 1 or not isinstance(guided, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else guided.no_sync():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
-                out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                             batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
-                             main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
+                out = guided(
+                    batch["main"],
+                    batch["ref"],
+                    batch["question_ids"],
+                    batch["question_mask"],
+                    batch["answer_ids"],
+                    batch["answer_mask"],
+                    keyword_mask,
+                    guided=is_guided,
+                    main_box=batch.get("main_box"),
+                    ref_box=batch.get("ref_box"),
+                )
             if not torch.isfinite(out.loss):
                 terms = {name: v.item() for name, v in out.losses.items()}
                 raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
@@ -296,15 +338,26 @@ def _build_model(config: Config, data: Path) -> DiffVQA:
 def _check_resume_config(run_dir: Path, config: Config) -> None:
     saved = Config.load(run_dir / CONFIG_FILE).to_dict()
     current = config.to_dict()
-    changed = [f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
-               for group in current for key in current[group]
-               if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")]  # fmt: skip
+    changed = [
+        f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
+        for group in current
+        for key in current[group]
+        if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")
+    ]
     if changed:
         raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
 
 
-def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_after: int | None = None,
-          device: str = "auto", progress: bool = True) -> Path:  # fmt: skip
+def train(
+    config: Config,
+    data: Path,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
     """Train and return the run directory. ``stop_after`` ends this invocation after that many steps (for
     time-sliced jobs; ``--resume`` continues)."""
     rank, world, dev = setup_distributed(device)
@@ -328,8 +381,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
         if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
-            print(f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
-                  f"{config.train.steps}: no step will use the saliency loop", file=sys.stderr)  # fmt: skip
+            print(
+                f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
+                f"{config.train.steps}: no step will use the saliency loop",
+                file=sys.stderr,
+            )
 
     torch.manual_seed(config.train.seed)
     if resume:
@@ -342,8 +398,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     apply_model_levers(model, config)
     guided: nn.Module = SaliencyGuidedVQA(model)
     if world > 1:
-        guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                     gradient_as_bucket_view=config.train.ddp_bucket_view)  # fmt: skip
+        guided = nn.parallel.DistributedDataParallel(
+            guided,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            gradient_as_bucket_view=config.train.ddp_bucket_view,
+        )
     optimizer, optimizer_notes = make_optimizer(guided, config, dev)
     if is_main:
         for note in notes + optimizer_notes:
@@ -372,10 +431,14 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
     sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world, t.grad_accum)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=config.data.num_workers,
-                                         pin_memory=config.data.pin_memory and dev.type == "cuda",
-                                         generator=torch.Generator().manual_seed(t.seed))  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.data.num_workers,
+        pin_memory=config.data.pin_memory and dev.type == "cuda",
+        generator=torch.Generator().manual_seed(t.seed),
+    )
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
     log = MetricsLog(run_dir, enabled=is_main)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
@@ -420,7 +483,15 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
                 # Before saliency.start_step the masked pass is untrained: validate the single pass, and let only
                 # checkpoints whose two-pass answers were scored (what `evaluate` runs) become the best.
                 warming_up = config.saliency.enabled and step <= config.saliency.start_step
-                scores = validate(model, val_set, keyword_fn, t.eval_samples, t.batch_size, dev, warming_up)
+                scores = validate(
+                    model,
+                    val_set,
+                    keyword_fn=keyword_fn,
+                    samples=t.eval_samples,
+                    batch_size=t.batch_size,
+                    device=dev,
+                    single_pass=warming_up,
+                )
                 log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}, "val/single_pass": warming_up})
                 if bar is not None:
                     bar.write(
@@ -477,8 +548,15 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
-    run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
-                device=args.device, progress=not args.no_progress)  # fmt: skip
+    run = train(
+        config,
+        args.data,
+        run_dir=args.out,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run}  latest: {read_pointer(run, LATEST)}  best: {read_pointer(run, BEST)}")
     return 0

@@ -99,8 +99,11 @@ class ImageCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError, pd.errors.ParserError) as exc:
             raise _damaged(self.directory, exc) from exc
         if self._geometry.shape != (len(self.dicom_ids), 6) or self._status.shape != (len(self.dicom_ids),):
-            raise _damaged(self.directory, f"{GEOMETRY} {self._geometry.shape} or {STATUS} {self._status.shape} "
-                                           f"do not match the {len(self.dicom_ids)} images of {INDEX}")  # fmt: skip
+            raise _damaged(
+                self.directory,
+                f"{GEOMETRY} {self._geometry.shape} or {STATUS} {self._status.shape} "
+                f"do not match the {len(self.dicom_ids)} images of {INDEX}",
+            )
         self.row: dict[str, int] = {d: i for i, d in enumerate(self.dicom_ids)}
         self._images: np.ndarray | None = None
         self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use

@@ -453,9 +453,13 @@ def prepare(
     # than the rest of finding the place). Strict runs always re-read, to stop at the first bad row.
     if strict or _staged_if_unchanged(out, settings) is None:
         reader = read_release(
-            release, images, question_types=question_types, strict=strict, keep_bad_chronology=keep_bad_chronology,
+            release,
+            images,
+            question_types=question_types,
+            strict=strict,
+            keep_bad_chronology=keep_bad_chronology,
             keep_duplicates=keep_duplicates,
-        )  # fmt: skip
+        )
         if reader.steps["kept_questions"] == 0:  # a cache without questions would only fail later, in train
             counts = ", ".join(f"{k} {v}" for k, v in reader.counts.items())
             where = Path(release) / QUESTIONS_FILE

@@ -86,14 +86,16 @@ class MechanismTally:
         prior = fixed_point_hits(regions, self.prior_point) if self.prior_point is not None else None
         for i in torch.nonzero(scored).flatten().tolist():
             per_question[i] = float(points[i])
-            self.rows.append({
-                "finding": truth["keyword"][i] or "(none)",
-                "score": float(points[i]),
-                "chance": float(chance[i]),
-                "ceiling": float(ceiling[i]),
-                "prior": None if prior is None else float(prior[i]),
-                "difference_map": float(difference_points[i]),
-            })  # fmt: skip
+            self.rows.append(
+                {
+                    "finding": truth["keyword"][i] or "(none)",
+                    "score": float(points[i]),
+                    "chance": float(chance[i]),
+                    "ceiling": float(ceiling[i]),
+                    "prior": None if prior is None else float(prior[i]),
+                    "difference_map": float(difference_points[i]),
+                }
+            )
         if self.score_conditioning and "changes" in truth:
             self._keyword_conditioning(batch, result, truth["changes"], scored)
         return per_question
@@ -121,8 +123,9 @@ class MechanismTally:
                 self.errors_before.append(float(before[i]))
 
     @torch.no_grad()
-    def _keyword_conditioning(self, batch: dict[str, Any], result: TwoPassResult, changes: list[list[dict]],
-                              scored: Tensor) -> None:  # fmt: skip
+    def _keyword_conditioning(
+        self, batch: dict[str, Any], result: TwoPassResult, changes: list[list[dict]], scored: Tensor
+    ) -> None:
         """One CAM per named change of each scored question whose answer names >= 2 changes at least a grid cell
         apart; scored on the keyword's own map (no gate) and, where the method gates, on the gated map."""
         model = self.model
@@ -150,9 +153,20 @@ class MechanismTally:
         keyword_mask = keyword_token_mask(model.tokenizer, answers, keywords, answer_ids)
         question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
         cfg = model.config.saliency
-        cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
-                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content,
-                                            normalize=cfg.cam_normalize, target=cfg.cam_target)  # fmt: skip
+        cam_main, cam_ref = keyword_gradcam(
+            model,
+            features,
+            question_ids,
+            question_mask,
+            answer_ids,
+            answer_mask,
+            keyword_mask,
+            cfg.cam_eps,
+            cfg.cam_method,
+            content,
+            normalize=cfg.cam_normalize,
+            target=cfg.cam_target,
+        )
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)
@@ -162,8 +176,9 @@ class MechanismTally:
         for name, stack in maps.items():
             start = 0
             for masks in regions:
-                self.conditioning[name].append(keyword_conditioning(list(stack[start : start + len(masks)]), masks,
-                                                                    self.gap))  # fmt: skip
+                self.conditioning[name].append(
+                    keyword_conditioning(list(stack[start : start + len(masks)]), masks, self.gap)
+                )
                 start += len(masks)
 
     def summary(self) -> dict[str, Any]:

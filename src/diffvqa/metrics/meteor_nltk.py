@@ -79,14 +79,16 @@ def meteor_nltk_sentences(
     for i, (prediction, reference) in enumerate(zip(predictions, references, strict=True)):
         refs = [reference] if isinstance(reference, str) else list(reference)
         if not isinstance(prediction, str) or not refs or not all(isinstance(r, str) for r in refs):
-            raise ValueError(f"meteor_nltk: row {i} needs a string prediction and reference(s), got "
-                             f"{prediction!r} / {reference!r}")  # fmt: skip
+            raise ValueError(
+                f"meteor_nltk: row {i} needs a string prediction and reference(s), got {prediction!r} / {reference!r}"
+            )
         scores.append(float(meteor_score([r.split() for r in refs], prediction.split(), wordnet=wordnet)))
     return scores
 
 
-def meteor_nltk(predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]],
-                wordnet: Any = None) -> float | None:  # fmt: skip
+def meteor_nltk(
+    predictions: Sequence[str], references: Sequence[str] | Sequence[Sequence[str]], wordnet: Any = None
+) -> float | None:
     """The mean of :func:`meteor_nltk_sentences` (None for no rows)."""
     scores = meteor_nltk_sentences(predictions, references, wordnet)
     return sum(scores) / len(scores) if scores else None

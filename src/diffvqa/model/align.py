@@ -147,8 +147,9 @@ class Aligner(nn.Module):
         delta = self.max_delta * torch.tanh(self.head(self.trunk(pair)))  # (B, 6)
         return identity_theta(main.shape[0], main.device, main.dtype) + delta.view(-1, 2, 3)
 
-    def similarity_loss(self, main: Tensor, ref: Tensor, theta: Tensor, main_content: Tensor | None,
-                        ref_content: Tensor | None) -> Tensor:  # fmt: skip
+    def similarity_loss(
+        self, main: Tensor, ref: Tensor, theta: Tensor, main_content: Tensor | None, ref_content: Tensor | None
+    ) -> Tensor:
         """Mean 1 - NCC(warp(main), ref) over the content overlap, at the aligner's input resolution."""
         small_main, small_ref = self._small(main), self._small(ref)
         ones = torch.ones_like(small_main)
@@ -159,8 +160,9 @@ class Aligner(nn.Module):
         ncc = masked_ncc(warp(small_main, theta, self.align_corners), small_ref, overlap)
         return (1.0 - ncc).mean()
 
-    def forward(self, main: Tensor, ref: Tensor, main_content: Tensor | None = None,
-                ref_content: Tensor | None = None) -> AlignOutput:  # fmt: skip
+    def forward(
+        self, main: Tensor, ref: Tensor, main_content: Tensor | None = None, ref_content: Tensor | None = None
+    ) -> AlignOutput:
         """Warp main (B, 1, S, S) onto ref; ``*_content`` (B, 1, S, S) masks of where each image has content."""
         theta = self.predict_theta(main, ref)
         aligned = warp(main, theta, self.align_corners)

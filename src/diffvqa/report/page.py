@@ -405,8 +405,10 @@ def _viewer_link(out_dir: Path) -> str:
     """A link to the viewer of every question (``evaluate`` writes it beside the report), when it is there."""
     if not (out_dir / VIEWER_DIR / "index.html").is_file():
         return ""
-    return ('<p class="note">A few examples below; every question with its pictures, filters and search: '
-            f'<a href="{VIEWER_DIR}/index.html">{VIEWER_DIR}/index.html</a>.</p>')  # fmt: skip
+    return (
+        '<p class="note">A few examples below; every question with its pictures, filters and search: '
+        f'<a href="{VIEWER_DIR}/index.html">{VIEWER_DIR}/index.html</a>.</p>'
+    )
 
 
 def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:

@@ -151,9 +151,16 @@ def normalize_cams(cam: Tensor, mode: str = "image", eps: float = 1e-6) -> Tenso
 
 
 def cams_from_score(
-    features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
-    method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None, normalize: str = "image",
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+    features: Tensor,
+    score: Tensor,
+    size: int,
+    eps: float = 1e-6,
+    retain_graph: bool = True,
+    method: str = "gradcam",
+    content: Tensor | None = None,
+    gate: Tensor | None = None,
+    normalize: str = "image",
+) -> tuple[Tensor, Tensor]:
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
     Rows are independent (no layer after the feature maps mixes samples), so one gradient of the summed score
@@ -172,8 +179,9 @@ def cams_from_score(
     return cam_main, cam_ref
 
 
-def gate_cams(cam_main: Tensor, cam_ref: Tensor, gate: Tensor, normalize: str = "image",
-              eps: float = 1e-6) -> tuple[Tensor, Tensor]:  # fmt: skip
+def gate_cams(
+    cam_main: Tensor, cam_ref: Tensor, gate: Tensor, normalize: str = "image", eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
     """Maps from :func:`cams_from_score` without a gate -> the same maps gated, as if ``gate`` had been given:
     the normalisations divide by maxima, so gating the normalised maps and normalising again is the same."""
     gated = normalize_cams(torch.cat([cam_main, cam_ref]) * torch.cat([gate, gate]), normalize, eps)
@@ -212,8 +220,17 @@ def keyword_gradcam(
         leaf = features.detach().requires_grad_(True)
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut], target)
-        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content,
-                               gate=gate, normalize=normalize)  # fmt: skip
+        return cams_from_score(
+            leaf,
+            score,
+            model.image_size,
+            eps,
+            retain_graph=False,
+            method=method,
+            content=content,
+            gate=gate,
+            normalize=normalize,
+        )
 
 
 def keyword_gradcam_from_prompt(
@@ -256,5 +273,14 @@ def keyword_gradcam_from_prompt(
         logits = decoder.gpt2.lm_head(hidden[sel_rows, sel_cols])
         scores = token_scores(logits, targets[sel_rows, sel_cols], target)
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, scores)
-        return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
-                               content=content, gate=gate, normalize=normalize)  # fmt: skip
+        return cams_from_score(
+            features,
+            score,
+            model.image_size,
+            eps,
+            retain_graph=False,
+            method=method,
+            content=content,
+            gate=gate,
+            normalize=normalize,
+        )

@@ -101,8 +101,13 @@ def answer_keyword_fn(saliency: SaliencyConfig, run_dir: str | Path | None = Non
     if saliency.keyword_source in ("lexicon", "truth"):
         return lexicon_keyword
     cache = saliency.llm_cache or (str(Path(run_dir) / "keywords_llm.json") if run_dir is not None else None)
-    return make_keyword_fn(saliency.keyword_source, base_url=saliency.llm_base_url, model=saliency.llm_model,
-                           timeout=saliency.llm_timeout, cache_path=cache)  # fmt: skip
+    return make_keyword_fn(
+        saliency.keyword_source,
+        base_url=saliency.llm_base_url,
+        model=saliency.llm_model,
+        timeout=saliency.llm_timeout,
+        cache_path=cache,
+    )
 
 
 def finish_keywords(keyword_fn: KeywordFn) -> str | None:

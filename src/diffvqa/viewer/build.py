@@ -42,8 +42,9 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
     """The records of ``eval_dir/predictions.jsonl``; errors name the file and line."""
     path = Path(eval_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise MissingInputError(f"{path}: not found (an evaluation directory holds the predictions.jsonl that "
-                                "`diffvqa evaluate` writes)")  # fmt: skip
+        raise MissingInputError(
+            f"{path}: not found (an evaluation directory holds the predictions.jsonl that `diffvqa evaluate` writes)"
+        )
     records = []
     needed = ("question_type", "question", "answer", "final")
     for number, record in read_jsonl(path):
@@ -97,8 +98,9 @@ class _Strings:
         return self.index[text]
 
 
-def _run_entry(eval_dir: Path, metrics: dict[str, Any], records: list[dict[str, Any]], out: Path,
-               label: str) -> dict[str, Any]:  # fmt: skip
+def _run_entry(
+    eval_dir: Path, metrics: dict[str, Any], records: list[dict[str, Any]], out: Path, label: str
+) -> dict[str, Any]:
     images = Path(eval_dir) / VIEWER_DIR
     has_images = (images / strip_path(0)).is_file() and (images / strip_path(len(records) - 1)).is_file()
     run = metrics.get("run") or {}
@@ -170,8 +172,9 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     }
 
 
-def write_viewer(eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None,
-                 title: str | None = None) -> Path:  # fmt: skip
+def write_viewer(
+    eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None, title: str | None = None
+) -> Path:
     """Write the viewer of ``eval_dir`` (side by side with ``other`` when given); return its ``index.html``.
 
     ``out`` defaults to ``eval_dir/viewer`` (where ``evaluate`` put the strips), or ``eval_dir/viewer-vs-NAME``
@@ -207,12 +210,20 @@ def finish_viewer(eval_dir: Path, strips: Any, total_seconds: float) -> str:
     viewer_seconds = calls + time.perf_counter() - tic
     evaluation_seconds = max(total_seconds - calls, 1e-9)
     size = folder_bytes(index.parent)
-    timing = {"questions": strips.count, "viewer_seconds": viewer_seconds, "evaluation_seconds": evaluation_seconds,
-              "ratio": viewer_seconds / evaluation_seconds, "strip_worker_seconds": strips.worker_seconds,
-              "bytes": size, "bytes_per_question": size / max(strips.count, 1)}  # fmt: skip
+    timing = {
+        "questions": strips.count,
+        "viewer_seconds": viewer_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "ratio": viewer_seconds / evaluation_seconds,
+        "strip_worker_seconds": strips.worker_seconds,
+        "bytes": size,
+        "bytes_per_question": size / max(strips.count, 1),
+    }
     (index.parent / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    return (f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.2f} s "
-            f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
+    return (
+        f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.2f} s "
+        f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s"
+    )
 
 
 @command("diffvqa view")

@@ -85,8 +85,12 @@ def render_strips(
     main_, ref_, aligned_ = (_resize(x, panel)[:, 0] for x in (main, ref, aligned))
     heat = iter(_resize(m, panel)[:, 0] for m in (cam_main, cam_ref, mask) if m is not None)
     empty = np.full((b, panel, panel, 3), float(EMPTY_GRAY), dtype=np.float32)
-    columns = [_gray_rgb(main_), _gray_rgb(ref_), _gray_rgb(aligned_),
-               _gray_rgb(np.abs(aligned_ - ref_) * DIFFERENCE_GAIN)]  # fmt: skip
+    columns = [
+        _gray_rgb(main_),
+        _gray_rgb(ref_),
+        _gray_rgb(aligned_),
+        _gray_rgb(np.abs(aligned_ - ref_) * DIFFERENCE_GAIN),
+    ]
     for given, base in ((cam_main, aligned_), (cam_ref, ref_), (mask, ref_)):
         columns.append(empty if given is None else _heat(base, next(heat)))
     strips = np.concatenate(columns, axis=2)

@@ -65,8 +65,10 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
         if findings is None:
             return "?"
         rows = findings[findings.study_id == study_id]
-        parts = [" ".join(filter(None, (r.level, r.type, r["name"]))) + (f" ({r.location})" if r.location else "")
-                 for _, r in rows.iterrows()]  # fmt: skip
+        parts = [
+            " ".join(filter(None, (r.level, r.type, r["name"]))) + (f" ({r.location})" if r.location else "")
+            for _, r in rows.iterrows()
+        ]
         return ", ".join(parts) or "no finding"
 
     def image(study_id: str) -> Image.Image:
@@ -87,9 +89,11 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
             pixels[_outline(change)] = (255, 40, 40)
             overlay = Image.fromarray(pixels)
         w, h = ref.width + main.width + overlay.width + 8, max(ref.height, main.height)
-        text = (f"subject {row.subject_id}: ref s{row.ref_id} ({studies.loc[row.ref_id, 'study_date']}) -> "
-                f"main s{row.study_id} ({studies.loc[row.study_id, 'study_date']})\n"
-                f"ref: {describe(row.ref_id)}\nmain: {describe(row.study_id)}\ndiff: {row.answer.strip()}")  # fmt: skip
+        text = (
+            f"subject {row.subject_id}: ref s{row.ref_id} ({studies.loc[row.ref_id, 'study_date']}) -> "
+            f"main s{row.study_id} ({studies.loc[row.study_id, 'study_date']})\n"
+            f"ref: {describe(row.ref_id)}\nmain: {describe(row.study_id)}\ndiff: {row.answer.strip()}"
+        )
         scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         lines = _wrap(scratch, text, font, w - 8)
         line_h = 12

@@ -341,8 +341,15 @@ def simulate(
             ref = plan.studies[k - 1]
             M = compose(study.pose, invert(ref.pose))
             _, pair_keyword = pair_difference(plan, k, result["changes"][k - 1])
-            pair_rows.append((study.study_id, ref.study_id, *(f"{v:.10g}" for v in M.ravel()),
-                              f"changes/s{study.study_id}_s{ref.study_id}.png", pair_keyword))  # fmt: skip
+            pair_rows.append(
+                (
+                    study.study_id,
+                    ref.study_id,
+                    *(f"{v:.10g}" for v in M.ravel()),
+                    f"changes/s{study.study_id}_s{ref.study_id}.png",
+                    pair_keyword,
+                )
+            )
             stem = f"s{study.study_id}_s{ref.study_id}"
             for name, side in result["regions"][k - 1]:
                 change_rows.append((study.study_id, ref.study_id, name, side, _region_file(stem, name, side)))
