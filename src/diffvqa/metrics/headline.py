@@ -63,6 +63,11 @@ STUDY_COLUMNS = {
     "distinct": "distinct answers",
 }
 STUDY_REFERENCES = {name: name for name in ("chance", "prior", "ceiling", "difference map")}
+# the top-level keys of metrics.json that MechanismTally.summary writes (phantom caches only)
+MECHANISM_KEYS = (
+    "pointing_game", "pointing_game_n", "pointing_game_reference", "pointing_game_per_finding",
+    "keyword_conditioning", "registration_error_ratio", "registration_error_px", "empty_mask_fallbacks",
+)  # fmt: skip
 
 
 def lookup(metrics: Mapping[str, Any] | None, path: Sequence[str]) -> Any:
