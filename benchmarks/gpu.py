@@ -110,16 +110,9 @@ def make_batch(tokenizer: Tokenizer, batch: int, size: int, device: torch.device
     questions, answers = [r[0] for r in rows], [r[1] for r in rows]
     keyword_mask = keyword_token_mask(tokenizer, answers, [lexicon_keyword(x, y) for y, x in rows], a)
     g = torch.Generator().manual_seed(0)
-    b = {
-        "main": torch.rand(batch, 1, size, size, generator=g),
-        "ref": torch.rand(batch, 1, size, size, generator=g),
-        "question_ids": q,
-        "question_mask": qm,
-        "answer_ids": a,
-        "answer_mask": am,
-        "question": questions,
-        "answer": answers,
-    }
+    b = {"main": torch.rand(batch, 1, size, size, generator=g), "ref": torch.rand(batch, 1, size, size, generator=g),
+         "question_ids": q, "question_mask": qm, "answer_ids": a, "answer_mask": am, "question": questions,
+         "answer": answers}  # fmt: skip
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}, keyword_mask.to(device)
 
 

@@ -52,15 +52,8 @@ def test_keyword_conditioning_scores_the_keyword_maps_of_separated_changes(tiny_
     far = (_region(40, 56, 4, 20), _region(8, 24, 40, 56))  # 20 px apart
     near = (_region(40, 56, 4, 20), _region(40, 56, 28, 44))  # 8 px apart: too close for a 4 x 4 grid
     batch = _batch(tiny_model, [far, near, far])
-    result = two_pass_answer(
-        tiny_model,
-        batch["main"],
-        batch["ref"],
-        batch["question_ids"],
-        batch["question_mask"],
-        batch["question"],
-        lexicon_keyword,
-    )
+    result = two_pass_answer(tiny_model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                             batch["question"], lexicon_keyword)  # fmt: skip
     keyword_regions = {"pleural effusion": far[0], "edema": far[1]}
 
     def oracle(model, features, question_ids, question_mask, answer_ids, answer_mask, keyword_mask, *args, **kw):
@@ -86,15 +79,8 @@ def test_a_map_that_ignores_the_keyword_scores_one_half(tiny_model, monkeypatch)
     tiny_model.eval()
     far = (_region(40, 56, 4, 20), _region(8, 24, 40, 56))
     batch = _batch(tiny_model, [far, far])
-    result = two_pass_answer(
-        tiny_model,
-        batch["main"],
-        batch["ref"],
-        batch["question_ids"],
-        batch["question_mask"],
-        batch["question"],
-        lexicon_keyword,
-    )
+    result = two_pass_answer(tiny_model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                             batch["question"], lexicon_keyword)  # fmt: skip
     same = (far[0] * 0.8 + far[1] * 0.3)[None, None]
     monkeypatch.setattr(
         mechanisms,

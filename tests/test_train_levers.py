@@ -43,16 +43,9 @@ def _batch(tokenizer, config, answers, seed):
     questions = QUESTIONS[:n]
     q, qm = encode_padded(tokenizer, questions, config.data.max_question_tokens)
     a, am = encode_padded(tokenizer, answers, config.data.max_answer_tokens)
-    batch = {
-        "main": torch.rand(n, 1, s, s, generator=g),
-        "ref": torch.rand(n, 1, s, s, generator=g),
-        "question_ids": q,
-        "question_mask": qm,
-        "answer_ids": a,
-        "answer_mask": am,
-        "question": questions,
-        "answer": list(answers),
-    }
+    batch = {"main": torch.rand(n, 1, s, s, generator=g), "ref": torch.rand(n, 1, s, s, generator=g),
+             "question_ids": q, "question_mask": qm, "answer_ids": a, "answer_mask": am,
+             "question": questions, "answer": list(answers)}  # fmt: skip
     keywords = [lexicon_keyword(x, y) for x, y in zip(batch["answer"], batch["question"], strict=True)]
     return batch, keyword_token_mask(tokenizer, batch["answer"], keywords, a)
 

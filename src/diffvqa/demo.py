@@ -79,7 +79,7 @@ def run_demo(
 
     blind = load_config(preset, overrides=[*overrides, "model.blind=true", "saliency.enabled=false"])
     # The question-only model learns one answer distribution per question template and levels off long before
-    # the image model: half its steps, validated five times so its log shows the plateau (README).
+    # the image model: half its steps, validated five times so its log shows the plateau.
     blind.train.steps = blind_steps if blind_steps is not None else max(1, config.train.steps // 2)
     blind.train.eval_every = max(1, blind.train.steps // 5)
     blind.train.checkpoint_every = blind.train.steps
@@ -126,17 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
-        run_demo(
-            args.out,
-            pairs=args.pairs,
-            preset=args.preset,
-            steps=args.steps,
-            blind_steps=args.blind_steps,
-            workers=args.workers,
-            overrides=args.overrides,
-            all_types=args.all_types,
-            progress=not args.no_progress,
-        )
+        run_demo(args.out, pairs=args.pairs, preset=args.preset, steps=args.steps, blind_steps=args.blind_steps,
+                 workers=args.workers, overrides=args.overrides, all_types=args.all_types,
+                 progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileExistsError) as exc:
         print(f"diffvqa demo: error: {exc}", file=sys.stderr)
         return 2

@@ -211,17 +211,9 @@ def evaluate(
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
     strips = StripWriter(out / VIEWER_DIR) if viewer else None
     tic = time.perf_counter()
-    predictions = predict(
-        model,
-        dataset,
-        keyword_fn=keyword_fn,
-        batch_size=batch_size,
-        single_pass=single_pass,
-        device=device,
-        progress=progress,
-        prior_point=fixed_point_prior(data),
-        on_batch=strips,
-    )
+    predictions = predict(model, dataset, keyword_fn=keyword_fn, batch_size=batch_size, single_pass=single_pass,
+                          device=device, progress=progress, prior_point=fixed_point_prior(data),
+                          on_batch=strips)  # fmt: skip
     records = predictions.records
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)

@@ -1,11 +1,7 @@
-"""Moved to :mod:`diffvqa.metrics.intervals`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.metrics.intervals`: this old import path is that module itself."""
 
-from diffvqa.metrics.intervals import (
-    RESAMPLES,
-    Interval,
-    clustered_interval,
-    paired_interval,
-    seeds_and_questions_interval,
-)
+import sys
 
-__all__ = ["RESAMPLES", "Interval", "clustered_interval", "paired_interval", "seeds_and_questions_interval"]
+from diffvqa.metrics import intervals
+
+sys.modules[__name__] = intervals

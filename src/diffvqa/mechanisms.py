@@ -1,5 +1,7 @@
-"""Moved to :mod:`diffvqa.metrics.mechanisms`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.metrics.mechanisms`: this old import path is that module itself."""
 
-from diffvqa.metrics.mechanisms import MechanismTally
+import sys
 
-__all__ = ["MechanismTally"]
+from diffvqa.metrics import mechanisms
+
+sys.modules[__name__] = mechanisms

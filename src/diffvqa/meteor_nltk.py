@@ -1,5 +1,7 @@
-"""Moved to :mod:`diffvqa.metrics.meteor_nltk`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.metrics.meteor_nltk`: this old import path is that module itself."""
 
-from diffvqa.metrics.meteor_nltk import meteor_nltk, meteor_nltk_implementation, meteor_nltk_sentences
+import sys
 
-__all__ = ["meteor_nltk", "meteor_nltk_implementation", "meteor_nltk_sentences"]
+from diffvqa.metrics import meteor_nltk
+
+sys.modules[__name__] = meteor_nltk

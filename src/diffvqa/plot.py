@@ -1,6 +1,7 @@
-"""Moved to :mod:`diffvqa.report.curves` (``diffvqa plot``); this module re-exports it."""
+"""Moved to :mod:`diffvqa.report.curves` (``diffvqa plot``): this old import path is that module itself."""
 
-from diffvqa.report.curves import curve_keys, group_of, main, plot_runs, read_log
-from diffvqa.run import find_metrics_log
+import sys
 
-__all__ = ["curve_keys", "find_metrics_log", "group_of", "main", "plot_runs", "read_log"]
+from diffvqa.report import curves
+
+sys.modules[__name__] = curves

@@ -1,23 +1,7 @@
-"""Moved to :mod:`diffvqa.metrics.pointing`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.metrics.pointing`: this old import path is that module itself."""
 
-from diffvqa.metrics.pointing import (
-    TIE_TOLERANCE,
-    area_shares,
-    best_fixed_point,
-    fixed_point_hits,
-    grid_ceiling,
-    keyword_conditioning,
-    pointing_scores,
-    separated_regions,
-)
+import sys
 
-__all__ = [
-    "TIE_TOLERANCE",
-    "area_shares",
-    "best_fixed_point",
-    "fixed_point_hits",
-    "grid_ceiling",
-    "keyword_conditioning",
-    "pointing_scores",
-    "separated_regions",
-]
+from diffvqa.metrics import pointing
+
+sys.modules[__name__] = pointing

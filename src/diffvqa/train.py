@@ -306,18 +306,9 @@ def train_one_step(
         sync = i == k - 1 or not isinstance(guided, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else guided.no_sync():
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
-                out = guided(
-                    batch["main"],
-                    batch["ref"],
-                    batch["question_ids"],
-                    batch["question_mask"],
-                    batch["answer_ids"],
-                    batch["answer_mask"],
-                    keyword_mask,
-                    guided=is_guided,
-                    main_box=batch.get("main_box"),
-                    ref_box=batch.get("ref_box"),
-                )
+                out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                             batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
+                             main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
             if not torch.isfinite(out.loss):
                 terms = {name: v.item() for name, v in out.losses.items()}
                 raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")

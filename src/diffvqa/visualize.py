@@ -1,29 +1,7 @@
-"""Moved to :mod:`diffvqa.report.drawing`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.report.drawing`: this old import path is that module itself."""
 
-from diffvqa.report.drawing import (
-    CONTOUR_COLOR,
-    INFERNO_STOPS,
-    apply_colormap,
-    colorbar,
-    heat_overlay,
-    mask_contour_overlay,
-    mask_outline,
-    panel,
-    resize_array,
-    to_rgb,
-    to_uint8,
-)
+import sys
 
-__all__ = [
-    "CONTOUR_COLOR",
-    "INFERNO_STOPS",
-    "apply_colormap",
-    "colorbar",
-    "heat_overlay",
-    "mask_contour_overlay",
-    "mask_outline",
-    "panel",
-    "resize_array",
-    "to_rgb",
-    "to_uint8",
-]
+from diffvqa.report import drawing
+
+sys.modules[__name__] = drawing

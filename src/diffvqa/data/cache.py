@@ -1,5 +1,7 @@
-"""Moved to :mod:`diffvqa.data.cache_writer` (``diffvqa prepare``); this module re-exports it."""
+"""Moved to :mod:`diffvqa.data.cache_writer` (``diffvqa prepare``): this old import path is that module itself."""
 
-from diffvqa.data.cache_writer import merge_shards, prepare, prepare_main
+import sys
 
-__all__ = ["merge_shards", "prepare", "prepare_main"]
+from diffvqa.data import cache_writer
+
+sys.modules[__name__] = cache_writer

@@ -1,43 +1,7 @@
-"""Moved to :mod:`diffvqa.data.cache_reader`; this module re-exports it."""
+"""Moved to :mod:`diffvqa.data.cache_reader`: this old import path is that module itself."""
 
-from diffvqa.data.cache_reader import (
-    CACHE_VERSION,
-    DONE,
-    GEOMETRY,
-    IMAGES,
-    INDEX,
-    MANIFEST,
-    PARAMS,
-    PENDING,
-    QUESTIONS,
-    READER,
-    READER_QUESTIONS,
-    REPORT,
-    STATUS,
-    UNREADABLE,
-    UNREADABLE_IMAGE,
-    ImageCache,
-    geometry_from_row,
-    read_questions_csv,
-)
+import sys
 
-__all__ = [
-    "CACHE_VERSION",
-    "DONE",
-    "GEOMETRY",
-    "IMAGES",
-    "INDEX",
-    "MANIFEST",
-    "PARAMS",
-    "PENDING",
-    "QUESTIONS",
-    "READER",
-    "READER_QUESTIONS",
-    "REPORT",
-    "STATUS",
-    "UNREADABLE",
-    "UNREADABLE_IMAGE",
-    "ImageCache",
-    "geometry_from_row",
-    "read_questions_csv",
-]
+from diffvqa.data import cache_reader
+
+sys.modules[__name__] = cache_reader

@@ -153,20 +153,9 @@ class MechanismTally:
         keyword_mask = keyword_token_mask(model.tokenizer, answers, keywords, answer_ids)
         question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
         cfg = model.config.saliency
-        cam_main, cam_ref = keyword_gradcam(
-            model,
-            features,
-            question_ids,
-            question_mask,
-            answer_ids,
-            answer_mask,
-            keyword_mask,
-            cfg.cam_eps,
-            cfg.cam_method,
-            content,
-            normalize=cfg.cam_normalize,
-            target=cfg.cam_target,
-        )
+        cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
+                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content,
+                                            normalize=cfg.cam_normalize, target=cfg.cam_target)  # fmt: skip
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)

@@ -105,16 +105,9 @@ class DiffVQA(nn.Module):
         return self.decoder.answer_loss(hidden, text), hidden
 
     def forward(
-        self,
-        main: Tensor,
-        ref: Tensor,
-        question_ids: Tensor,
-        question_mask: Tensor,
-        answer_ids: Tensor,
-        answer_mask: Tensor,
-        main_content: Tensor | None = None,
-        ref_content: Tensor | None = None,
-    ) -> VQAOutput:
+        self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
+        answer_mask: Tensor, main_content: Tensor | None = None, ref_content: Tensor | None = None,
+    ) -> VQAOutput:  # fmt: skip
         """Single pass (no saliency loop): losses ``answer``, ``registration`` and ``alignment_similarity``."""
         main, ref = self.inputs(main, ref)
         aligned = self.align(main, ref, main_content, ref_content)

@@ -1,4 +1,4 @@
-"""Keyword-conditioned Grad-CAM on the encoder's feature maps of both images (DESIGN.md item 7).
+"""Keyword-conditioned Grad-CAM on the encoder's feature maps of both images (``docs/design.md``, step 7).
 
 score s = sum of log p(y_t) over the answer tokens that spell the keyword (the whole answer and its <eos> when
 there is no keyword), teacher-forced. G = ds/dF by ``torch.autograd.grad`` on the feature maps F of *the same
@@ -220,17 +220,8 @@ def keyword_gradcam(
         leaf = features.detach().requires_grad_(True)
         hidden = decoder.hidden_states(*model.prefix(leaf), text)
         score = keyword_log_prob(decoder, hidden, text, select[:, :cut], target)
-        return cams_from_score(
-            leaf,
-            score,
-            model.image_size,
-            eps,
-            retain_graph=False,
-            method=method,
-            content=content,
-            gate=gate,
-            normalize=normalize,
-        )
+        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method, content=content,
+                               gate=gate, normalize=normalize)  # fmt: skip
 
 
 def keyword_gradcam_from_prompt(
@@ -273,14 +264,5 @@ def keyword_gradcam_from_prompt(
         logits = decoder.gpt2.lm_head(hidden[sel_rows, sel_cols])
         scores = token_scores(logits, targets[sel_rows, sel_cols], target)
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, scores)
-        return cams_from_score(
-            features,
-            score,
-            model.image_size,
-            eps,
-            retain_graph=False,
-            method=method,
-            content=content,
-            gate=gate,
-            normalize=normalize,
-        )
+        return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
+                               content=content, gate=gate, normalize=normalize)  # fmt: skip

@@ -1,4 +1,4 @@
-"""The saliency loop: the two-step training objective (DESIGN.md item 9) and two-pass inference (item 10).
+"""The saliency loop: the two-step training objective (``docs/design.md``, step 9) and two-pass inference (step 10).
 
 Training is one forward of :class:`SaliencyGuidedVQA` and one backward, so DDP sees every parameter used
 exactly as in a plain step (no ``find_unused_parameters``): align once; pass A on the unmasked pair keeps its
@@ -81,18 +81,10 @@ class SaliencyGuidedVQA(nn.Module):
         self.model = model
 
     def forward(
-        self,
-        main: Tensor,
-        ref: Tensor,
-        question_ids: Tensor,
-        question_mask: Tensor,
-        answer_ids: Tensor,
-        answer_mask: Tensor,
-        keyword_mask: Tensor,
-        guided: bool = True,
-        main_box: Tensor | None = None,
+        self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
+        answer_mask: Tensor, keyword_mask: Tensor, guided: bool = True, main_box: Tensor | None = None,
         ref_box: Tensor | None = None,
-    ) -> GuidedOutput:
+    ) -> GuidedOutput:  # fmt: skip
         """``guided=False`` runs this step single-pass (``saliency.start_step``); every parameter is still used.
         ``main_box``/``ref_box`` (B, 4): each image's content box (``diffvqa.model.content``); None: whole frame."""
         model = self.model
