@@ -256,7 +256,8 @@ def test_prepare_cli_prints_the_report(fixture, tmp_path, capsys):
 
 def test_phantom_release_end_to_end(tmp_path):
     """The phantom's ground-truth contract, read through prepare: theta_true aligns its pairs."""
-    phantom = pytest.importorskip("diffvqa.data.phantom")
+    from diffvqa.data import phantom
+
     phantom.simulate(tmp_path / "phantom", pairs=8, seed=0, size=(128, 112), progress=False)
     manifest = prepare(tmp_path / "phantom", tmp_path / "phantom", tmp_path / "cache", size=48, progress=False)
     assert manifest["truth"]["pairs_with_truth"] == manifest["num_pairs"] == 8

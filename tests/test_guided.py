@@ -189,7 +189,7 @@ def test_guided_objective_overfits_a_fixed_batch(tiny_model, tiny_batch):
 def test_ddp_two_processes_keep_parameters_identical(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU): 3 steps of the guided objective under DDP without
     find_unused_parameters; the ranks see different data and must end with identical parameters."""
-    worker = Path(__file__).with_name("ddp_guided_worker.py")
+    worker = Path(__file__).parent / "support" / "ddp_guided_worker.py"
     run_torchrun([worker, tmp_path])
     report = (tmp_path / "ddp_report.txt").read_text().split()
     assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3
@@ -208,16 +208,7 @@ def test_cam_variants_train_and_infer(tiny_model, tiny_batch, method):
     assert all(p.grad is not None for p in tiny_model.parameters())
     assert out.mask.min() >= 0 and out.mask.max() <= 1
     b = tiny_batch
-    result = two_pass_answer(
-        tiny_model.eval(),
-        b["main"],
-        b["ref"],
-        b["question_ids"],
-        b["question_mask"],
-        b["question"],
-        lexicon_keyword,
-        main_box=boxes,
-        ref_box=boxes,
-    )
+    result = two_pass_answer(tiny_model.eval(), b["main"], b["ref"], b["question_ids"], b["question_mask"],
+                             b["question"], lexicon_keyword, main_box=boxes, ref_box=boxes)  # fmt: skip
     keep = ~result.empty_mask  # an all-zero map falls back to all ones (no masking)
     assert result.mask[keep][..., :6].abs().max() == 0 and result.mask[keep][..., 58:].abs().max() == 0

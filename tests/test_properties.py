@@ -9,16 +9,13 @@ import dataclasses
 import string
 from pathlib import Path
 
-import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from diffvqa.config import Config, apply_overrides, check_together, load_config, rule_of  # noqa: E402
-from diffvqa.data.release import QUESTION_COLUMNS, SKIP_REASONS, read_release  # noqa: E402
-from diffvqa.errors import UserError  # noqa: E402
+from diffvqa.config import Config, apply_overrides, check_together, load_config, rule_of
+from diffvqa.data.release import QUESTION_COLUMNS, SKIP_REASONS, read_release
+from diffvqa.errors import UserError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = [f"{g.name}.{f.name}" for g in dataclasses.fields(Config) for f in dataclasses.fields(g.default_factory)]

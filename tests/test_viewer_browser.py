@@ -1,4 +1,4 @@
-"""The evaluation viewer in a real headless Chromium, opened from file:// (see tests/viewer_browser.py).
+"""The evaluation viewer in a real headless Chromium, opened from file:// (see tests/support/viewer_browser.py).
 
 A missing browser is a failure, not a skip: the README's test command installs it (`npm ci --prefix tests/browser`).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from viewer_browser import ViewerPage, chromium_launch_options
+from support.viewer_browser import ViewerPage, chromium_launch_options
 
 import diffvqa
 from diffvqa.cli import main as cli_main
@@ -178,7 +178,7 @@ def test_opens_fast_at_the_real_test_split_scale(browser, tmp_path):
 
 def test_readme_screenshot_command(evaluations, tmp_path):
     """The README's command for its screenshot, in its own process (one sync playwright per process)."""
-    script = Path(__file__).with_name("viewer_browser.py")
+    script = Path(__file__).parent / "support" / "viewer_browser.py"
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(

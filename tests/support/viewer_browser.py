@@ -5,7 +5,7 @@ test command runs it): its ``executablePath()`` unpacks a headless Chromium that
 ``playwright`` drives it (``pip install -e '.[dev]'``); playwright's own browser download is not used.
 
 Run as a script it makes the README's screenshot of an evaluation's viewer:
-``python tests/viewer_browser.py EVAL_DIR OUT.png`` (the viewer of EVAL_DIR is written first if missing).
+``python tests/support/viewer_browser.py EVAL_DIR OUT.png`` (the viewer of EVAL_DIR is written first if missing).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"  # tests/browser
 NODE_SCRIPT = (
     "import('@sparticuz/chromium').then(async (m) => { const c = m.default;"
     " console.log(JSON.stringify({ path: await c.executablePath(), args: c.args })); })"
