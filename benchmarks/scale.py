@@ -17,7 +17,7 @@ The synthetic release (written under ``--root``, a temporary directory by defaul
   JPEGs hard-linked (so the tree costs directories, not image bytes).
 
 Each measurement runs in a fresh process (its peak RSS is its own): reading and validating the release (all types;
-difference only, as the README's prepare does); ``prepare`` of all question types at S = ``--size`` with the image
+difference only, as the README's recipe prepares); ``prepare`` of all question types at S = ``--size`` with the image
 decoder replaced by a stub that returns a constant image (so the time is prepare's own overhead: staging, the
 decode loop's bookkeeping and checkpoints, finalising 700k questions), one process; resume of that cache with its
 second half marked pending and no manifest, timed until the first chunk is decoded (``_chunk_done``); and

@@ -151,7 +151,7 @@ def test_inference_time_saliency_overrides(tiny_run, phantom_cache, tmp_path, ca
 
 @pytest.mark.slow
 def test_batchnorm_passes_benchmark_runs(tiny_run, phantom_cache):
-    """benchmarks/batchnorm_passes.py (the README's BatchNorm measurement) at toy size: three scored settings."""
+    """benchmarks/batchnorm_passes.py (per-pass BatchNorm statistics measured) at toy size: three scored settings."""
     import subprocess
     import sys
     from pathlib import Path

@@ -1,6 +1,6 @@
-"""The phantom writes the real release format (DATA.md) and ground truth that is exact.
+"""The phantom writes the real release format (docs/data.md) and ground truth that is exact.
 
-The QA checks use regexes written from DATA.md's template list and vocabularies, not from the phantom's code.
+The QA checks use regexes written from the template list of docs/data.md and vocabularies, not from the phantom's code.
 """
 
 import csv
@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffvqa.data.phantom import contact_sheet, contact_sheet_main, simulate, simulate_main
 
-# ---- DATA.md, verbatim ---------------------------------------------------------------------------------
+# ---- docs/data.md, verbatim ----------------------------------------------------------------------------
 NAMES = [
     "pleural effusion", "atelectasis", "cardiomegaly", "enlargement of the cardiac silhouette", "edema", "hernia",
     "vascular congestion", "hilar congestion", "pneumothorax", "heart failure", "lung opacity", "pneumonia",

@@ -138,7 +138,7 @@ def test_a_failing_strip_worker_fails_the_evaluation(tmp_path):
 
 
 def test_viewer_benchmark_runs():
-    """benchmarks/viewer.py (the README's budget numbers), on a small configuration."""
+    """benchmarks/viewer.py (the budgets in docs/benchmarks.md), on a small configuration."""
     script = Path(__file__).parents[1] / "benchmarks" / "viewer.py"
     out = subprocess.run([sys.executable, str(script), "--pairs", "6", "--size", "64", "--questions", "16"],
                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip

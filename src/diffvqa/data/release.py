@@ -1,6 +1,6 @@
 """Reading Medical-Diff-VQA (v1.0.1) exactly as released, joined with the MIMIC-CXR-JPG image tree.
 
-Inputs (DATA.md): ``mimic_pair_questions.csv`` (7 columns: study_id, subject_id, ref_id, question_type,
+Inputs (``docs/data.md``): ``mimic_pair_questions.csv`` (7 columns: study_id, subject_id, ref_id, question_type,
 question, answer, split) and ``mimic_all.csv`` (one row per study; we use subject_id, study_id, dicom_id,
 study_date) in ``release_dir``; JPGs at ``images_dir/files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg``.
 
@@ -337,7 +337,7 @@ def read_release(
     ref_subject = ref.subject_id.to_numpy(dtype="float64", na_value=np.nan)
     checks["subject_mismatch"] = (main_subject != subject) | (ref_subject != subject)
     # NaN dates compare False, so a missing date fails the check too. Only difference questions compare the two
-    # images; the others are about the main image alone (DATA.md).
+    # images; the others are about the main image alone (``docs/data.md``).
     is_difference = (q.question_type == "difference").to_numpy()
     not_later = ~(ref_date < main_date)
     bad_chronology = not_later & is_difference

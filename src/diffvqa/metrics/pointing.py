@@ -1,4 +1,4 @@
-"""Scoring the method's mechanisms against the phantom's ground truth (DESIGN.md, "Scoring the mechanisms").
+"""Scoring the method's mechanisms against the phantom's ground truth (``docs/metrics.md``).
 
 Pure functions on tensors; nothing here trains or runs the model, and nothing that trains or runs the model reads
 the ground truth (real data has none).

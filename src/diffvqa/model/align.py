@@ -66,7 +66,7 @@ def corner_error(theta: Tensor, theta_true: Tensor, size: int, align_corners: bo
 def registration_loss(theta: Tensor, weights: tuple[float, float, float] | list[float]) -> Tensor:
     """L_reg = w0 * ||Θ - [I|0]||_F^2 + w1 * (det A - 1)^2 + w2 * ||t||^2, averaged over the batch.
 
-    Args: theta (B, 2, 3). Returns a scalar. Default weights 1e-4 / 1e-5 / 1e-6 (DESIGN.md item 2).
+    Args: theta (B, 2, 3). Returns a scalar. Default weights 1e-4 / 1e-5 / 1e-6 (``docs/design.md``, step 2).
     """
     w_frobenius, w_det, w_shift = weights
     eye = identity_theta(theta.shape[0], theta.device, theta.dtype)

@@ -1,6 +1,6 @@
 """Visual prefix + GPT-2 decoder + generation.
 
-The decoder's input sequence (DESIGN.md item 4), one row per sample, text right-padded:
+The decoder's input sequence (``docs/design.md``, step 4), one row per sample, text right-padded:
 
     <main> main-tokens(h*w) <ref> ref-tokens(h*w) <question> question <answer> answer <eos> <pad>...
     |<------------------ prefix, L0 = 2*h*w + 2 ------------->|<------------- text, T ------------->|

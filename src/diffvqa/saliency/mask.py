@@ -1,4 +1,4 @@
-"""The shared saliency mask (DESIGN.md item 8) and its application to [0, 1] intensities.
+"""The shared saliency mask (``docs/design.md``, step 8) and its application to [0, 1] intensities.
 
 The main image was aligned onto the reference before encoding, so both CAMs live in the reference frame and
 combine element-wise. Masking happens in intensity space, before the encoder normalises.

@@ -88,7 +88,7 @@ LATERAL_KINDS = {"effusion", "blunting", "ptx", "opacity", "atelectasis", "edema
 
 
 def _location(spec: Spec, sides: tuple[int, ...], zone: str, rng: np.random.Generator) -> str:
-    """The location phrase of a finding, built from DATA.md's location words."""
+    """The location phrase of a finding, built from the location words of ``docs/data.md``."""
     if zone == "retrocardiac":
         return "retrocardiac"
     if spec.kind == "fracture":

@@ -1,4 +1,4 @@
-"""The phantom's questions and answers: DATA.md's templates, verbatim, filled in from a pair's findings.
+"""The phantom's questions and answers: the templates of ``docs/data.md``, verbatim, filled in from a pair's findings.
 
 :func:`pair_questions` writes the ~7 QA rows of one (main, reference) pair of a subject's plan
 (:mod:`diffvqa.data.phantom.plan`); :func:`difference_answer` spells a difference in the release's wording,

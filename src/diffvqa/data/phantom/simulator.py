@@ -1,15 +1,15 @@
 """A longitudinal chest X-ray phantom, written in the real Medical-Diff-VQA v1.0.1 + MIMIC-CXR-JPG format.
 
-No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom.plan`),
-renders every visit (:mod:`~diffvqa.data.phantom.anatomy`, :mod:`~diffvqa.data.phantom.findings`,
-:mod:`~diffvqa.data.phantom.imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom.qa`)
-and writes a release that the same reader, loader, training and metrics consume — plus ground truth that no real
-dataset has::
+MIMIC-CXR needs PhysioNet credentials, so :func:`simulate` draws patients with 2-4 visits each
+(:mod:`~diffvqa.data.phantom.plan`), renders every visit (:mod:`~diffvqa.data.phantom.anatomy`,
+:mod:`~diffvqa.data.phantom.findings`, :mod:`~diffvqa.data.phantom.imaging`), asks the release's questions
+(``docs/data.md``) about each pair (:mod:`~diffvqa.data.phantom.qa`) and writes a release that the same reader,
+loader, training and metrics consume — plus ground truth that no real dataset has::
 
     out/
       mimic_pair_questions.csv          study_id,subject_id,ref_id,question_type,question,answer,split
-      mimic_all.csv                     the 21 columns of DATA.md, one row per study
-      mimic-cxr-2.0.0-metadata.csv.gz   one row per image (the metadata columns of DATA.md)
+      mimic_all.csv                     the 21 columns of docs/data.md, one row per study
+      mimic-cxr-2.0.0-metadata.csv.gz   one row per image (MIMIC-CXR-JPG's metadata columns)
       files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg     8-bit grayscale JPEG, H x W (size=(H, W))
       ground_truth/
         findings.csv  pairs.csv  changes.csv  questions.csv  masks/*.png  changes/*.png
