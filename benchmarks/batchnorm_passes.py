@@ -58,9 +58,17 @@ def main() -> None:
     unmasked, masked = [], []
     with torch.no_grad():  # the images each pass sees, with the masks the trained model makes
         for batch in torch.utils.data.DataLoader(subset, batch_size=32, collate_fn=collate):
-            r = two_pass_answer(model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
-                                batch["question"], keyword_fn, main_box=batch["main_box"],
-                                ref_box=batch["ref_box"])  # fmt: skip
+            r = two_pass_answer(
+                model,
+                batch["main"],
+                batch["ref"],
+                batch["question_ids"],
+                batch["question_mask"],
+                batch["question"],
+                keyword_fn,
+                main_box=batch["main_box"],
+                ref_box=batch["ref_box"],
+            )
             floor = cfg.saliency.mask_floor
             unmasked.append(torch.cat([r.aligned_main, batch["ref"]]))
             masked.append(
@@ -85,8 +93,10 @@ def main() -> None:
 
     def score(pass1, pass2):
         put(pass1, pass2)
-        records, mechanisms, _ = predict(model, test, keyword_fn, 32, progress=False, examples=0,
-                                         keyword_conditioning=False)  # fmt: skip
+        predictions = predict(
+            model, test, keyword_fn=keyword_fn, batch_size=32, progress=False, examples=0, keyword_conditioning=False
+        )
+        records, mechanisms = predictions.records, predictions.mechanisms
         final = caption_scores([r["final"] for r in records], [r["answer"] for r in records])
         preliminary = caption_scores([r["preliminary"] for r in records], [r["answer"] for r in records])
         return {
@@ -96,11 +106,15 @@ def main() -> None:
             "pointing_game": mechanisms.get("pointing_game"),
         }
 
-    print(json.dumps({
-        "trained, per pass": score(*trained),
-        "unmasked set for both": score(trained[0], trained[0]),
-        "per pass, re-estimated": score(*re_estimated),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "trained, per pass": score(*trained),
+                "unmasked set for both": score(trained[0], trained[0]),
+                "per pass, re-estimated": score(*re_estimated),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

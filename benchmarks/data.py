@@ -32,7 +32,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from diffvqa.data.cache import prepare
+from diffvqa.data.cache_writer import prepare
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.images import load_image
 from diffvqa.data.release import QUESTION_COLUMNS, image_relpath

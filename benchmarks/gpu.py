@@ -180,8 +180,14 @@ def batch_sweep(trainer: Trainer, tokenizer: Tokenizer, batches: list[int]) -> t
             reset_peak(trainer.device)
             rows.append({"batch": batch, "fits": False})
             break
-        rows.append({"batch": batch, "fits": True, "guided_pairs_per_s": round(batch / seconds, 3),
-                     "peak_gb": peak_gb(trainer.device)})  # fmt: skip
+        rows.append(
+            {
+                "batch": batch,
+                "fits": True,
+                "guided_pairs_per_s": round(batch / seconds, 3),
+                "peak_gb": peak_gb(trainer.device),
+            }
+        )
         largest = batch
     return largest, rows
 
@@ -198,8 +204,12 @@ def interleaved_steps(trainer: Trainer, tokenizer: Tokenizer, batch: int, repeat
         for name in times:
             times[name].append(trainer.step(b, km, guided=name == "guided"))
     medians = {name: statistics.median(t) for name, t in times.items()}
-    return {"plain_pairs_per_s": batch / medians["plain"], "guided_pairs_per_s": batch / medians["guided"],
-            "plain_peak_gb": peaks["plain"], "guided_peak_gb": peaks["guided"]}  # fmt: skip
+    return {
+        "plain_pairs_per_s": batch / medians["plain"],
+        "guided_pairs_per_s": batch / medians["guided"],
+        "plain_peak_gb": peaks["plain"],
+        "guided_peak_gb": peaks["guided"],
+    }
 
 
 def inference(trainer: Trainer, tokenizer: Tokenizer, batch: int, repeats: int) -> dict[str, float]:
@@ -218,8 +228,11 @@ def inference(trainer: Trainer, tokenizer: Tokenizer, batch: int, repeats: int) 
                 times.append(time.perf_counter() - tic)
     model.train()
     tokens = statistics.mean(len(tokenizer.encode(a)) for a in result.final)
-    return {"two_pass_pairs_per_s": batch / statistics.median(times), "two_pass_peak_gb": peak_gb(device),
-            "answer_tokens": tokens}  # fmt: skip
+    return {
+        "two_pass_pairs_per_s": batch / statistics.median(times),
+        "two_pass_peak_gb": peak_gb(device),
+        "answer_tokens": tokens,
+    }
 
 
 def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict], repeats: int):
@@ -227,8 +240,11 @@ def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict]
     out there after all (fragmentation). -> (steps, inference, batch)."""
     for batch in reversed([row["batch"] for row in sweep if row["fits"]]):
         try:
-            return (interleaved_steps(trainer, tokenizer, batch, repeats),
-                    inference(trainer, tokenizer, batch, repeats), batch)  # fmt: skip
+            return (
+                interleaved_steps(trainer, tokenizer, batch, repeats),
+                inference(trainer, tokenizer, batch, repeats),
+                batch,
+            )
         except RuntimeError as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -242,24 +258,32 @@ def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict]
 
 def prepared_cache(workdir: Path, size: int, pairs: int) -> Path:
     """A phantom release prepared at S = ``size``: the memory-mapped cache training reads."""
-    from diffvqa.data.cache import prepare
+    from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
 
     simulate(workdir / "release", pairs=pairs, seed=0, size=(320, 256), progress=False)
-    prepare(workdir / "release", workdir / "release", workdir / "cache", size=size,
-            workers=min(8, os.cpu_count() or 1), progress=False)  # fmt: skip
+    prepare(
+        workdir / "release",
+        workdir / "release",
+        workdir / "cache",
+        size=size,
+        workers=min(8, os.cpu_count() or 1),
+        progress=False,
+    )
     return workdir / "cache"
 
 
-def loader_pairs_per_s(config: Config, tokenizer: Tokenizer, cache: Path, batch: int, workers: int, batches: int,
-                       device: torch.device) -> float:  # fmt: skip
+def loader_pairs_per_s(
+    config: Config, tokenizer: Tokenizer, cache: Path, batch: int, workers: int, batches: int, device: torch.device
+) -> float:
     """Pairs/s of the training DataLoader, batches copied to ``device`` as training does (first batch excluded:
     worker start-up)."""
     dataset = PairQADataset(cache, "train", config.data.question_types)
     sampler = StepBatchSampler(len(dataset), min(batch, len(dataset)), batches + 1, seed=0)
     collate = Collate(tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                                         pin_memory=device.type == "cuda")  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers, pin_memory=device.type == "cuda"
+    )
     pairs, tic = 0, 0.0
     for i, b in enumerate(loader):
         for key in ("main", "ref", "question_ids", "answer_ids"):
@@ -313,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
         del trainer
         reset_peak(device)
         cache = prepared_cache(workdir, config.data.image_size, args.pairs)
-        loader = {k: loader_pairs_per_s(config, tokenizer, cache, largest, k, 3 if args.quick else 20, device)
-                  for k in sorted({0, args.workers})}  # fmt: skip
+        loader = {
+            k: loader_pairs_per_s(config, tokenizer, cache, largest, k, 3 if args.quick else 20, device)
+            for k in sorted({0, args.workers})
+        }
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -339,10 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"\nat batch {largest}:")
     print(f"  plain step   {steps['plain_pairs_per_s']:10.1f} pairs/s   peak {gb(steps['plain_peak_gb'])}")
-    print(f"  guided step  {steps['guided_pairs_per_s']:10.1f} pairs/s   peak {gb(steps['guided_peak_gb'])}   "
-          f"guided/plain {summary['guided_over_plain_pairs_per_s']:.2f} (goal >= 0.45)")  # fmt: skip
-    print(f"  two-pass inference {infer['two_pass_pairs_per_s']:6.1f} pairs/s   ({infer['answer_tokens']:.0f} tokens "
-          f"per answer)   peak {gb(infer['two_pass_peak_gb'])}")  # fmt: skip
+    print(
+        f"  guided step  {steps['guided_pairs_per_s']:10.1f} pairs/s   peak {gb(steps['guided_peak_gb'])}   "
+        f"guided/plain {summary['guided_over_plain_pairs_per_s']:.2f} (goal >= 0.45)"
+    )
+    print(
+        f"  two-pass inference {infer['two_pass_pairs_per_s']:6.1f} pairs/s   ({infer['answer_tokens']:.0f} tokens "
+        f"per answer)   peak {gb(infer['two_pass_peak_gb'])}"
+    )
     for k, v in loader.items():
         print(f"  loader, {k} workers {v:8.1f} pairs/s")
     print(

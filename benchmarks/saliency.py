@@ -382,8 +382,11 @@ def training_steps(model: DiffVQA, b: dict, repeats: int) -> dict[str, float]:
             optimizer.step()
             wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
             # kernel time and first-touch page faults: what the allocator's returning memory to the OS costs
-            return {name: wall, f"{name}_sys": after.ru_stime - before.ru_stime,
-                    f"{name}_faults": after.ru_minflt - before.ru_minflt}  # fmt: skip
+            return {
+                name: wall,
+                f"{name}_sys": after.ru_stime - before.ru_stime,
+                f"{name}_faults": after.ru_minflt - before.ru_minflt,
+            }
 
         return run
 
@@ -478,9 +481,13 @@ def run_config(name: str, batch: int, repeats: int, answer_tokens: int, workdir:
         return 2 * single_pred(n) - c["aligner"] + cam["inference"]
 
     plain_pred = (
-        c["aligner"] + c["encoder_forward"] + c["decoder_forward"] + c["encoder_backward"] + c["decoder_backward"]
+        c["aligner"]
+        + c["encoder_forward"]
+        + c["decoder_forward"]
+        + c["encoder_backward"]
+        + c["decoder_backward"]
         + c["optimizer_step"]
-    )  # fmt: skip
+    )
     passes = c["encoder_forward"] + c["decoder_forward"] + c["encoder_backward"] + c["decoder_backward"]
     guided_pred = plain_pred + passes + c["cam_train"]
     lambda0_pred = plain_pred + c["encoder_forward"] + c["decoder_forward"] + c["cam_train"]

@@ -17,7 +17,7 @@ The synthetic release (written under ``--root``, a temporary directory by defaul
   JPEGs hard-linked (so the tree costs directories, not image bytes).
 
 Each measurement runs in a fresh process (its peak RSS is its own): reading and validating the release (all types;
-difference only, as the README's prepare does); ``prepare`` of all question types at S = ``--size`` with the image
+difference only, as the README's recipe prepares); ``prepare`` of all question types at S = ``--size`` with the image
 decoder replaced by a stub that returns a constant image (so the time is prepare's own overhead: staging, the
 decode loop's bookkeeping and checkpoints, finalising 700k questions), one process; resume of that cache with its
 second half marked pending and no manifest, timed until the first chunk is decoded (``_chunk_done``); and
@@ -44,8 +44,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TYPE_COUNTS = {"abnormality": 145_421, "presence": 155_726, "view": 56_265, "location": 84_193, "level": 67_296,
-               "type": 27_478, "difference": 164_324}  # fmt: skip
+TYPE_COUNTS = {
+    "abnormality": 145_421,
+    "presence": 155_726,
+    "view": 56_265,
+    "location": 84_193,
+    "level": 67_296,
+    "type": 27_478,
+    "difference": 164_324,
+}
 SPLIT_SHARES = {"train": 131_556, "val": 16_278, "test": 16_389}  # difference questions per split
 STUDIES, SUBJECTS = 227_827, 65_379
 SWAPPED_SHARE = 0.10
@@ -74,8 +81,7 @@ TEMPLATES = {
          "the level of pleural effusion has changed from small to moderate. "),
     ],
 }  # fmt: skip
-GOALS = {"read_seconds": 60.0, "read_peak_rss_gb": 4.0, "prepare_overhead_ms_per_image": 1.0,
-         "resume_seconds": 10.0}  # fmt: skip
+GOALS = {"read_seconds": 60.0, "read_peak_rss_gb": 4.0, "prepare_overhead_ms_per_image": 1.0, "resume_seconds": 10.0}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -109,8 +115,11 @@ def synthesise(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
     for name in CHEXPERT:
         studies[name] = rng.choice(np.array(["", "1.0", "0.0", "-1.0"], dtype=object), STUDIES, p=[0.7, 0.1, 0.1, 0.1])
     studies["dicom_id"] = dicom
-    studies["view"] = rng.choice(np.array(["postero-anterior", "antero-posterior", "lateral", ""], dtype=object),
-                                 STUDIES, p=[0.45, 0.4, 0.08, 0.07])  # fmt: skip
+    studies["view"] = rng.choice(
+        np.array(["postero-anterior", "antero-posterior", "lateral", ""], dtype=object),
+        STUDIES,
+        p=[0.45, 0.4, 0.08, 0.07],
+    )
     studies["split"] = rng.choice(np.array(["train", "validate", "test"], dtype=object), STUDIES, p=[0.98, 0.01, 0.01])
     studies["study_date"] = _dates(days)
     studies["study_order"] = (order + 1).astype(float)
@@ -125,8 +134,11 @@ def synthesise(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
     main = np.concatenate([consecutive, skip_one])
     ref = np.concatenate([consecutive - 1, skip_one - 2])
     pairs = len(main)
-    split_of_pair = rng.choice(np.array(list(SPLIT_SHARES), dtype=object), pairs,
-                               p=np.array(list(SPLIT_SHARES.values())) / sum(SPLIT_SHARES.values()))  # fmt: skip
+    split_of_pair = rng.choice(
+        np.array(list(SPLIT_SHARES), dtype=object),
+        pairs,
+        p=np.array(list(SPLIT_SHARES.values())) / sum(SPLIT_SHARES.values()),
+    )
     # question rows: one difference row per pair, the other types spread over the pairs
     types = np.concatenate([np.full(n, t, dtype=object) for t, n in type_counts.items()])
     pair_of = np.concatenate([rng.integers(0, pairs, len(types) - pairs), np.arange(pairs)])
@@ -166,8 +178,15 @@ def synthesise(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
     subject_col[mismatch] = subject_ids[(subject_of[main[pair_of[mismatch]]] + 1) % SUBJECTS]
     reversed_ = take(is_difference & ~swapped_pairs[pair_of], skips)
     study_col[reversed_], ref_col[reversed_] = ref_col[reversed_], study_col[reversed_].copy()
-    columns = {"study_id": study_col, "subject_id": subject_col, "ref_id": ref_col, "question_type": types,
-               "question": question, "answer": answer, "split": split_col}  # fmt: skip
+    columns = {
+        "study_id": study_col,
+        "subject_id": subject_col,
+        "ref_id": ref_col,
+        "question_type": types,
+        "question": question,
+        "answer": answer,
+        "split": split_col,
+    }
     questions = pd.DataFrame(columns)
     questions.to_csv(root / "mimic_pair_questions.csv", index=False)
 
@@ -186,9 +205,15 @@ def synthesise(root: Path, scale: float = 1.0, seed: int = 0) -> dict:
         directory = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study_ids[i]}"
         directory.mkdir(parents=True, exist_ok=True)
         os.link(sources[i % len(sources)], directory / f"{dicom[i]}.jpg")
-    return {"question_rows": len(types), "studies": STUDIES, "pairs": pairs, "jpgs": len(linked),
-            "swapped_pairs": int(swapped_pairs.sum()), "missing_images": missing_images,
-            "planted_skips_per_kind": skips}  # fmt: skip
+    return {
+        "question_rows": len(types),
+        "studies": STUDIES,
+        "pairs": pairs,
+        "jpgs": len(linked),
+        "swapped_pairs": int(swapped_pairs.sum()),
+        "missing_images": missing_images,
+        "planted_skips_per_kind": skips,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -211,7 +236,7 @@ def _stub_decoder(size: int):
 
 
 def stage(name: str, root: Path, size: int) -> dict:
-    from diffvqa.data import cache as cache_module
+    from diffvqa.data import cache_writer as cache_module
     from diffvqa.data.dataset import PairQADataset
     from diffvqa.data.release import read_release
 
@@ -220,8 +245,12 @@ def stage(name: str, root: Path, size: int) -> dict:
     if name in ("read_all", "read_difference"):
         types = None if name == "read_all" else ["difference"]
         r = read_release(release, release, question_types=types)
-        result = {"kept_questions": r.steps["kept_questions"], "unique_images": r.steps["unique_images"],
-                  "skipped": r.skipped, "swapped_difference_rows": r.notes["swapped_difference_rows"]}  # fmt: skip
+        result = {
+            "kept_questions": r.steps["kept_questions"],
+            "unique_images": r.steps["unique_images"],
+            "skipped": r.skipped,
+            "swapped_difference_rows": r.notes["swapped_difference_rows"],
+        }
     elif name == "prepare":
         cache_module._decode_one = _stub_decoder(size)
         reader_seconds = []
@@ -237,8 +266,12 @@ def stage(name: str, root: Path, size: int) -> dict:
         manifest = cache_module.prepare(release, release, out, size=size, workers=1, progress=False)
         images = manifest["num_images"] + manifest["num_unreadable_images"]
         total = time.perf_counter() - tic
-        result = {"images": images, "questions": manifest["num_questions"], "reader_seconds": reader_seconds[0],
-                  "overhead_ms_per_image": 1000 * (total - reader_seconds[0]) / images}  # fmt: skip
+        result = {
+            "images": images,
+            "questions": manifest["num_questions"],
+            "reader_seconds": reader_seconds[0],
+            "overhead_ms_per_image": 1000 * (total - reader_seconds[0]) / images,
+        }
     elif name == "dataset":
         dataset = PairQADataset(out, "train")
         indexed = time.perf_counter() - tic
@@ -246,8 +279,11 @@ def stage(name: str, root: Path, size: int) -> dict:
         start = time.perf_counter()
         for i in picks.tolist():
             dataset[i]
-        result = {"train_questions": len(dataset), "index_seconds": indexed,
-                  "samples_per_s": len(picks) / (time.perf_counter() - start)}  # fmt: skip
+        result = {
+            "train_questions": len(dataset),
+            "index_seconds": indexed,
+            "samples_per_s": len(picks) / (time.perf_counter() - start),
+        }
     elif name == "resume":
         # an interrupted run: the second half of the images pending, no manifest yet
         status = np.load(out / "status.npy", mmap_mode="r+")
@@ -295,8 +331,10 @@ def main(argv: list[str] | None = None) -> int:
 
     root = args.root or Path(tempfile.mkdtemp(prefix="diffvqa-scale-"))
     root.mkdir(parents=True, exist_ok=True)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
-          f"pandas {pd.__version__}; release under {root}")  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores; python {platform.python_version()}; "
+        f"pandas {pd.__version__}; release under {root}"
+    )
     try:
         tic = time.perf_counter()
         planted = synthesise(root, args.scale)

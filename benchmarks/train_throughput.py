@@ -122,8 +122,11 @@ def main(argv=None) -> int:
     parser.add_argument("--small-batch", type=int, default=32)
     parser.add_argument("--paper-batch", type=int, default=4)
     args = parser.parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))  # fmt: skip
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     print(f"device: {where}; torch {torch.__version__}; python {platform.python_version()}; bf16={args.bf16}")
     results = {}
@@ -131,8 +134,10 @@ def main(argv=None) -> int:
         results[preset] = measure(preset, batch, args.repeats, device, args.bf16)
     print(f"{'config':<8}{'batch':>6}{'guided pairs/s':>16}{'plain pairs/s':>15}{'guided/plain':>14}")
     for preset, r in results.items():
-        print(f"{preset:<8}{r['batch']:>6}{r['guided_pairs_per_s']:>16.1f}{r['plain_pairs_per_s']:>15.1f}"
-              f"{r['guided_over_plain']:>14.2f}")  # fmt: skip
+        print(
+            f"{preset:<8}{r['batch']:>6}{r['guided_pairs_per_s']:>16.1f}{r['plain_pairs_per_s']:>15.1f}"
+            f"{r['guided_over_plain']:>14.2f}"
+        )
     summary = {"device": where, "bf16": args.bf16}
     for preset, r in results.items():
         prefix = "" if preset == "small" else "paper_"

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 
 import torch
 
-from diffvqa.data.cache import prepare
+from diffvqa.data.cache_writer import prepare
 from diffvqa.data.dataset import PairQADataset
 from diffvqa.data.phantom import simulate
 from diffvqa.viewer.strips import StripWriter
@@ -57,8 +57,12 @@ def main() -> None:
     tic = time.perf_counter()
     for start in range(0, n, 32):
         rows = slice(start, start + 32)
-        result = SimpleNamespace(aligned_main=main_[rows], cam_main=cam[rows], cam_ref=cam[rows].flip(-1),
-                                 mask=torch.maximum(cam[rows], cam[rows].flip(-1)))  # fmt: skip
+        result = SimpleNamespace(
+            aligned_main=main_[rows],
+            cam_main=cam[rows],
+            cam_ref=cam[rows].flip(-1),
+            mask=torch.maximum(cam[rows], cam[rows].flip(-1)),
+        )
         writer(start, {"main": main_[rows], "ref": ref[rows], "truth": {"change_mask": change[rows]}}, result)
     writer.close()
     wall = time.perf_counter() - tic
@@ -67,15 +71,21 @@ def main() -> None:
     disk = sum(p.stat().st_blocks * 512 for p in files) / n
     worker = writer.worker_seconds / n
     result = {
-        "questions": n, "size": s, "panel": args.panel,
-        "bytes_per_strip": round(size), "disk_bytes_per_strip": round(disk),
-        "worker_ms_per_strip": round(1e3 * worker, 2), "wall_ms_per_strip": round(1e3 * wall / n, 2),
+        "questions": n,
+        "size": s,
+        "panel": args.panel,
+        "bytes_per_strip": round(size),
+        "disk_bytes_per_strip": round(disk),
+        "worker_ms_per_strip": round(1e3 * worker, 2),
+        "wall_ms_per_strip": round(1e3 * wall / n, 2),
         "projected_disk_mb_16389": round(REAL_TEST_QUESTIONS * disk / 1e6),
         "projected_worker_s_16389": round(REAL_TEST_QUESTIONS * worker),
         "within_300_mb": REAL_TEST_QUESTIONS * disk <= BUDGET_BYTES,
-    }  # fmt: skip
-    print(f"{n} strips at S={s}, {args.panel}-pixel panels: {size / 1e3:.1f} kB each ({disk / 1e3:.1f} kB on disk), "
-          f"worker {1e3 * worker:.2f} ms each")  # fmt: skip
+    }
+    print(
+        f"{n} strips at S={s}, {args.panel}-pixel panels: {size / 1e3:.1f} kB each ({disk / 1e3:.1f} kB on disk), "
+        f"worker {1e3 * worker:.2f} ms each"
+    )
     print(
         f"16,389 questions: {result['projected_disk_mb_16389']} MB on disk (budget 300 MB), "
         f"{result['projected_worker_s_16389']} s of worker time (overlapped with the model's answering)"

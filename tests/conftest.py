@@ -89,7 +89,7 @@ def gpt2_dir(tmp_path):
 @pytest.fixture(scope="session")
 def phantom_cache(tmp_path_factory):
     """A small phantom release prepared at S=64 (the tiny config's size), shared by the tests that train."""
-    from diffvqa.data.cache import prepare
+    from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
 
     root = tmp_path_factory.mktemp("phantom")

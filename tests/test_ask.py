@@ -50,8 +50,15 @@ def _write_png(path, h: int, w: int, seed: int):
 def _write_dicom(path, h: int, w: int, seed: int):
     """A 16-bit MONOCHROME2 DICOM carrying patient-identifying tags."""
     pixels = np.rint(_image(h, w, seed) * 65535).astype(np.uint16)
-    return write_dicom(path, pixels, PatientName="Doe^Jane", PatientID="PHI-9876543", PatientBirthDate="19700101",
-                       InstitutionName="St Elsewhere", AccessionNumber="ACC-55501")  # fmt: skip
+    return write_dicom(
+        path,
+        pixels,
+        PatientName="Doe^Jane",
+        PatientID="PHI-9876543",
+        PatientBirthDate="19700101",
+        InstitutionName="St Elsewhere",
+        AccessionNumber="ACC-55501",
+    )
 
 
 def _ask(checkpoint, main_path, ref_path, *extra: str, question: str = QUESTION) -> int:
@@ -91,8 +98,9 @@ def test_ask_png_writes_answers_and_pictures(checkpoint, tmp_path, capsys):
     loaded = [load_image(p, 64) for p in (main_path, ref_path)]
     images = [torch.from_numpy(image)[None, None] for image, _ in loaded]
     boxes = [torch.tensor([geometry.content_box()]) for _, geometry in loaded]
-    expected = two_pass_answer(model, *images, ids, torch.ones_like(ids), [QUESTION], lexicon_keyword,
-                               main_box=boxes[0], ref_box=boxes[1])  # fmt: skip
+    expected = two_pass_answer(
+        model, *images, ids, torch.ones_like(ids), [QUESTION], lexicon_keyword, main_box=boxes[0], ref_box=boxes[1]
+    )
     y0, x0, y1, x1 = loaded[0][1].content_box()
     assert x0 > 0 and x1 < 64  # the portrait main image is letterboxed left and right ...
     cam_main = expected.cam_main[0, 0]

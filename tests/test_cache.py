@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from PIL import Image
 from test_release import dicom_id, write_release
 
-from diffvqa.data import cache as cache_module
-from diffvqa.data.cache import merge_shards, prepare, prepare_main
-from diffvqa.data.image_cache import ImageCache
+from diffvqa.data import cache_writer as cache_module
+from diffvqa.data.cache_reader import ImageCache
+from diffvqa.data.cache_writer import merge_shards, prepare, prepare_main
 from diffvqa.data.images import load_image, to_uint8
 from diffvqa.data.release import image_relpath
 
@@ -256,7 +256,8 @@ def test_prepare_cli_prints_the_report(fixture, tmp_path, capsys):
 
 def test_phantom_release_end_to_end(tmp_path):
     """The phantom's ground-truth contract, read through prepare: theta_true aligns its pairs."""
-    phantom = pytest.importorskip("diffvqa.data.phantom")
+    from diffvqa.data import phantom
+
     phantom.simulate(tmp_path / "phantom", pairs=8, seed=0, size=(128, 112), progress=False)
     manifest = prepare(tmp_path / "phantom", tmp_path / "phantom", tmp_path / "cache", size=48, progress=False)
     assert manifest["truth"]["pairs_with_truth"] == manifest["num_pairs"] == 8

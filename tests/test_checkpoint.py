@@ -191,12 +191,15 @@ def test_both_sets_of_batchnorm_statistics_round_trip_with_the_format_version(ti
     tiny_model.eval()
     with torch.no_grad():
         for masked in (False, True):
-            assert torch.equal(tiny_model.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked),
-                               loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked))  # fmt: skip
+            assert torch.equal(
+                tiny_model.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked),
+                loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=masked),
+            )
 
 
-def test_a_format_1_checkpoint_loads_with_its_one_set_for_both_passes_and_says_so(tiny_model, tiny_batch,
-                                                                                   tmp_path, capsys):  # fmt: skip
+def test_a_format_1_checkpoint_loads_with_its_one_set_for_both_passes_and_says_so(
+    tiny_model, tiny_batch, tmp_path, capsys
+):
     """A checkpoint written before per-pass statistics (no masked_* buffers, no format in the metadata)."""
     tiny_model.train()
     tiny_model.encode(tiny_batch["main"], tiny_batch["ref"])  # the one set away from its initial values
@@ -213,8 +216,10 @@ def test_a_format_1_checkpoint_loads_with_its_one_set_for_both_passes_and_says_s
             masked_key = key.rsplit(".", 1)[0] + ".masked_" + key.rsplit(".", 1)[1]
             assert torch.equal(state[masked_key], old[key])
     with torch.no_grad():
-        assert torch.equal(loaded.encode(tiny_batch["main"], tiny_batch["ref"]),
-                           loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=True))  # fmt: skip
+        assert torch.equal(
+            loaded.encode(tiny_batch["main"], tiny_batch["ref"]),
+            loaded.encode(tiny_batch["main"], tiny_batch["ref"], masked=True),
+        )
 
 
 def test_a_checkpoint_from_a_newer_format_is_one_user_error(tiny_model, tmp_path):

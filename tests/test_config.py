@@ -27,7 +27,7 @@ def test_preset_values_differ():
     # ... the aligner learns through the answer loss only, and the CAM is the paper's Grad-CAM
     assert (paper.model.align_similarity, paper.saliency.cam_method) == (0.0, "gradcam")
     assert small.model.align_similarity > 0 and small.saliency.cam_method == "change_gated"  # the demo's departures
-    # the CPU demo's departures from it (README "What the demo shows")
+    # the CPU demo's departures from it (configs/small.yaml says why; docs/results.md)
     assert (small.saliency.start_step, small.saliency.mask_floor, small.model.prefix_pool) == (550, 0.8, 2)
 
 

@@ -9,7 +9,7 @@ import torch
 from test_cache import write_truth
 from test_release import write_release
 
-from diffvqa.data.cache import prepare
+from diffvqa.data.cache_writer import prepare
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 
 SIZE = 32

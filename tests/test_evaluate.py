@@ -85,9 +85,15 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
 
 def test_single_pass_and_question_type_filter(tiny_run, phantom_cache, tmp_path):
     metrics = evaluate(
-        tiny_run, phantom_cache, tmp_path, question_types=["difference"], single_pass=True, report=False,
-        progress=False, viewer=False,
-    )  # fmt: skip
+        tiny_run,
+        phantom_cache,
+        out=tmp_path,
+        question_types=["difference"],
+        single_pass=True,
+        report=False,
+        progress=False,
+        viewer=False,
+    )
     assert not (tmp_path / "viewer").exists()
     assert metrics["run"]["mode"] == "single-pass" and "pointing_game" not in metrics
     assert metrics["all"]["n"] == metrics["difference"]["n"] == metrics["run"]["questions"]
@@ -145,7 +151,7 @@ def test_inference_time_saliency_overrides(tiny_run, phantom_cache, tmp_path, ca
 
 @pytest.mark.slow
 def test_batchnorm_passes_benchmark_runs(tiny_run, phantom_cache):
-    """benchmarks/batchnorm_passes.py (the README's BatchNorm measurement) at toy size: three scored settings."""
+    """benchmarks/batchnorm_passes.py (per-pass BatchNorm statistics measured) at toy size: three scored settings."""
     import subprocess
     import sys
     from pathlib import Path

@@ -64,9 +64,16 @@ def _captum_maps(model, batch, keyword_mask):
 ENCODERS = {  # preset -> (S, overrides keeping the preset's stride geometry at a small width)
     "tiny": (64, {}),
     "small": (128, {}),
-    "paper": (224, {"encoder_hidden_sizes": [16, 32, 64, 128], "encoder_depths": [1, 1, 1, 1],
-                    "encoder_embedding_size": 16, "encoder_channels": 1}),
-}  # fmt: skip
+    "paper": (
+        224,
+        {
+            "encoder_hidden_sizes": [16, 32, 64, 128],
+            "encoder_depths": [1, 1, 1, 1],
+            "encoder_embedding_size": 16,
+            "encoder_channels": 1,
+        },
+    ),
+}
 
 
 @pytest.mark.parametrize("preset", sorted(ENCODERS))
@@ -226,8 +233,9 @@ def test_change_gated_cams_vanish_where_the_pair_does_not_differ():
     # gating afterwards (the keyword-conditioning measurement's gated map) gives the same maps
     for mode in ("image", "pair"):
         plain = cams_from_score(features, score, 64, retain_graph=True, normalize=mode)
-        gated = cams_from_score(features, score, 64, method="change_gated", gate=gate, retain_graph=True,
-                                normalize=mode)  # fmt: skip
+        gated = cams_from_score(
+            features, score, 64, method="change_gated", gate=gate, retain_graph=True, normalize=mode
+        )
         for got, want in zip(gate_cams(*plain, gate, mode), gated, strict=True):
             assert (got - want).abs().max() < 1e-5
 
@@ -262,7 +270,7 @@ def test_the_logit_target_scores_the_keyword_alone():
 @pytest.mark.parametrize("normalize, target", [("pair", "log_prob"), ("image", "logit"), ("pair", "logit")])
 def test_cam_options_agree_between_the_kept_prompt_and_the_teacher_forced_pass(
     tiny_model, tokenizer, tiny_batch, normalize, target
-):  # fmt: skip
+):
     """saliency.cam_normalize / cam_target reach both CAM paths (training's and inference's) alike, and change
     the maps."""
     model, b = train_briefly(tiny_model, tiny_batch), tiny_batch
@@ -272,13 +280,15 @@ def test_cam_options_agree_between_the_kept_prompt_and_the_teacher_forced_pass(
     with torch.no_grad():
         features = model.encode(b["main"], b["ref"])
         default = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers)
-        expected = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers,
-                                   normalize=normalize, target=target)  # fmt: skip
+        expected = keyword_gradcam(
+            model, features, b["question_ids"], b["question_mask"], *answers, normalize=normalize, target=target
+        )
         with torch.enable_grad():
             leaf = features.detach().requires_grad_(True)
             prefix = model.prefix(leaf)
-        kept = model.decoder.generate(*prefix, b["question_ids"], b["question_mask"], max_new_tokens=6,
-                                      keep_prompt=True)  # fmt: skip
+        kept = model.decoder.generate(
+            *prefix, b["question_ids"], b["question_mask"], max_new_tokens=6, keep_prompt=True
+        )
         cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers, normalize=normalize, target=target)
     for got, want in zip(cams, expected, strict=True):
         assert (got - want).abs().max() <= 1e-5

@@ -189,7 +189,7 @@ def test_guided_objective_overfits_a_fixed_batch(tiny_model, tiny_batch):
 def test_ddp_two_processes_keep_parameters_identical(tmp_path):
     """torchrun --nproc_per_node=2 (gloo, CPU): 3 steps of the guided objective under DDP without
     find_unused_parameters; the ranks see different data and must end with identical parameters."""
-    worker = Path(__file__).with_name("ddp_guided_worker.py")
+    worker = Path(__file__).parent / "support" / "ddp_guided_worker.py"
     run_torchrun([worker, tmp_path])
     report = (tmp_path / "ddp_report.txt").read_text().split()
     assert report[0] == "identical" and float(report[1]) == 0.0 and int(report[2]) == 3

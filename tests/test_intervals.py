@@ -1,9 +1,9 @@
-"""Bootstrap intervals (diffvqa.intervals): coverage on data with a known mean, pairing, clustering, seeds."""
+"""Bootstrap intervals (diffvqa.metrics.intervals): coverage on data with a known mean, pairing, clustering, seeds."""
 
 import numpy as np
 import pytest
 
-from diffvqa.intervals import clustered_interval, paired_interval, seeds_and_questions_interval
+from diffvqa.metrics.intervals import clustered_interval, paired_interval, seeds_and_questions_interval
 
 
 def test_paired_interval_covers_the_true_difference_at_about_its_level():

@@ -1,4 +1,4 @@
-"""Keywords: the lexicon on every DATA.md template, the LLM backend against a fake loopback server, the CLI."""
+"""Keywords: the lexicon on every template of docs/data.md, the LLM backend against a fake loopback server, the CLI."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_llm_server import FakeLLM
+from support.fake_llm_server import FakeLLM
 
-from diffvqa.saliency import keywords as kw
-from diffvqa.saliency.keywords import LLMKeywords, keywords_main, make_keyword_fn, parse_reply, precompute_keywords
+from diffvqa.saliency import llm
+from diffvqa.saliency.keywords import keywords_main, make_keyword_fn, precompute_keywords
 from diffvqa.saliency.lexicon import FINDINGS, SYNONYMS, keyword_spans, lexicon_keyword, normalise_keyword
+from diffvqa.saliency.llm import LLMKeywords, parse_reply
 
-# DATA.md's list, typed again here so that FINDINGS is checked against the document, not against itself.
+# The list of docs/data.md, typed again here so that FINDINGS is checked against the document, not against itself.
 DATA_MD_FINDINGS = (
     "pleural effusion, atelectasis, cardiomegaly, enlargement of the cardiac silhouette, edema, hernia, "
     "vascular congestion, hilar congestion, pneumothorax, heart failure, lung opacity, pneumonia, tortuosity of "
@@ -223,7 +224,7 @@ def test_parse_reply(content, expected):
      json.dumps({"choices": [{"message": {"content": "the answer is: 1) effusion"}}]}).encode()],
 )  # fmt: skip
 def test_parse_reply_rejects(body):
-    with pytest.raises(kw.BadReply):
+    with pytest.raises(llm.BadReply):
         parse_reply(body)
 
 

@@ -1,12 +1,12 @@
-"""The mechanism tally's keyword conditioning (diffvqa.mechanisms): which maps it scores, which pairs, the
+"""The mechanism tally's keyword conditioning (diffvqa.metrics.mechanisms): which maps it scores, which pairs, the
 interval — on a hand-built batch whose per-keyword CAMs are known."""
 
 import pytest
 import torch
 
-import diffvqa.mechanisms as mechanisms
+import diffvqa.metrics.mechanisms as mechanisms
 from diffvqa.data.dataset import pad_token_ids
-from diffvqa.mechanisms import MechanismTally
+from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.saliency.guided import two_pass_answer
 from diffvqa.saliency.lexicon import lexicon_keyword
 
@@ -82,8 +82,11 @@ def test_a_map_that_ignores_the_keyword_scores_one_half(tiny_model, monkeypatch)
     result = two_pass_answer(tiny_model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
                              batch["question"], lexicon_keyword)  # fmt: skip
     same = (far[0] * 0.8 + far[1] * 0.3)[None, None]
-    monkeypatch.setattr(mechanisms, "keyword_gradcam", lambda model, features, *a, **k: (
-        same.expand(features.shape[0] // 2, -1, -1, -1),) * 2)  # fmt: skip
+    monkeypatch.setattr(
+        mechanisms,
+        "keyword_gradcam",
+        lambda model, features, *a, **k: (same.expand(features.shape[0] // 2, -1, -1, -1),) * 2,
+    )
     tally = MechanismTally(tiny_model, keyword_conditioning=True)
     tally.add(batch, result)
     assert tally.summary()["keyword_conditioning"]["score"] == 0.5

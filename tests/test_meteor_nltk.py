@@ -6,9 +6,8 @@ R = m/|ref|, Fmean = P R / (0.9 P + 0.1 R), penalty = 0.5 (chunks/m)^3, score = 
 
 import pytest
 
-from diffvqa import meteor_nltk
-from diffvqa.meteor_nltk import _NoSynonyms, meteor_nltk_implementation, meteor_nltk_sentences
-from diffvqa.metrics import evaluate_answers
+from diffvqa.metrics import evaluate_answers, meteor_nltk
+from diffvqa.metrics.meteor_nltk import _NoSynonyms, meteor_nltk_implementation, meteor_nltk_sentences
 
 # (prediction, reference, hand-computed score)
 PAIRS = [

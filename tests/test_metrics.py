@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from diffvqa import metrics
 from diffvqa.metrics import (
     METRIC_KEYS,
     caption_scores,
+    coco,
     evaluate_answers,
     exact_match_accuracy,
     fallback_tokenize,
@@ -24,9 +24,27 @@ from diffvqa.metrics import (
     sanitize_caption,
 )
 
-needs_java = pytest.mark.skipif(java_version() is None, reason="Java is not installed (CI has Java 17)")
+IN_CI = os.environ.get("CI") == "true"  # .ci/run sets it: there a missing Java fails the tests that need it
 
-# Medical-Diff-VQA difference answers (DATA.md grammar: level changes, additions, removals, each ending ". ").
+
+def require_java() -> None:
+    """Skip where Java is not installed -- but fail in CI, which must run every comparison with pycocoevalcap."""
+    if java_version() is None:
+        message = "Java is not installed (CI has Java 17)"
+        if IN_CI:
+            pytest.fail(f"{message}; CI=true, so the tests that need Java fail instead of skipping")
+        pytest.skip(message)
+
+
+@pytest.fixture
+def java() -> None:
+    require_java()
+
+
+needs_java = pytest.mark.usefixtures("java")
+
+# Medical-Diff-VQA difference answers (the grammar of docs/data.md: level changes, additions, removals, each
+# ending ". ").
 # Rows 3 and 11 carry a second reference; row 9's prediction is empty; several predictions are wrong.
 DIFF = [
     (
@@ -181,8 +199,7 @@ def assert_scores_equal(ours, expected, keys=METRIC_KEYS, tol=1e-12):
 
 @pytest.fixture(scope="module")
 def raw_meteor():
-    if java_version() is None:
-        pytest.skip("Java is not installed")
+    require_java()
     from pycocoevalcap.meteor.meteor import Meteor
 
     return Meteor()
@@ -380,7 +397,7 @@ def test_fallback_tokenizer_matches_ptb():
 
 @needs_java
 def test_ptb_tokenize_writes_nothing_into_site_packages():
-    folder = metrics._pycocoevalcap_dir() / "tokenizer"
+    folder = coco._pycocoevalcap_dir() / "tokenizer"
     before = sorted(os.listdir(folder))
     assert ptb_tokenize(["Nothing has changed.", ""]) == ["nothing has changed", ""]
     assert sorted(os.listdir(folder)) == before
@@ -394,7 +411,7 @@ def hanging_meteor(pid_file):
 @needs_java
 def test_meteor_timeout_kills_a_hung_process(monkeypatch, tmp_path):
     pid_file = tmp_path / "pid"
-    monkeypatch.setattr(metrics, "_meteor_command", hanging_meteor(pid_file))
+    monkeypatch.setattr(coco, "_meteor_command", hanging_meteor(pid_file))
     start = time.monotonic()
     ours = caption_scores(TINY_PREDS, TINY_REFS, meteor_timeout=1.0)
     assert time.monotonic() - start < 20
@@ -417,7 +434,7 @@ def test_meteor_timeout_real_jar():
 @needs_java
 def test_meteor_crash_is_reported(monkeypatch):
     code = "import sys; sys.stderr.write('boom: out of memory'); sys.exit(3)"
-    monkeypatch.setattr(metrics, "_meteor_command", lambda java: [sys.executable, "-c", code])
+    monkeypatch.setattr(coco, "_meteor_command", lambda java: [sys.executable, "-c", code])
     ours = caption_scores(TINY_PREDS, TINY_REFS)
     assert ours["METEOR"] is None and "boom: out of memory" in ours["unavailable"]["METEOR"]
     assert ours["CIDEr"] == pytest.approx(TINY_GOLDEN["CIDEr"], abs=1e-12)
@@ -464,3 +481,13 @@ def test_bad_arguments_raise():
 def test_import_does_not_import_pycocoevalcap():
     code = "import diffvqa.metrics, sys; assert 'pycocoevalcap' not in sys.modules; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_missing_java_fails_the_java_tests_in_ci(no_java, monkeypatch):
+    """Locally a machine without Java skips the tests that need it; CI (CI=true) fails them instead."""
+    monkeypatch.setattr(sys.modules[__name__], "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        require_java()
+    monkeypatch.setattr(sys.modules[__name__], "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="Java is not installed"):
+        require_java()

@@ -102,8 +102,9 @@ def test_aligner_learns_a_shift():
 def _generate(model, batch, use_cache):
     model.eval()
     features = model.encode(batch["main"], batch["ref"])
-    return model.generate_from_features(features, batch["question_ids"], batch["question_mask"], use_cache=use_cache,
-                                        keep_scores=True)  # fmt: skip
+    return model.generate_from_features(
+        features, batch["question_ids"], batch["question_mask"], use_cache=use_cache, keep_scores=True
+    )
 
 
 def test_cached_and_uncached_generation_agree_on_a_padded_batch(tiny_model, tiny_batch):
@@ -285,9 +286,7 @@ def test_the_statistics_trade_back_when_the_masked_pass_fails(tiny_model, tiny_b
     assert all(torch.equal(masked[k], v) for k, v in _statistics(model, MASKED_PREFIX).items())
 
 
-def test_a_guided_step_and_two_pass_inference_use_the_masked_statistics_for_the_masked_pass(
-    tiny_model, tiny_batch
-):  # fmt: skip
+def test_a_guided_step_and_two_pass_inference_use_the_masked_statistics_for_the_masked_pass(tiny_model, tiny_batch):
     """Through the saliency loop: a training step moves both sets (pass A the unmasked, pass B the masked) apart;
         in two-pass inference, changing only the masked set changes the masked pass's features and leaves pass 1 (its
     answers, features and the mask) as it was."""
@@ -301,8 +300,9 @@ def test_a_guided_step_and_two_pass_inference_use_the_masked_statistics_for_the_
     model.config.saliency.mask_floor = 0.0  # a strong mask: the masked pass sees very different intensities
     keywords = [lexicon_keyword(a, q) for a, q in zip(b["answer"], b["question"], strict=True)]
     keyword_mask = keyword_token_mask(model.tokenizer, b["answer"], keywords, b["answer_ids"])
-    SaliencyGuidedVQA(model)(b["main"], b["ref"], b["question_ids"], b["question_mask"], b["answer_ids"],
-                             b["answer_mask"], keyword_mask)  # fmt: skip
+    SaliencyGuidedVQA(model)(
+        b["main"], b["ref"], b["question_ids"], b["question_mask"], b["answer_ids"], b["answer_mask"], keyword_mask
+    )
     plain, masked = _statistics(model), _statistics(model, MASKED_PREFIX)
     assert sum(not torch.allclose(plain[k].float(), masked[k].float()) for k in plain if "running" in k) > 0
 

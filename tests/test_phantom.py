@@ -1,6 +1,6 @@
-"""The phantom writes the real release format (DATA.md) and ground truth that is exact.
+"""The phantom writes the real release format (docs/data.md) and ground truth that is exact.
 
-The QA checks use regexes written from DATA.md's template list and vocabularies, not from the phantom's code.
+The QA checks use regexes written from the template list of docs/data.md and vocabularies, not from the phantom's code.
 """
 
 import csv
@@ -15,7 +15,7 @@ from PIL import Image
 
 from diffvqa.data.phantom import contact_sheet, contact_sheet_main, simulate, simulate_main
 
-# ---- DATA.md, verbatim ---------------------------------------------------------------------------------
+# ---- docs/data.md, verbatim ----------------------------------------------------------------------------
 NAMES = [
     "pleural effusion", "atelectasis", "cardiomegaly", "enlargement of the cardiac silhouette", "edema", "hernia",
     "vascular congestion", "hilar congestion", "pneumothorax", "heart failure", "lung opacity", "pneumonia",
@@ -323,9 +323,11 @@ def _bilinear(image: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
     fx, fy = x - x0, y - y0
     return (
-        image[y0, x0] * (1 - fx) * (1 - fy) + image[y0, x0 + 1] * fx * (1 - fy)
-        + image[y0 + 1, x0] * (1 - fx) * fy + image[y0 + 1, x0 + 1] * fx * fy
-    )  # fmt: skip
+        image[y0, x0] * (1 - fx) * (1 - fy)
+        + image[y0, x0 + 1] * fx * (1 - fy)
+        + image[y0 + 1, x0] * (1 - fx) * fy
+        + image[y0 + 1, x0 + 1] * fx * fy
+    )
 
 
 def test_affine_registers_the_images_themselves(release, tables):

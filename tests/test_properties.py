@@ -9,16 +9,13 @@ import dataclasses
 import string
 from pathlib import Path
 
-import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from diffvqa.config import Config, apply_overrides, check_together, load_config, rule_of  # noqa: E402
-from diffvqa.data.release import QUESTION_COLUMNS, SKIP_REASONS, read_release  # noqa: E402
-from diffvqa.errors import UserError  # noqa: E402
+from diffvqa.config import Config, apply_overrides, check_together, load_config, rule_of
+from diffvqa.data.release import QUESTION_COLUMNS, SKIP_REASONS, read_release
+from diffvqa.errors import UserError
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 KEYS = [f"{g.name}.{f.name}" for g in dataclasses.fields(Config) for f in dataclasses.fields(g.default_factory)]
@@ -34,9 +31,10 @@ yaml_scalars = st.one_of(
 override_texts = st.one_of(
     st.text(max_size=40),
     st.builds(lambda key, value: f"{key}={value}", st.sampled_from(KEYS), yaml_scalars),
-    st.builds(lambda key, value: f"{key}={value}", st.text(alphabet=string.ascii_lowercase + "._", max_size=20),
-              yaml_scalars),
-)  # fmt: skip
+    st.builds(
+        lambda key, value: f"{key}={value}", st.text(alphabet=string.ascii_lowercase + "._", max_size=20), yaml_scalars
+    ),
+)
 
 
 def assert_whole_and_valid(config: Config) -> None:
@@ -65,10 +63,11 @@ def test_overrides_never_raise_anything_else_nor_apply_partly(texts):
 # YAML documents: free text, and mappings of groups -> keys -> values (valid and invalid), dumped as YAML.
 yaml_values = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(10**9), 10**9), st.floats(), st.text(max_size=10)),
-    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children,
-                                                                               max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 group_documents = st.dictionaries(
     st.sampled_from(["data", "model", "saliency", "train", "preset", "other"]),
     st.one_of(st.dictionaries(st.sampled_from([k.split(".")[1] for k in KEYS] + ["nope"]), yaml_values, max_size=4),

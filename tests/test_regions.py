@@ -11,12 +11,13 @@ import pytest
 import torch
 from test_phantom import NAME
 
-from diffvqa.data.cache import prepare
 from diffvqa.data.cache_truth import CacheTruth
+from diffvqa.data.cache_writer import prepare
 from diffvqa.data.dataset import Collate, PairQADataset
+from diffvqa.data.ground_truth import read_ground_truth
 from diffvqa.data.phantom import simulate
 from diffvqa.data.regions import question_regions, question_side
-from diffvqa.data.release import read_ground_truth
+from diffvqa.errors import UserError
 
 SIZE = 48
 
@@ -55,7 +56,7 @@ def test_reader_checks_changes_csv_and_old_releases_have_none(phantom, tmp_path)
         (good[1], r"changes.csv: row 2: a second row for"),
     ):
         (directory / "changes.csv").write_text("\n".join([*good[:3], bad, *good[4:]]) + "\n")
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(UserError, match=message):  # a user error (one line, exit 2), like its siblings
             read_ground_truth(tmp_path)
     (directory / "changes.csv").write_text("study_id,ref_id,name,mask_file\n")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['side'\]"):

@@ -1,4 +1,4 @@
-"""The release reader on a fixture written in the exact release format (DATA.md)."""
+"""The release reader on a fixture written in the exact release format (docs/data.md)."""
 
 from __future__ import annotations
 
@@ -190,7 +190,7 @@ VERBATIM_ANSWER = (
 
 
 def write_verbatim_pair(root: Path, question_rows: str) -> tuple[Path, Path]:
-    """DATA.md's verbatim v1.0.1 rows of subject 18936629, with study 55088298 dated *before* 54989200 (so the
+    """The verbatim v1.0.1 rows of docs/data.md of subject 18936629, with study 55088298 dated *before* 54989200 (so the
     single-image rows' main is the earlier study, as after the v1.0.1 swap). -> (release, images)."""
     release, images = root / "release", root / "images"
     release.mkdir(parents=True)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from diffvqa.report import write_report
-from diffvqa.visualize import (
+from diffvqa.report.drawing import (
     CONTOUR_COLOR,
     apply_colormap,
     heat_overlay,
@@ -97,7 +97,8 @@ def _sources(page: str) -> list[str]:
 def test_report_references_existing_pictures_and_escapes_text(tmp_path):
     metrics = _metrics(1.0, comparable=True)
     metrics["pointing_game"] = 0.625
-    metrics["registration_error_ratio"] = {"mean": 0.41, "n": 50}
+    metrics["registration_error_ratio"] = 0.41
+    metrics["registration_error_px"] = {"after": 2.05, "before": 5.0, "pairs": 50, "identity_ratio": 1.0}
     path = write_report(tmp_path / "rep", metrics, _examples(), baseline_metrics=_metrics(0.5, comparable=True))
     assert path == tmp_path / "rep" / "report.html"
     page = path.read_text(encoding="utf-8")
@@ -115,7 +116,7 @@ def test_report_references_existing_pictures_and_escapes_text(tmp_path):
     # the values, the baseline and the difference
     for text in ("0.600", "0.300", "+0.300", "1.500", "0.750", "+0.750", "0.800", "0.400", "+0.400", "0.625"):
         assert text in page, text
-    assert "registration_error_ratio · mean" in page and "0.410" in page
+    assert "registration error ratio" in page and "0.410" in page and ">50<" in page
     assert "pycocoevalcap 1.2" in page and "PTB tokenizer" in page and "Not comparable" not in page
     assert "Blind baseline" in page and "single pass" in page
 
@@ -164,7 +165,7 @@ def test_stale_pictures_are_removed(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# visualize
+# drawing
 
 
 def test_colormap_is_dark_to_bright():
@@ -218,9 +219,10 @@ def test_report_shows_the_pointing_game_beside_its_reference_levels(tmp_path):
     }
     metrics["keyword_conditioning"] = {"score": 0.5833, "pairs": 24, "questions": 11, "chance": 0.5}
     page = write_report(tmp_path / "rep", metrics, []).read_text(encoding="utf-8")
-    for text in ("0.438", "pointing_game_reference · chance", "0.051", "pointing_game_reference · prior", "0.386",
-                 "pointing_game_reference · ceiling", "0.812", "keyword_conditioning · score", "0.583"):  # fmt: skip
+    for text in ("0.438", "chance: a random pixel", "0.051", "fixed-point prior: the best single pixel", "0.386",
+                 "ceiling of the 8x8 saliency grid", "0.812", "the keyword&#x27;s own Grad-CAM", "0.583"):  # fmt: skip
         assert text in page, text
+    assert "pointing_game_reference" not in page and "keyword_conditioning" not in page  # words, not key names
     assert "Pointing game per finding" in page and "pleural effusion" in page and "0.440" in page
     assert "fixed-point prior" in page  # the note that says what the reference levels are
     assert "Pointing game per finding" not in write_report(tmp_path / "r2", _metrics(1.0, True), []).read_text()
@@ -229,8 +231,11 @@ def test_report_shows_the_pointing_game_beside_its_reference_levels(tmp_path):
 def test_report_shows_both_meteors_and_which_papers_use_which(tmp_path):
     metrics = _metrics(1.0, comparable=True)
     metrics["difference"]["METEOR_nltk"] = 0.6034
-    metrics["implementation"]["METEOR_nltk"] = {"nltk": "3.10.4", "matching": "exact+stem (WordNet data not installed)",
-                                                "tokens": "lower-cased, whitespace-separated"}  # fmt: skip
+    metrics["implementation"]["METEOR_nltk"] = {
+        "nltk": "3.10.4",
+        "matching": "exact+stem (WordNet data not installed)",
+        "tokens": "lower-cased, whitespace-separated",
+    }
     page = write_report(tmp_path, metrics, []).read_text(encoding="utf-8")
     row = page.index(">METEOR_nltk<")
     assert page.index(">METEOR<") < row < page.index(">ROUGE-L<")  # right under the jar's METEOR
@@ -246,3 +251,81 @@ def test_report_links_the_viewer_when_there_is_one(tmp_path):
     (tmp_path / "viewer").mkdir()
     (tmp_path / "viewer" / "index.html").write_text("<!DOCTYPE html>")
     assert 'href="viewer/index.html"' in write_report(tmp_path, _metrics(1.0, True), []).read_text(encoding="utf-8")
+
+
+def _difference_only(scale: float, preliminary: bool) -> dict:
+    """A two-pass evaluation of difference questions only, as the demo's (JSON numbers: counts may be floats)."""
+    scores = _metrics(scale, comparable=True)["difference"] | {"METEOR_nltk": 0.5 * scale, "n": 192}
+    metrics = {
+        "difference": dict(scores),
+        "all": dict(scores),
+        "per_type": {"difference": dict(scores)},
+        "accuracy_closed": None,
+        "accuracy_open": None,
+        "n_closed": 0,
+        "n_open": 0,
+        "accuracy_per_type": {},
+        "implementation": _metrics(scale, comparable=True)["implementation"],
+        "run": {"split": "test", "mode": "two-pass"},
+    }
+    if preliminary:
+        metrics["preliminary"] = {**scores, "CIDEr": 2.144}
+        metrics["final_vs_preliminary"] = {
+            "CIDEr_final": 1.5,
+            "CIDEr_preliminary": 2.144,
+            "CIDEr_difference": {"estimate": -0.644, "low": -0.9, "high": -0.4, "level": 0.95, "n": 192},
+            "answers_changed": 57,
+            "right_only_in_final": 3,
+            "right_only_in_preliminary": 11,
+            "n": 192,
+        }
+        metrics |= {
+            "pointing_game": 0.503,
+            "pointing_game_n": 153.0,
+            "pointing_game_reference": {"chance": 0.052, "prior": 0.366, "ceiling": 0.889, "difference_map": 0.719,
+                                        "grid": "8x8"},
+            "keyword_conditioning": {"score": 0.555, "ci95": [0.512, 0.598], "pairs": 200.0, "questions": 63,
+                                     "min_gap_px": 16, "chance": 0.5,
+                                     "gated": {"score": 0.53, "ci95": [0.49, 0.57], "pairs": 200, "questions": 63}},
+            "registration_error_ratio": 0.244,
+            "registration_error_px": {"after": 1.07, "before": 4.38, "pairs": 192.0, "identity_ratio": 1.0},
+            "empty_mask_fallbacks": {"masks": 192, "fell_back_to_all_ones": 0},
+        }  # fmt: skip
+    return metrics
+
+
+def _row_of(page: str, label: str) -> str:
+    start = page.index(label)
+    return page[start : page.index("</tr>", start)]
+
+
+def test_report_puts_final_beside_preliminary_beside_blind_and_leaves_empty_blocks_out(tmp_path):
+    blind = _difference_only(0.5, preliminary=False)
+    blind["registration_error_ratio"] = 1.0
+    blind["registration_error_px"] = {"after": 4.38, "before": 4.38, "pairs": 192, "identity_ratio": 1.0}
+    page = write_report(tmp_path, _difference_only(1.0, preliminary=True), [], baseline_metrics=blind).read_text()
+    head = page[page.index("<thead>") : page.index("</thead>")]
+    assert head.index("Final answers") < head.index("Preliminary (pass 1)") < head.index("Blind baseline")
+    cider = _row_of(page, ">CIDEr<")
+    assert cider.index("1.500") < cider.index("2.144") < cider.index("0.750") and "+0.750" in cider
+    # only difference questions: no "All question types" block repeating it, no per-type table, no exact match
+    assert "All question types" not in page and "Per question type" not in page and "Exact-match" not in page
+    assert "Final vs preliminary answers" in page and "-0.644 [-0.900, -0.400]" in page
+    assert "answers <b>worse</b>" in page
+    # counts are integers, scores with their interval, reference levels and counts carry no difference
+    assert ">153<" in page and ">200<" in page and ">192<" in page and "153.000" not in page and ".000</td>" in page
+    assert "200.000" not in page and "192.000" not in page
+    assert "0.555 [0.512, 0.598]" in page and "0.530 [0.490, 0.570]" in page
+    for label in ("error before alignment", ">pairs<", "identity: no aligner", "chance: a random pixel"):
+        assert _row_of(page, label).endswith("<td></td>"), label  # no Δ
+    assert "+" not in _row_of(page, "error before alignment")
+    assert "-0.756" in _row_of(page, "registration error ratio") and "0 of 192" in page
+    assert "docs/metrics.md" in page
+
+
+def test_report_of_a_single_pass_evaluation_has_no_preliminary_column(tmp_path):
+    metrics = _difference_only(1.0, preliminary=False)
+    metrics["run"]["mode"] = "single-pass"
+    page = write_report(tmp_path, metrics, []).read_text()
+    assert "Preliminary" not in page and "Blind baseline" not in page and "Mechanisms" not in page
+    assert "192 difference questions · test split · single-pass" in page

@@ -49,8 +49,12 @@ def test_study_rejects_unknown_variants_and_bad_counts(phantom_cache, tmp_path, 
 
 
 def test_summary_mean_and_sd_over_seeds():
-    results = {"full": {0: {"difference": {"CIDEr": 1.0}, "pointing_game": 0.2},
-                        1: {"difference": {"CIDEr": 2.0}, "pointing_game": 0.4}}}  # fmt: skip
+    results = {
+        "full": {
+            0: {"difference": {"CIDEr": 1.0}, "pointing_game": 0.2},
+            1: {"difference": {"CIDEr": 2.0}, "pointing_game": 0.4},
+        }
+    }
     summary = summarise(results)
     assert summary["full"]["CIDEr"]["mean"] == pytest.approx(1.5)
     assert summary["full"]["CIDEr"]["sd"] == pytest.approx(0.7071, abs=1e-4)  # sample sd

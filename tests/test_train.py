@@ -48,8 +48,10 @@ def test_resume_is_exact(phantom_cache, tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], halfway[k]) for k in a)  # steps 3-4 really trained
-    steps = [[json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-             for run in (straight, resumed)]  # fmt: skip
+    steps = [
+        [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for run in (straight, resumed)
+    ]
     assert steps[1] == steps[0]  # each step logged once, in order, as in the uninterrupted run
     assert not list((resumed / "checkpoints").glob(".tmp-step-*"))
 
@@ -102,9 +104,11 @@ def test_batch_keywords_from_truth_or_the_answer():
     from diffvqa.saliency.lexicon import lexicon_keyword
     from diffvqa.train import batch_keywords
 
-    batch = {"answer": ["the main image has an additional finding of edema than the reference image. "],
-             "question": ["what has changed compared to the reference image?"],
-             "truth": {"keyword": ["pleural effusion"]}}  # fmt: skip
+    batch = {
+        "answer": ["the main image has an additional finding of edema than the reference image. "],
+        "question": ["what has changed compared to the reference image?"],
+        "truth": {"keyword": ["pleural effusion"]},
+    }
     assert batch_keywords(batch, "truth", lexicon_keyword) == ["pleural effusion"]
     assert batch_keywords(batch, "lexicon", lexicon_keyword) == ["edema"]
     with pytest.raises(ValueError, match="ground-truth keywords"):

@@ -120,8 +120,16 @@ def test_levers_leave_training_unchanged_on_cpu(phantom_cache, tmp_path, capsys)
     init = _run(phantom_cache, tmp_path / "init", "train.steps=3", "train.lr=1e-30", "train.eval_every=100")
     plain = _run(phantom_cache, tmp_path / "plain", *common)
     capsys.readouterr()
-    levers = _run(phantom_cache, tmp_path / "levers", *common, "train.channels_last=true", "train.fused_adamw=true",
-                  "train.tf32=true", "train.cudnn_benchmark=true", "data.pin_memory=true")  # fmt: skip
+    levers = _run(
+        phantom_cache,
+        tmp_path / "levers",
+        *common,
+        "train.channels_last=true",
+        "train.fused_adamw=true",
+        "train.tf32=true",
+        "train.cudnn_benchmark=true",
+        "data.pin_memory=true",
+    )
     err = capsys.readouterr().err
     for key in ("train.tf32", "train.cudnn_benchmark", "data.pin_memory"):
         assert err.count(f"note: {key}=true has no effect on cpu") == 1, err

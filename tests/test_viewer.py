@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from diffvqa.cli import main as cli_main
+from diffvqa.report.drawing import CONTOUR_COLOR
 from diffvqa.viewer.build import build_data, pointing_score, write_viewer
 from diffvqa.viewer.strips import PANELS, StripWriter, render_strips, strip_path
-from diffvqa.visualize import CONTOUR_COLOR
 
 
 def _write(eval_dir, records, metrics=None):
@@ -24,9 +24,19 @@ def _write(eval_dir, records, metrics=None):
 
 
 def _record(i, final, **extra):
-    return {"question_index": i, "study_id": 100 + i, "ref_id": 200 + i, "subject_id": 1, "question_type": "difference",
-            "question": f"what has changed? ({i})", "answer": "nothing has changed.", "preliminary": final,
-            "keyword": "", "final": final, **extra}  # fmt: skip
+    return {
+        "question_index": i,
+        "study_id": 100 + i,
+        "ref_id": 200 + i,
+        "subject_id": 1,
+        "question_type": "difference",
+        "question": f"what has changed? ({i})",
+        "answer": "nothing has changed.",
+        "preliminary": final,
+        "keyword": "",
+        "final": final,
+        **extra,
+    }
 
 
 def _load(index):
@@ -36,8 +46,11 @@ def _load(index):
 
 
 def test_compare_matches_questions_and_flags_disagreements(tmp_path):
-    a = _write(tmp_path / "model", [_record(0, "Nothing has changed. "), _record(1, "edema"), _record(2, "x")],
-               {"run": {"split": "test", "mode": "two-pass"}, "difference": {"METEOR": 0.3}})  # fmt: skip
+    a = _write(
+        tmp_path / "model",
+        [_record(0, "Nothing has changed. "), _record(1, "edema"), _record(2, "x")],
+        {"run": {"split": "test", "mode": "two-pass"}, "difference": {"METEOR": 0.3}},
+    )
     # the blind run lists the questions in another order and lacks question 2
     b = _write(tmp_path / "blind", [_record(1, "edema."), _record(0, "effusion")])
     data = _load(write_viewer(a, b))
@@ -101,7 +114,10 @@ def test_strips_two_pass_and_single_pass(tmp_path):
     writer.close()  # the strips are written by a worker thread
     assert strip_path(999) == "img/000/000999.jpg" and strip_path(1000) == "img/001/001000.jpg"
     assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*.jpg"))] == [
-        strip_path(998), strip_path(999), strip_path(1000)]  # fmt: skip
+        strip_path(998),
+        strip_path(999),
+        strip_path(1000),
+    ]
     assert writer.count == 3 and writer.seconds > 0
     StripWriter(tmp_path).close()  # a new evaluation here starts without the old strips
     assert not list(tmp_path.rglob("*.jpg"))
@@ -122,7 +138,7 @@ def test_a_failing_strip_worker_fails_the_evaluation(tmp_path):
 
 
 def test_viewer_benchmark_runs():
-    """benchmarks/viewer.py (the README's budget numbers), on a small configuration."""
+    """benchmarks/viewer.py (the budgets in docs/benchmarks.md), on a small configuration."""
     script = Path(__file__).parents[1] / "benchmarks" / "viewer.py"
     out = subprocess.run([sys.executable, str(script), "--pairs", "6", "--size", "64", "--questions", "16"],
                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip

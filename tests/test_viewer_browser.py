@@ -1,4 +1,4 @@
-"""The evaluation viewer in a real headless Chromium, opened from file:// (see tests/viewer_browser.py).
+"""The evaluation viewer in a real headless Chromium, opened from file:// (see tests/support/viewer_browser.py).
 
 A missing browser is a failure, not a skip: the README's test command installs it (`npm ci --prefix tests/browser`).
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from viewer_browser import ViewerPage, chromium_launch_options
+from support.viewer_browser import ViewerPage, chromium_launch_options
 
 import diffvqa
 from diffvqa.cli import main as cli_main
@@ -42,8 +42,8 @@ def evaluations(phantom_cache, tmp_path_factory):
     argv = ["--data", str(phantom_cache), "--out", str(root / "run"), "--preset", "tiny", "--no-progress",
             "train.steps=2"]  # fmt: skip
     assert train_main(argv) == 0
-    evaluate(root / "run", phantom_cache, root / "two_pass", progress=False)
-    evaluate(root / "run", phantom_cache, root / "single_pass", single_pass=True, report=False, progress=False)
+    evaluate(root / "run", phantom_cache, out=root / "two_pass", progress=False)
+    evaluate(root / "run", phantom_cache, out=root / "single_pass", single_pass=True, report=False, progress=False)
     return root
 
 
@@ -108,8 +108,9 @@ def test_viewer_filters_detail_and_keyboard(browser, evaluations, tmp_path):
     view.select("f-correct", "")
     study = str(records[-1]["study_id"])
     view.page.fill("#f-search", study)
-    assert view.count() == sum(study in (str(r["study_id"]), str(r["ref_id"])) or study in r["question"]
-                               for r in records)  # fmt: skip
+    assert view.count() == sum(
+        study in (str(r["study_id"]), str(r["ref_id"])) or study in r["question"] for r in records
+    )
     view.page.fill("#f-search", "")
     view.select("f-sort", "meteor-desc")
     assert view.count() == len(records)
@@ -136,16 +137,30 @@ def test_compare_mode_shows_both_and_filters_disagreements(browser, evaluations)
 def test_opens_fast_at_the_real_test_split_scale(browser, tmp_path):
     """16,389 questions (the real difference test split): the page opens and filters quickly."""
     n = 16_389
-    answers = ["the main image has an additional finding of pleural effusion than the reference image. ",
-               "nothing has changed.", "the level of edema has changed from mild to moderate. "]  # fmt: skip
+    answers = [
+        "the main image has an additional finding of pleural effusion than the reference image. ",
+        "nothing has changed.",
+        "the level of edema has changed from mild to moderate. ",
+    ]
     lines = []
     for i in range(n):
-        lines.append(json.dumps({"question_index": i, "study_id": 50_000_000 + i // 7, "ref_id": 40_000_000 + i,
-                                 "subject_id": 10_000_000 + i // 20, "question_type": "difference",
-                                 "question": "what has changed compared to the reference image?",
-                                 "answer": answers[i % 3], "preliminary": answers[(i + 1) % 3],
-                                 "keyword": ["pleural effusion", "", "edema"][i % 3], "final": answers[i % 2],
-                                 "pointing": (i % 10) / 10}))  # fmt: skip
+        lines.append(
+            json.dumps(
+                {
+                    "question_index": i,
+                    "study_id": 50_000_000 + i // 7,
+                    "ref_id": 40_000_000 + i,
+                    "subject_id": 10_000_000 + i // 20,
+                    "question_type": "difference",
+                    "question": "what has changed compared to the reference image?",
+                    "answer": answers[i % 3],
+                    "preliminary": answers[(i + 1) % 3],
+                    "keyword": ["pleural effusion", "", "edema"][i % 3],
+                    "final": answers[i % 2],
+                    "pointing": (i % 10) / 10,
+                }
+            )
+        )
     (tmp_path / "predictions.jsonl").write_text("\n".join(lines) + "\n")
     index = write_viewer(tmp_path)
     tic = time.perf_counter()
@@ -163,11 +178,19 @@ def test_opens_fast_at_the_real_test_split_scale(browser, tmp_path):
 
 def test_readme_screenshot_command(evaluations, tmp_path):
     """The README's command for its screenshot, in its own process (one sync playwright per process)."""
-    script = Path(__file__).with_name("viewer_browser.py")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(diffvqa.__file__).parents[1]),
-                                                                     os.environ.get("PYTHONPATH")]))}  # fmt: skip
-    subprocess.run([sys.executable, str(script), str(evaluations / "two_pass"), str(tmp_path / "shot.png")],
-                   check=True, env=env, timeout=300)  # fmt: skip
+    script = Path(__file__).parent / "support" / "viewer_browser.py"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            filter(None, [str(Path(diffvqa.__file__).parents[1]), os.environ.get("PYTHONPATH")])
+        ),
+    }
+    subprocess.run(
+        [sys.executable, str(script), str(evaluations / "two_pass"), str(tmp_path / "shot.png")],
+        check=True,
+        env=env,
+        timeout=300,
+    )
     with Image.open(tmp_path / "shot.png") as shot:
         assert shot.size[0] == 1400 and shot.size[1] > 560  # the list, then the detail view below it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shot.png"]

@@ -98,7 +98,7 @@ def write_outputs(out: Path, images: dict[str, np.ndarray | None], record: dict)
     """The overlay PNGs (maps missing in single-pass mode are skipped), a combined panel and answer.json."""
     from PIL import Image
 
-    from diffvqa.visualize import heat_overlay, panel, to_uint8
+    from diffvqa.report.drawing import heat_overlay, panel, to_uint8
 
     out.mkdir(parents=True, exist_ok=True)
     main, ref, aligned = images["main"], images["ref"], images["aligned_main"]
@@ -174,9 +174,17 @@ def run(args: argparse.Namespace) -> dict:
     question_ids = torch.tensor([ids], dtype=torch.long, device=device)
     boxes = [torch.tensor([g.content_box()], dtype=torch.long, device=device) for g in (main_geometry, ref_geometry)]
     result = two_pass_answer(
-        model, _batch(main, device), _batch(ref, device), question_ids, torch.ones_like(question_ids), [question],
-        keyword_fn, single_pass=single_pass, main_box=boxes[0], ref_box=boxes[1],
-    )  # fmt: skip
+        model,
+        _batch(main, device),
+        _batch(ref, device),
+        question_ids,
+        torch.ones_like(question_ids),
+        [question],
+        keyword_fn,
+        single_pass=single_pass,
+        main_box=boxes[0],
+        ref_box=boxes[1],
+    )
     if (keywords_report := finish_keywords(keyword_fn)) is not None:  # the LLM backend: where keywords came from
         print(keywords_report, file=sys.stderr)
 

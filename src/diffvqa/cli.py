@@ -18,12 +18,16 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "simulate": ("diffvqa.data.phantom", "simulate_main", "write a longitudinal CXR phantom in the release format"),
     "contact-sheet": ("diffvqa.data.phantom", "contact_sheet_main", "render phantom pairs and findings to a PNG"),
-    "prepare": ("diffvqa.data.cache", "prepare_main", "decode a release's images once into a memory-mapped cache"),
+    "prepare": (
+        "diffvqa.data.cache_writer",
+        "prepare_main",
+        "decode a release's images once into a memory-mapped cache",
+    ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),
-    "plot": ("diffvqa.plot", "main", "plot training curves of one or more runs (PNG and SVG)"),
+    "plot": ("diffvqa.report.curves", "main", "plot training curves of one or more runs (PNG and SVG)"),
     "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
     "study": ("diffvqa.study", "main", "ablation grid x seeds on a prepared cache: study.md, study.json, plots"),
     "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),

@@ -29,9 +29,19 @@ def _done(start: float) -> None:
     print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
 
 
-def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps: int | None, workers: int,
-             overrides: list[str], all_types: bool = False, progress: bool = True) -> dict:  # fmt: skip
-    from diffvqa.data.cache import prepare
+def run_demo(
+    out: Path,
+    *,
+    pairs: int,
+    preset: str,
+    steps: int | None,
+    blind_steps: int | None,
+    workers: int,
+    overrides: list[str],
+    all_types: bool = False,
+    progress: bool = True,
+) -> dict:
+    from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
     from diffvqa.evaluate import evaluate, format_table
     from diffvqa.train import train
@@ -64,25 +74,32 @@ def run_demo(out: Path, pairs: int, preset: str, steps: int | None, blind_steps:
     warm = min(config.saliency.start_step, config.train.steps) if config.saliency.enabled else config.train.steps
     plan = f"{warm} single-pass steps, then {config.train.steps - warm} with the saliency loop"
     t = _stage(f"3/5 train the {preset} config: {plan} -> {out / 'run'}")
-    train(config, out / "cache", out / "run", progress=progress)
+    train(config, out / "cache", run_dir=out / "run", progress=progress)
     _done(t)
 
     blind = load_config(preset, overrides=[*overrides, "model.blind=true", "saliency.enabled=false"])
     # The question-only model learns one answer distribution per question template and levels off long before
-    # the image model: half its steps, validated five times so its log shows the plateau (README).
+    # the image model: half its steps, validated five times so its log shows the plateau.
     blind.train.steps = blind_steps if blind_steps is not None else max(1, config.train.steps // 2)
     blind.train.eval_every = max(1, blind.train.steps // 5)
     blind.train.checkpoint_every = blind.train.steps
     t = _stage(f"4/5 train the blind baseline: images replaced by zeros ({blind.train.steps} steps) -> {out / 'blind'}")
-    train(blind, out / "cache", out / "blind", progress=progress)
+    train(blind, out / "cache", run_dir=out / "blind", progress=progress)
     _done(t)
 
     t = _stage("5/5 evaluate both on the test split (two-pass) and write the report")
-    blind_metrics = evaluate(out / "blind", out / "cache", out / "eval_blind", question_types=types, report=False,
-                             progress=progress)  # fmt: skip
-    model_metrics = evaluate(out / "run", out / "cache", out / "eval", question_types=types, progress=progress,
-                             baseline=blind_metrics,
-                             title="diffvqa demo — longitudinal CXR phantom")  # fmt: skip
+    blind_metrics = evaluate(
+        out / "blind", out / "cache", out=out / "eval_blind", question_types=types, report=False, progress=progress
+    )
+    model_metrics = evaluate(
+        out / "run",
+        out / "cache",
+        out=out / "eval",
+        question_types=types,
+        progress=progress,
+        baseline=blind_metrics,
+        title="diffvqa demo — longitudinal CXR phantom",
+    )
     compare = write_viewer(out / "eval", out / "eval_blind")  # every answer, the model beside the blind baseline
     _done(t)
 
@@ -109,8 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = parser.parse_args(argv)
     try:
-        run_demo(args.out, args.pairs, args.preset, args.steps, args.blind_steps, args.workers, args.overrides,
-                 all_types=args.all_types, progress=not args.no_progress)  # fmt: skip
+        run_demo(args.out, pairs=args.pairs, preset=args.preset, steps=args.steps, blind_steps=args.blind_steps,
+                 workers=args.workers, overrides=args.overrides, all_types=args.all_types,
+                 progress=not args.no_progress)  # fmt: skip
     except (ValueError, FileExistsError) as exc:
         print(f"diffvqa demo: error: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@
 Writes ``predictions.jsonl`` (one record per question: ids, question type, question, ground truth, preliminary
 and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
-and, on the phantom, the mechanism scores of :mod:`diffvqa.mechanisms`: ``pointing_game`` beside its chance,
+and, on the phantom, the mechanism scores of :mod:`diffvqa.metrics.mechanisms`: ``pointing_game`` beside its chance,
 fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``),
 ``report.html`` and ``viewer/`` (every question with its pictures, to browse from disk; ``--no-viewer`` skips it).
 """
@@ -15,6 +15,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +26,14 @@ from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
 from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
-from diffvqa.mechanisms import MechanismTally
+from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
+from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
-from diffvqa.viewer.build import VIEWER_DIR, finish_viewer
+from diffvqa.viewer.build import finish_viewer
 from diffvqa.viewer.strips import StripWriter
 
 
@@ -41,10 +44,20 @@ def evenly_spaced(size: int, count: int) -> list[int]:
     return [int(i * size / count) for i in range(count)]
 
 
+@dataclass
+class Predictions:
+    """What :func:`predict` returns."""
+
+    records: list[dict[str, Any]]  # one per question: ids, texts, answers, keyword (predictions.jsonl)
+    mechanisms: dict[str, Any]  # the mechanism scores (phantom only, else empty): MechanismTally.summary()
+    examples: list[dict[str, Any]]  # up to ``examples`` difference questions with images and maps, for the report
+
+
 @torch.no_grad()
 def predict(
     model: DiffVQA,
     dataset: PairQADataset,
+    *,
     keyword_fn: KeywordFn,
     batch_size: int = 32,
     single_pass: bool = False,
@@ -54,18 +67,19 @@ def predict(
     prior_point: tuple[int, int] | None = None,
     keyword_conditioning: bool = True,
     on_batch: Callable[[int, dict[str, Any], Any], None] | None = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+) -> Predictions:
     """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
 
-    Returns the prediction records, the mechanism scores (phantom only, else empty; :mod:`diffvqa.mechanisms`,
-    with the pointing game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with
-    their images and maps for the report (one per pair).
+    Returns the prediction records, the mechanism scores (:mod:`diffvqa.metrics.mechanisms`, with the pointing
+    game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with their images and
+    maps for the report (one per pair).
     ``on_batch(first_record_index, batch, result)`` sees every batch's images and maps (the viewer's strips).
     """
     config = model.config
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collate,
-                                         num_workers=config.data.num_workers)  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, collate_fn=collate, num_workers=config.data.num_workers
+    )
     model.eval().to(device)
     records: list[dict[str, Any]] = []
     tally = MechanismTally(model, prior_point, keyword_conditioning)
@@ -76,24 +90,33 @@ def predict(
 
         bar = tqdm(total=len(dataset), desc="evaluate", unit="q", dynamic_ncols=True)
     for batch in loader:
-        result = two_pass_answer(model, batch["main"].to(device), batch["ref"].to(device),
-                                 batch["question_ids"].to(device), batch["question_mask"].to(device),
-                                 batch["question"], keyword_fn, single_pass=single_pass,
-                                 main_box=_maybe_to(batch.get("main_box"), device),
-                                 ref_box=_maybe_to(batch.get("ref_box"), device))  # fmt: skip
+        result = two_pass_answer(
+            model,
+            batch["main"].to(device),
+            batch["ref"].to(device),
+            batch["question_ids"].to(device),
+            batch["question_mask"].to(device),
+            batch["question"],
+            keyword_fn,
+            single_pass=single_pass,
+            main_box=_maybe_to(batch.get("main_box"), device),
+            ref_box=_maybe_to(batch.get("ref_box"), device),
+        )
         pointing = tally.add(batch, result)
         ids = batch["ids"]
         for i in range(len(batch["question"])):
-            records.append({
-                **{k: (v[i] if isinstance(v[i], str) else int(v[i])) for k, v in ids.items()},
-                "question_type": batch["question_type"][i],
-                "question": batch["question"][i],
-                "answer": batch["answer"][i],
-                "preliminary": result.preliminary[i],
-                "keyword": result.keywords[i],
-                "final": result.final[i],
-                **({} if pointing[i] is None else {"pointing": pointing[i]}),
-            })  # fmt: skip
+            records.append(
+                {
+                    **{k: (v[i] if isinstance(v[i], str) else int(v[i])) for k, v in ids.items()},
+                    "question_type": batch["question_type"][i],
+                    "question": batch["question"][i],
+                    "answer": batch["answer"][i],
+                    "preliminary": result.preliminary[i],
+                    "keyword": result.keywords[i],
+                    "final": result.final[i],
+                    **({} if pointing[i] is None else {"pointing": pointing[i]}),
+                }
+            )
         if on_batch is not None:
             on_batch(len(records) - len(batch["question"]), batch, result)
         truth = batch["truth"]
@@ -103,9 +126,15 @@ def predict(
                 continue
             if any(k["ids"]["study_id"] == record["study_id"] for k in kept):
                 continue  # one example per pair
-            maps = {"main": batch["main"], "ref": batch["ref"], "aligned_main": result.aligned_main,
-                    "cam_main": result.cam_main, "cam_ref": result.cam_ref, "mask": result.mask,
-                    "change_mask": None if truth is None else truth["change_mask"] > 0.5}  # fmt: skip
+            maps = {
+                "main": batch["main"],
+                "ref": batch["ref"],
+                "aligned_main": result.aligned_main,
+                "cam_main": result.cam_main,
+                "cam_ref": result.cam_ref,
+                "mask": result.mask,
+                "change_mask": None if truth is None else truth["change_mask"] > 0.5,
+            }
             example = {k: None if v is None else v[i, 0].float().cpu().numpy() for k, v in maps.items()}
             texts = ("question", "preliminary", "keyword", "final", "answer", "question_type")
             example.update({k: record[k] for k in texts}, ids={k: record[k] for k in ids})
@@ -114,15 +143,15 @@ def predict(
             bar.update(len(batch["question"]))
     if bar is not None:
         bar.close()
-    return records, tally.summary(), kept
+    return Predictions(records=records, mechanisms=tally.summary(), examples=kept)
 
 
 def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
     """The pointing game's fixed-point prior: the pixel inside the most regions of the *train* split's difference
-    questions (:mod:`diffvqa.scoring`); None for caches without ground truth."""
-    from diffvqa.data.image_cache import ImageCache
+    questions (:mod:`diffvqa.metrics.pointing`); None for caches without ground truth."""
+    from diffvqa.data.cache_reader import ImageCache
     from diffvqa.data.regions import question_regions
-    from diffvqa.scoring import best_fixed_point
+    from diffvqa.metrics.pointing import best_fixed_point
 
     if not ImageCache(data).has_truth:
         return None
@@ -139,6 +168,7 @@ def _maybe_to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,
+    *,
     out: str | Path,
     split: str = "test",
     question_types: list[str] | None = None,
@@ -181,14 +211,16 @@ def evaluate(
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
     strips = StripWriter(out / VIEWER_DIR) if viewer else None
     tic = time.perf_counter()
-    records, saliency, examples = predict(model, dataset, keyword_fn, batch_size, single_pass, device,
-                                          progress=progress, prior_point=fixed_point_prior(data),
-                                          on_batch=strips)  # fmt: skip
+    predictions = predict(model, dataset, keyword_fn=keyword_fn, batch_size=batch_size, single_pass=single_pass,
+                          device=device, progress=progress, prior_point=fixed_point_prior(data),
+                          on_batch=strips)  # fmt: skip
+    records = predictions.records
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)
     two_pass = not single_pass and model.config.saliency.enabled
-    metrics = evaluate_answers([r["final"] for r in records], [r["answer"] for r in records],
-                               [r["question_type"] for r in records])  # fmt: skip
+    metrics = evaluate_answers(
+        [r["final"] for r in records], [r["answer"] for r in records], [r["question_type"] for r in records]
+    )
     if two_pass:
         metrics["preliminary"] = {
             "accuracy_note": "pass-1 answers (unmasked images), difference questions only",
@@ -197,24 +229,35 @@ def evaluate(
     passes = compare_passes(records, two_pass=two_pass)  # also adds per-answer CIDEr to the records
     if passes is not None:
         metrics["final_vs_preliminary"] = passes
-    metrics.update(saliency)
-    with (out / "predictions.jsonl").open("w") as f:
+    metrics.update(predictions.mechanisms)
+    with (out / PREDICTIONS_FILE).open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     metrics["run"] = {
-        "checkpoint": str(checkpoint), "data": str(data), "split": split, "question_types": question_types,
+        "checkpoint": str(checkpoint),
+        "data": str(data),
+        "split": split,
+        "question_types": question_types,
         "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
-        "blind": model.config.model.blind, "questions": len(records), "limit": limit,
+        "blind": model.config.model.blind,
+        "questions": len(records),
+        "limit": limit,
         "saliency_overrides": list(saliency_overrides or []),
-    }  # fmt: skip
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    }
+    (out / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     if strips is not None:  # before the report, which links to it
         print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     if report:
         from diffvqa.report import write_report
 
-        write_report(out, metrics, examples, baseline_metrics=baseline, title=title or f"diffvqa — {checkpoint}",
-                     training_run=checkpoint)  # fmt: skip
+        write_report(
+            out,
+            metrics,
+            predictions.examples,
+            baseline_metrics=baseline,
+            title=title or f"diffvqa — {checkpoint}",
+            training_run=checkpoint,
+        )
     return metrics
 
 
@@ -222,10 +265,10 @@ def compare_passes(records: list[dict[str, Any]], *, two_pass: bool) -> dict[str
     """Per-answer CIDEr-D of the difference questions (``cider`` of the final answer and, two-pass,
     ``cider_preliminary``, added to each record for paired comparisons across runs on the same questions) and,
     two-pass, the final − preliminary comparison: mean difference with a paired bootstrap 95 % interval over
-    questions (:mod:`diffvqa.intervals`), and the exact-match answers each pass got right that the other did not.
-    None when there are no difference questions, or in single-pass mode (after adding ``cider``)."""
-    from diffvqa.intervals import paired_interval
+    questions (:mod:`diffvqa.metrics.intervals`), and the exact-match answers each pass got right that the other
+    did not. None when there are no difference questions, or in single-pass mode (after adding ``cider``)."""
     from diffvqa.metrics import cider_per_answer, normalize_answer
+    from diffvqa.metrics.intervals import paired_interval
 
     rows = [r for r in records if r["question_type"] == "difference"]
     if not rows:
@@ -241,8 +284,13 @@ def compare_passes(records: list[dict[str, Any]], *, two_pass: bool) -> dict[str
     if not two_pass:
         return None
     interval = paired_interval(scores["final"], scores["preliminary"])
-    right = [(normalize_answer(r["final"]) == normalize_answer(r["answer"]),
-              normalize_answer(r["preliminary"]) == normalize_answer(r["answer"])) for r in rows]  # fmt: skip
+    right = [
+        (
+            normalize_answer(r["final"]) == normalize_answer(r["answer"]),
+            normalize_answer(r["preliminary"]) == normalize_answer(r["answer"]),
+        )
+        for r in rows
+    ]
     return {
         "CIDEr_final": sum(scores["final"]) / len(rows),
         "CIDEr_preliminary": sum(scores["preliminary"]) / len(rows),
@@ -270,45 +318,31 @@ def _difference_scores(records: list[dict[str, Any]], key: str) -> dict[str, Any
 
 
 def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None) -> str:
-    """A plain-text table of the headline numbers (model vs baseline when given)."""
-    rows = [(f"difference {k}", ("difference", k))
-            for k in ("BLEU-1", "BLEU-4", "METEOR", "METEOR_nltk", "ROUGE-L", "CIDEr")]  # fmt: skip
-    rows += [("  preliminary CIDEr (pass 1)", ("final_vs_preliminary", "CIDEr_preliminary"))]
-    rows += [(f"all types {k}", ("all", k)) for k in ("BLEU-1", "CIDEr")]
-    rows += [("accuracy closed", ("accuracy_closed",)), ("accuracy open", ("accuracy_open",))]
-    rows += [("pointing game", ("pointing_game",)),
-             ("  chance (area share)", ("pointing_game_reference", "chance")),
-             ("  fixed-point prior", ("pointing_game_reference", "prior")),
-             ("  ceiling of the grid", ("pointing_game_reference", "ceiling")),
-             ("keyword conditioning", ("keyword_conditioning", "score")),
-             ("  gated (after the change gate)", ("keyword_conditioning", "gated", "score")),
-             ("registration error ratio", ("registration_error_ratio",)),
-             ("  identity (no aligner)", ("registration_error_px", "identity_ratio"))]  # fmt: skip
-
-    def get(m, path):
-        for key in path:
-            m = m.get(key) if isinstance(m, dict) else None
-        return m
+    """A plain-text table of the headline numbers (:data:`diffvqa.metrics.headline.EVALUATION_TABLE`; model vs
+    baseline when given)."""
 
     def fmt(v):
         return "—" if v is None else f"{v:.3f}"
 
     header = f"{'metric':<28}{'model':>10}" + (f"{'blind':>10}{'Δ':>10}" if baseline else "")
     lines = [header, "-" * len(header)]
-    for name, path in rows:
-        v = get(metrics, path)
-        if v is None and (baseline is None or get(baseline, path) is None):
+    for name in EVALUATION_TABLE:
+        row = HEADLINES[name]
+        v = lookup(metrics, row.path)
+        if v is None and (baseline is None or lookup(baseline, row.path) is None):
             continue
-        line = f"{name:<28}{fmt(v):>10}"
+        line = f"{row.label:<28}{fmt(v):>10}"
         if baseline is not None:
-            b = get(baseline, path)
+            b = lookup(baseline, row.path)
             line += f"{fmt(b):>10}{fmt(None if v is None or b is None else v - b):>10}"
         lines.append(line)
-    passes = get(metrics, ("final_vs_preliminary", "CIDEr_difference"))
+    passes = lookup(metrics, ("final_vs_preliminary", "CIDEr_difference"))
     if passes is not None:
-        lines.append(f"final − preliminary CIDEr: {passes['estimate']:+.3f}, 95 % interval "
-                     f"[{passes['low']:+.3f}, {passes['high']:+.3f}] over {passes['n']} questions")  # fmt: skip
-    conditioning = get(metrics, ("keyword_conditioning",))
+        lines.append(
+            f"final − preliminary CIDEr: {passes['estimate']:+.3f}, 95 % interval "
+            f"[{passes['low']:+.3f}, {passes['high']:+.3f}] over {passes['n']} questions"
+        )
+    conditioning = lookup(metrics, ("keyword_conditioning",))
     if conditioning is not None:
         low, high = conditioning["ci95"]
         lines.append(
@@ -349,11 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     types = [t.strip() for t in args.question_types.split(",")] if args.question_types else None
     if types is not None:
         validate_choices(types, QUESTION_TYPES, "question type(s) in --question-types")
-    metrics = evaluate(args.checkpoint, args.data, args.out, args.split, types, args.single_pass,
-                       args.batch_size, args.limit, args.device, not args.no_report, not args.no_progress,
-                       args.keyword_source, saliency_overrides=args.overrides, viewer=not args.no_viewer)  # fmt: skip
+    metrics = evaluate(
+        args.checkpoint,
+        args.data,
+        out=args.out,
+        split=args.split,
+        question_types=types,
+        single_pass=args.single_pass,
+        batch_size=args.batch_size,
+        limit=args.limit,
+        device=args.device,
+        report=not args.no_report,
+        progress=not args.no_progress,
+        keyword_source=args.keyword_source,
+        saliency_overrides=args.overrides,
+        viewer=not args.no_viewer,
+    )
     print(format_table(metrics))
-    print(f"wrote {args.out / 'predictions.jsonl'}, {args.out / 'metrics.json'}")
+    print(f"wrote {args.out / PREDICTIONS_FILE}, {args.out / EVAL_METRICS_FILE}")
     return 0
 
 

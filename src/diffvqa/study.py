@@ -7,7 +7,7 @@ seed: evaluation is cheap, and more questions narrow the intervals), else of the
 code a user runs (``diffvqa train`` / ``evaluate``, as subprocesses so that ``--jobs`` runs share the cores).
 Finished runs are skipped and interrupted trainings resume, so the study can be stopped and restarted at will.
 
-Every comparison comes with a 95 % interval (:func:`diffvqa.intervals.seeds_and_questions_interval`: seeds and
+Every comparison comes with a 95 % interval (:func:`diffvqa.metrics.intervals.seeds_and_questions_interval`: seeds and
 questions resampled, paired by seed and question): each variant's final − preliminary CIDEr-D, and each variant's
 final CIDEr-D minus the reference variant's (``full`` when it is in the grid). It writes::
 
@@ -35,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.intervals import seeds_and_questions_interval
+from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
+from diffvqa.metrics.intervals import seeds_and_questions_interval
+from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -53,32 +55,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "blind": ("question only: both images replaced by zeros", ["model.blind=true", "saliency.enabled=false"]),
 }
 
-# (column, path into metrics.json)
-COLUMNS: list[tuple[str, tuple[str, ...]]] = [
-    ("CIDEr", ("difference", "CIDEr")),
-    ("prelim. CIDEr", ("final_vs_preliminary", "CIDEr_preliminary")),
-    ("BLEU-4", ("difference", "BLEU-4")),
-    ("METEOR", ("difference", "METEOR")),
-    ("ROUGE-L", ("difference", "ROUGE-L")),
-    ("pointing", ("pointing_game",)),
-    ("kw-cond", ("keyword_conditioning", "score")),
-    ("kw-cond gated", ("keyword_conditioning", "gated", "score")),
-    ("reg. ratio", ("registration_error_ratio",)),
-    ("distinct", ("difference", "n_distinct_predictions")),
-]
-REFERENCES: list[tuple[str, tuple[str, ...]]] = [
-    ("chance", ("pointing_game_reference", "chance")),
-    ("prior", ("pointing_game_reference", "prior")),
-    ("ceiling", ("pointing_game_reference", "ceiling")),
-    ("difference map", ("pointing_game_reference", "difference_map")),
-]
+# (column, path into metrics.json): the headline numbers the study tabulates
+COLUMNS: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for name, key in STUDY_COLUMNS.items()]
+REFERENCES: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for name, key in STUDY_REFERENCES.items()]
+EVAL_DIR = "eval"  # each run's evaluation, inside its run directory
 REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
 
 
 def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
-    value: Any = metrics
-    for key in path:
-        value = value.get(key) if isinstance(value, dict) else None
+    value = lookup(metrics, path)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -95,23 +80,24 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "diffvqa.cli", *args]
 
 
-def run_one(data: Path, eval_data: Path, run_dir: Path, preset: str, overrides: list[str], threads: int,
-            log: Path) -> dict[str, Any]:  # fmt: skip
+def run_one(
+    data: Path, eval_data: Path, *, run_dir: Path, preset: str, overrides: list[str], threads: int, log: Path
+) -> dict[str, Any]:
     """Train (or resume) on ``data`` and evaluate on ``eval_data``; returns the metrics.json. Skips what is done."""
-    metrics_file = run_dir / "eval" / "metrics.json"
+    metrics_file = run_dir / EVAL_DIR / EVAL_METRICS_FILE
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     finished = run_dir / "finished"
     with log.open("a") as out:
         if not finished.is_file():
-            resume = ["--resume"] if (run_dir / "latest").is_file() else []
+            resume = ["--resume"] if (run_dir / LATEST).is_file() else []
             train = ["train", "--data", str(data), "--out", str(run_dir), "--preset", preset, "--no-progress",
                      "--device", "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
             subprocess.run(_command(train), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
             finished.write_text("ok\n")
         evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(eval_data), "--out",
-                    str(run_dir / "eval"), "--question-types", "difference", "--no-progress", "--no-report",
+                    str(run_dir / EVAL_DIR), "--question-types", "difference", "--no-progress", "--no-report",
                     "--no-viewer"]  # fmt: skip
         subprocess.run(_command(evaluate), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
     return json.loads(metrics_file.read_text())
@@ -121,8 +107,11 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
     """Per variant: the seeds' values of every column and reference level, with mean and sd."""
     summary: dict[str, Any] = {}
     for variant, seeds in results.items():
-        entry: dict[str, Any] = {"what": VARIANTS[variant][0], "overrides": VARIANTS[variant][1],
-                                 "seeds": sorted(seeds)}  # fmt: skip
+        entry: dict[str, Any] = {
+            "what": VARIANTS[variant][0],
+            "overrides": VARIANTS[variant][1],
+            "seeds": sorted(seeds),
+        }
         for name, path in COLUMNS + REFERENCES:
             values = [_get(seeds[s], path) for s in sorted(seeds)]
             mean, sd = _mean_sd(values)
@@ -137,7 +126,7 @@ def _per_question(run_dir: Path) -> dict[tuple, dict[str, float]]:
     from diffvqa.jsonl import read_jsonl
 
     rows = {}
-    for _, r in read_jsonl(run_dir / "eval" / "predictions.jsonl"):
+    for _, r in read_jsonl(run_dir / EVAL_DIR / PREDICTIONS_FILE):
         if "cider" in r:
             rows[(r["study_id"], r["ref_id"], r["question"])] = r
     return rows
@@ -177,16 +166,19 @@ def compare(runs: dict[str, dict[int, Path]], reference: str | None = REFERENCE_
 
 def comparison_table(comparisons: dict[str, Any], reference: str = REFERENCE_VARIANT) -> str:
     """Markdown: each comparison's mean difference, its 95 % interval and the per-seed means."""
-    lines = ["| comparison (final CIDEr-D) | mean Δ | 95 % interval (seeds × questions) | per seed | questions |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = [
+        "| comparison (final CIDEr-D) | mean Δ | 95 % interval (seeds × questions) | per seed | questions |",
+        "|---|---|---|---|---|",
+    ]
     for variant, entry in comparisons.items():
         for key, label in (("final_minus_preliminary", f"{variant}: final − preliminary"),
                            (f"minus_{reference}", f"{variant} − {reference}")):  # fmt: skip
             if key in entry:
                 e = entry[key]
                 seeds = ", ".join(f"{d:+.3f}" for d in e["per_seed"])
-                lines.append(f"| {label} | {e['estimate']:+.3f} | [{e['low']:+.3f}, {e['high']:+.3f}] | {seeds} "
-                             f"| {e['n']} |")  # fmt: skip
+                lines.append(
+                    f"| {label} | {e['estimate']:+.3f} | [{e['low']:+.3f}, {e['high']:+.3f}] | {seeds} | {e['n']} |"
+                )
     return "\n".join(lines)
 
 
@@ -207,15 +199,18 @@ def markdown_table(summary: dict[str, Any]) -> str:
         if means:
             refs.append(f"{name} {sum(means) / len(means):.3f}")
     lines.append("")
-    lines.append("Pointing game reference levels (same test questions for every run): " + (", ".join(refs) or "—")
-                 + "; keyword conditioning (on the keyword's own CAM; `gated`: after the change gate): chance 0.5; "
-                 "registration ratio: identity 1.0.")  # fmt: skip
+    lines.append(
+        "Pointing game reference levels (same test questions for every run): "
+        + (", ".join(refs) or "—")
+        + "; keyword conditioning (on the keyword's own CAM; `gated`: after the change gate): chance 0.5; "
+        "registration ratio: identity 1.0."
+    )
     return "\n".join(lines)
 
 
 def _validation_curves(run_dir: Path, key: str) -> tuple[list[int], list[float]]:
     steps, values = [], []
-    log = run_dir / "metrics.jsonl"
+    log = run_dir / METRICS_LOG
     if not log.is_file():
         return steps, values
     for line in log.read_text().splitlines():
@@ -226,8 +221,9 @@ def _validation_curves(run_dir: Path, key: str) -> tuple[list[int], list[float]]
     return steps, values
 
 
-def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, Any],
-               results: dict[str, dict[int, dict[str, Any]]]) -> list[Path]:  # fmt: skip
+def plot_study(
+    out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]]
+) -> list[Path]:
     """The study's PNG plots (matplotlib, headless)."""
     import matplotlib
 
@@ -245,8 +241,14 @@ def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, A
             for k, (_seed, run_dir) in enumerate(sorted(seeds.items())):
                 steps, values = _validation_curves(run_dir, key)
                 if steps:
-                    ax.plot(steps, values, marker="o", label=variant if k == 0 else None,
-                            color=f"C{list(runs).index(variant) % 10}", alpha=0.8)  # fmt: skip
+                    ax.plot(
+                        steps,
+                        values,
+                        marker="o",
+                        label=variant if k == 0 else None,
+                        color=f"C{list(runs).index(variant) % 10}",
+                        alpha=0.8,
+                    )
         ax.set_xlabel("step")
         ax.set_ylabel(key.replace("_", " "))
         ax.set_title(title)
@@ -283,9 +285,18 @@ def plot_study(out: Path, runs: dict[str, dict[int, Path]], summary: dict[str, A
     return written
 
 
-def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs: int = 1,
-              variants: Sequence[str] | None = None, overrides: Sequence[str] = (), progress: bool = True,
-              eval_data: Path | None = None) -> dict[str, Any]:  # fmt: skip
+def run_study(
+    data: Path,
+    out: Path,
+    *,
+    preset: str = "small",
+    seeds: int = 3,
+    jobs: int = 1,
+    variants: Sequence[str] | None = None,
+    overrides: Sequence[str] = (),
+    progress: bool = True,
+    eval_data: Path | None = None,
+) -> dict[str, Any]:
     """Run (or resume) the grid and write study.json, study.md and the plots; returns the summary."""
     variants = list(variants or VARIANTS)
     unknown = [v for v in variants if v not in VARIANTS]
@@ -311,7 +322,9 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
         log = run_dir.parent / f"seed{seed}.log"
         settings = [*base, *VARIANTS[variant][1], f"train.seed={seed}"]
         tic = time.perf_counter()
-        metrics = run_one(Path(data), eval_data, run_dir, preset, settings, threads, log)
+        metrics = run_one(
+            Path(data), eval_data, run_dir=run_dir, preset=preset, overrides=settings, threads=threads, log=log
+        )
         if progress:
             cider = _get(metrics, ("difference", "CIDEr"))
             print(f"study: {variant} seed {seed} done ({time.perf_counter() - tic:.0f} s, CIDEr {cider})", flush=True)
@@ -323,9 +336,16 @@ def run_study(data: Path, out: Path, preset: str = "small", seeds: int = 3, jobs
             results[variant][seed] = metrics
     summary = summarise(results)
     comparisons = compare(runs)
-    record = {"data": str(data), "eval_data": str(eval_data), "preset": preset, "overrides": base, "seeds": seeds,
-              "variants": summary, "comparisons": comparisons,
-              "wall_s_this_invocation": round(time.perf_counter() - started, 1)}  # fmt: skip
+    record = {
+        "data": str(data),
+        "eval_data": str(eval_data),
+        "preset": preset,
+        "overrides": base,
+        "seeds": seeds,
+        "variants": summary,
+        "comparisons": comparisons,
+        "wall_s_this_invocation": round(time.perf_counter() - started, 1),
+    }
     (out / "study.json").write_text(json.dumps(record, indent=2) + "\n")
     header = (
         f"# diffvqa study\n\ntrained on `{data}`, evaluated on the test split of `{eval_data}` (difference "
@@ -353,11 +373,23 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(args.out)
     variants = [v.strip() for v in args.variants.split(",")] if args.variants else None
     try:
-        record = run_study(args.data, args.out, args.preset, args.seeds, args.jobs, variants, args.overrides,
-                           progress=not args.no_progress, eval_data=args.eval_data)  # fmt: skip
+        record = run_study(
+            args.data,
+            args.out,
+            preset=args.preset,
+            seeds=args.seeds,
+            jobs=args.jobs,
+            variants=variants,
+            overrides=args.overrides,
+            progress=not args.no_progress,
+            eval_data=args.eval_data,
+        )
     except subprocess.CalledProcessError as exc:
-        print(f"diffvqa study: error: a run failed ({' '.join(exc.cmd[2:5])} ...); see its log under "
-              f"{args.out / 'runs'}; rerun the same command to resume", file=sys.stderr)  # fmt: skip
+        print(
+            f"diffvqa study: error: a run failed ({' '.join(exc.cmd[2:5])} ...); see its log under "
+            f"{args.out / 'runs'}; rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 1
     print((args.out / "study.md").read_text())
     print(f"wall time of this invocation: {record['wall_s_this_invocation']:.0f} s")

@@ -4,23 +4,15 @@ Boring on purpose (torchvision references): AdamW, linear warm-up + cosine decay
 bf16 autocast, the saliency-guided objective by default, validation CIDEr selecting the best checkpoint, atomic
 checkpoints and exact resume. Runs unchanged under ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
 
-Run directory::
-
-    RUN/config.json            the resolved config
-    RUN/metrics.jsonl          one JSON record per log step and per validation
-    RUN/checkpoints/step-N/    config.json, model.safetensors, tokenizer.json, trainer_state.pt
-    RUN/latest, RUN/best       one line each: the checkpoint directory they point to (relative to RUN)
-
-A checkpoint directory is written under a temporary name and renamed when complete, and the ``latest`` /
-``best`` pointers are replaced atomically, so a crash never leaves a half-written checkpoint as the latest.
-Data order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
+The run directory (its layout, pointers and metrics log: :mod:`diffvqa.run`) gets a checkpoint at every
+validation and every ``train.checkpoint_every`` steps, each written whole before ``latest`` points at it. Data
+order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
 optimiser and scheduler an uninterrupted run would have had.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
@@ -35,19 +27,29 @@ import torch.distributed as dist
 from torch import nn
 
 from diffvqa.config import Config, apply_overrides, load_config
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
-from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
-from diffvqa.model.checkpoint import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_pointer, save_checkpoint
+from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.run import (
+    BEST,
+    CONFIG_FILE,
+    LATEST,
+    TRAINER_STATE,
+    append_metrics,
+    checkpoint_dir,
+    clean_after_interruption,
+    partial_checkpoint_dir,
+    prune_checkpoints,
+    read_pointer,
+    write_pointer,
+)
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
-
-TRAINER_STATE = "trainer_state.pt"
-METRICS_LOG = "metrics.jsonl"
 
 
 # -- distributed -------------------------------------------------------------------------------------------
@@ -121,8 +123,17 @@ class StepBatchSampler(torch.utils.data.Sampler):
     so ``accum = 1`` is one batch per step, and ``accum = k`` splits the same indices as ``batch_size * k``.
     """
 
-    def __init__(self, size: int, batch_size: int, steps: int, seed: int, start_step: int = 0, rank: int = 0,
-                 world: int = 1, accum: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        accum: int = 1,
+    ):
         if accum < 1:
             raise UserError(f"train.grad_accum={accum}: expected an integer >= 1")
         self.global_batch = batch_size * world * accum
@@ -172,15 +183,33 @@ def batch_keywords(batch: dict[str, Any], source: str, keyword_fn: KeywordFn) ->
 
 
 # -- validation --------------------------------------------------------------------------------------------
-def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samples: int, batch_size: int,
-             device: torch.device, single_pass: bool = False) -> dict[str, float]:  # fmt: skip
+def validate(
+    model: DiffVQA,
+    dataset: PairQADataset,
+    *,
+    keyword_fn: KeywordFn,
+    samples: int,
+    batch_size: int,
+    device: torch.device,
+    single_pass: bool = False,
+) -> dict[str, float]:
     """CIDEr-D of the final (two-pass) answers on a fixed, evenly spaced subset of the validation split; on caches
     with ground truth also the pointing game and the registration error ratio (their curves over training)."""
     from diffvqa.metrics import cider_score, normalize_answer
 
     subset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), samples))
-    records, mechanisms, _ = predict(model, subset, keyword_fn, batch_size, single_pass=single_pass, device=device,
-                                     examples=0, progress=False, keyword_conditioning=False)  # fmt: skip
+    predictions = predict(
+        model,
+        subset,
+        keyword_fn=keyword_fn,
+        batch_size=batch_size,
+        single_pass=single_pass,
+        device=device,
+        examples=0,
+        progress=False,
+        keyword_conditioning=False,
+    )
+    records, mechanisms = predictions.records, predictions.mechanisms
     model.train()
     predictions, references = [r["final"] for r in records], [r["answer"] for r in records]
     exact = sum(normalize_answer(p) == normalize_answer(r) for p, r in zip(predictions, references, strict=True))
@@ -192,17 +221,12 @@ def validate(model: DiffVQA, dataset: PairQADataset, keyword_fn: KeywordFn, samp
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-def _write_pointer(run_dir: Path, name: str, target: str) -> None:
-    tmp = run_dir / f".{name}.tmp"
-    tmp.write_text(target + "\n")
-    os.replace(tmp, run_dir / name)
-
-
-def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, scheduler, step: int,
-                             best: dict | None) -> Path:  # fmt: skip
+def save_training_checkpoint(
+    run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None
+) -> Path:
     """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it."""
-    final = run_dir / "checkpoints" / f"step-{step:07d}"
-    tmp = run_dir / "checkpoints" / f".tmp-step-{step:07d}"
+    final = checkpoint_dir(run_dir, step)
+    tmp = partial_checkpoint_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
     save_checkpoint(module, tmp)
     state = {
@@ -217,38 +241,8 @@ def save_training_checkpoint(run_dir: Path, module: nn.Module, optimizer, schedu
     if final.exists():  # rerun of the same step after a resume
         shutil.rmtree(final)
     os.rename(tmp, final)
-    _write_pointer(run_dir, "latest", str(final.relative_to(run_dir)))
+    write_pointer(run_dir, LATEST, final)
     return final
-
-
-def clean_after_interruption(run_dir: Path, step: int) -> None:
-    """Undo what a killed run left behind, before this one writes: ``metrics.jsonl`` records after ``step`` (the
-    step training resumes from; they are logged again) and a torn last line, and ``checkpoints/.tmp-step-N``
-    directories of saves that never finished."""
-    for tmp in (run_dir / "checkpoints").glob(".tmp-step-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    path = run_dir / METRICS_LOG
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:  # a line cut short by the kill
-            continue
-        if isinstance(record, dict) and record.get("step", 0) <= step:
-            kept.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
-
-
-def _prune_checkpoints(run_dir: Path) -> None:
-    """Keep only the checkpoints ``latest`` and ``best`` point to."""
-    keep = {read_pointer(run_dir, "latest"), read_pointer(run_dir, "best")}
-    for path in (run_dir / "checkpoints").glob("step-*"):
-        if path not in keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # -- logging -----------------------------------------------------------------------------------------------
@@ -257,7 +251,7 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.enabled = enabled
-        self.path = run_dir / METRICS_LOG
+        self.run_dir = run_dir
         self.tensorboard = None
         if enabled:
             try:
@@ -270,8 +264,7 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_metrics(self.run_dir, record)
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):
@@ -287,8 +280,14 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-def train_one_step(guided: nn.Module, micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]], optimizer,
-                   scheduler, config: Config, device: torch.device) -> dict[str, float]:  # fmt: skip
+def train_one_step(
+    guided: nn.Module,
+    micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]],
+    optimizer,
+    scheduler,
+    config: Config,
+    device: torch.device,
+) -> dict[str, float]:
     """One optimiser step over ``train.grad_accum`` micro-batches ``(batch, keyword_mask)``: per micro-batch one
     forward of the top-level module and one backward of its loss / k, then clip and step. ``keyword_mask=None``
     runs a micro-batch single-pass (a step before ``saliency.start_step``, or the saliency loop off).
@@ -330,15 +329,26 @@ def _build_model(config: Config, data: Path) -> DiffVQA:
 def _check_resume_config(run_dir: Path, config: Config) -> None:
     saved = Config.load(run_dir / CONFIG_FILE).to_dict()
     current = config.to_dict()
-    changed = [f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
-               for group in current for key in current[group]
-               if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")]  # fmt: skip
+    changed = [
+        f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
+        for group in current
+        for key in current[group]
+        if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")
+    ]
     if changed:
         raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
 
 
-def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_after: int | None = None,
-          device: str = "auto", progress: bool = True) -> Path:  # fmt: skip
+def train(
+    config: Config,
+    data: Path,
+    *,
+    run_dir: Path,
+    resume: bool = False,
+    stop_after: int | None = None,
+    device: str = "auto",
+    progress: bool = True,
+) -> Path:
     """Train and return the run directory. ``stop_after`` ends this invocation after that many steps (for
     time-sliced jobs; ``--resume`` continues)."""
     rank, world, dev = setup_distributed(device)
@@ -352,18 +362,21 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
             "use lexicon or llm"
         )
     if resume:
-        latest = read_pointer(run_dir, "latest")
+        latest = read_pointer(run_dir, LATEST)
         if latest is None or not latest.is_dir():
             raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
     elif is_main:
-        if read_pointer(run_dir, "latest") is not None:
+        if read_pointer(run_dir, LATEST) is not None:
             raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
         run_dir.mkdir(parents=True, exist_ok=True)
         config.save(run_dir / CONFIG_FILE)
         if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
-            print(f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
-                  f"{config.train.steps}: no step will use the saliency loop", file=sys.stderr)  # fmt: skip
+            print(
+                f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
+                f"{config.train.steps}: no step will use the saliency loop",
+                file=sys.stderr,
+            )
 
     torch.manual_seed(config.train.seed)
     if resume:
@@ -376,8 +389,11 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     apply_model_levers(model, config)
     guided: nn.Module = SaliencyGuidedVQA(model)
     if world > 1:
-        guided = nn.parallel.DistributedDataParallel(guided, device_ids=[dev.index] if dev.type == "cuda" else None,
-                                                     gradient_as_bucket_view=config.train.ddp_bucket_view)  # fmt: skip
+        guided = nn.parallel.DistributedDataParallel(
+            guided,
+            device_ids=[dev.index] if dev.type == "cuda" else None,
+            gradient_as_bucket_view=config.train.ddp_bucket_view,
+        )
     optimizer, optimizer_notes = make_optimizer(guided, config, dev)
     if is_main:
         for note in notes + optimizer_notes:
@@ -391,7 +407,7 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
         except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign file: the run directory's fault
             raise UserError(
                 f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
-                f"from an intact checkpoint (point {run_dir / 'latest'} at it) or start a new run"
+                f"from an intact checkpoint (point {run_dir / LATEST} at it) or start a new run"
             ) from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -406,10 +422,14 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
     sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world, t.grad_accum)
-    loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, collate_fn=collate,
-                                         num_workers=config.data.num_workers,
-                                         pin_memory=config.data.pin_memory and dev.type == "cuda",
-                                         generator=torch.Generator().manual_seed(t.seed))  # fmt: skip
+    loader = torch.utils.data.DataLoader(
+        train_set,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=config.data.num_workers,
+        pin_memory=config.data.pin_memory and dev.type == "cuda",
+        generator=torch.Generator().manual_seed(t.seed),
+    )
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
     log = MetricsLog(run_dir, enabled=is_main)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
@@ -454,7 +474,15 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
                 # Before saliency.start_step the masked pass is untrained: validate the single pass, and let only
                 # checkpoints whose two-pass answers were scored (what `evaluate` runs) become the best.
                 warming_up = config.saliency.enabled and step <= config.saliency.start_step
-                scores = validate(model, val_set, keyword_fn, t.eval_samples, t.batch_size, dev, warming_up)
+                scores = validate(
+                    model,
+                    val_set,
+                    keyword_fn=keyword_fn,
+                    samples=t.eval_samples,
+                    batch_size=t.batch_size,
+                    device=dev,
+                    single_pass=warming_up,
+                )
                 log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}, "val/single_pass": warming_up})
                 if bar is not None:
                     bar.write(
@@ -465,8 +493,8 @@ def train(config: Config, data: Path, run_dir: Path, resume: bool = False, stop_
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
             path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best)
             if improved:
-                _write_pointer(run_dir, "best", str(path.relative_to(run_dir)))
-            _prune_checkpoints(run_dir)
+                write_pointer(run_dir, BEST, path)
+            prune_checkpoints(run_dir)
         if at_checkpoint and world > 1:
             dist.barrier()
     if bar is not None:
@@ -511,10 +539,17 @@ def main(argv: list[str] | None = None) -> int:
         check_device(args.device)
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
-    run = train(config, args.data, args.out, resume=args.resume, stop_after=args.stop_after,
-                device=args.device, progress=not args.no_progress)  # fmt: skip
+    run = train(
+        config,
+        args.data,
+        run_dir=args.out,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        device=args.device,
+        progress=not args.no_progress,
+    )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run: {run}  latest: {read_pointer(run, 'latest')}  best: {read_pointer(run, 'best')}")
+        print(f"run: {run}  latest: {read_pointer(run, LATEST)}  best: {read_pointer(run, BEST)}")
     return 0
 
 

@@ -2,7 +2,7 @@
 
 :func:`write_truth` carries a release's ``ground_truth/`` (``diffvqa.data.release.GroundTruth``, contract in
 ``diffvqa.data.phantom``) into the S x S frames of ``diffvqa prepare``'s cache; :class:`CacheTruth` reads it
-back for :class:`diffvqa.data.image_cache.ImageCache`. Layout of ``truth/`` (``P`` = pairs, ``F`` = findings)::
+back for :class:`diffvqa.data.cache_reader.ImageCache`. Layout of ``truth/`` (``P`` = pairs, ``F`` = findings)::
 
     pairs.csv             one row per (study_id, ref_id) of questions.csv: main/ref dicom ids, has_truth, keyword
     theta.npy             (P, 2, 3) float64 theta_true (NaN where has_truth is 0)

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from diffvqa.config import QUESTION_TYPES
-from diffvqa.data.image_cache import ImageCache
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.regions import question_region, question_side
 from diffvqa.data.release import SPLITS, validate_choices
 

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.cache_truth import CacheTruth
-from diffvqa.data.image_cache import ImageCache
 from diffvqa.data.release import SPLITS, validate_choices
 
-# DATA.md's one-lung difference template; the side is the patient's.
+# The one-lung difference template of docs/data.md; the side is the patient's.
 ONE_LUNG = re.compile(r"what has changed in the (left|right) lung area\?")
 
 

@@ -1,6 +1,6 @@
 """Reading Medical-Diff-VQA (v1.0.1) exactly as released, joined with the MIMIC-CXR-JPG image tree.
 
-Inputs (DATA.md): ``mimic_pair_questions.csv`` (7 columns: study_id, subject_id, ref_id, question_type,
+Inputs (``docs/data.md``): ``mimic_pair_questions.csv`` (7 columns: study_id, subject_id, ref_id, question_type,
 question, answer, split) and ``mimic_all.csv`` (one row per study; we use subject_id, study_id, dicom_id,
 study_date) in ``release_dir``; JPGs at ``images_dir/files/p{subject[:2]}/p{subject}/s{study}/{dicom}.jpg``.
 
@@ -32,14 +32,13 @@ A skip never stops the reader unless ``strict=True``; then the first failing row
 the file, the row and the reason.
 
 Phantom releases also carry ``ground_truth/`` (findings, per-pair transforms and change masks, keywords); it is
-read by :func:`read_ground_truth` and attached as :attr:`Release.truth`.
+read by :func:`diffvqa.data.ground_truth.read_ground_truth` and attached as :attr:`Release.truth`. The CSVs are
+read verbatim, with errors that name file and line, by :mod:`diffvqa.data.csv_files`.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,11 +47,12 @@ import numpy as np
 import pandas as pd
 
 from diffvqa.config import QUESTION_TYPES
-from diffvqa.errors import MissingInputError, UserError, one_line
+from diffvqa.data.csv_files import read_csv, read_csv_text, to_int  # noqa: F401 - read_csv_text lived here
+from diffvqa.data.ground_truth import GroundTruth, read_changes, read_ground_truth  # noqa: F401 - read_changes too
+from diffvqa.errors import UserError
 
 QUESTIONS_FILE = "mimic_pair_questions.csv"
 STUDIES_FILE = "mimic_all.csv"
-GROUND_TRUTH_DIR = "ground_truth"
 
 SPLITS = ("train", "val", "test")
 QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
@@ -84,9 +84,6 @@ COLUMNS = (
     "answer",
     "split",
 )
-FINDINGS_COLUMNS = ("subject_id", "study_id", "dicom_id", "name", "location", "level", "type", "mask_file")
-PAIRS_COLUMNS = ("study_id", "ref_id", "m00", "m01", "m02", "m10", "m11", "m12", "change_mask_file", "keyword")
-KEYWORD_COLUMNS = ("question_index", "keyword")
 IMAGE_SUFFIXES = (".jpg", ".dcm")  # MIMIC-CXR-JPG first; a MIMIC-CXR DICOM tree has the same layout
 
 
@@ -94,170 +91,6 @@ def image_relpath(subject_id: int, study_id: int, dicom_id: str, suffix: str = "
     """``files/p10/p10000032/s50414267/{dicom_id}.jpg``: the MIMIC-CXR(-JPG) layout."""
     subject = str(int(subject_id))
     return f"files/p{subject[:2]}/p{subject}/s{int(study_id)}/{dicom_id}{suffix}"
-
-
-def read_csv_text(path: Path, expected: str) -> str:
-    """The text of a CSV file the user gave; an empty, non-UTF-8 or NUL-holding file is a UserError naming the
-    file and the byte offset and line of the first bad byte (pandas' and csv's own errors name neither)."""
-    data = path.read_bytes()
-    if not data.strip():
-        raise UserError(f"{path}: empty file; expected {expected}")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise UserError(
-            f"{path}: not UTF-8 text: byte {exc.start} (line {line}) is {data[exc.start : exc.start + 1]!r}; "
-            "expected the release's UTF-8 CSV"
-        ) from None
-    if "\0" in text:
-        offset = data.index(b"\0")
-        line = data.count(b"\n", 0, offset) + 1
-        raise UserError(f"{path}: a NUL byte at byte {offset} (line {line}); expected a text CSV")
-    return text
-
-
-def _check_text(path: Path, required: tuple[str, ...]) -> None:
-    """A CSV must be readable text (:func:`read_csv_text`) whose every row has as many fields as its header:
-    else a UserError naming the file and line (pandas silently pads a short row, and turns a long one's extra
-    fields into an index)."""
-    text = read_csv_text(path, f"a CSV whose header holds {', '.join(required)}")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-        for row in reader:
-            if row and len(row) != len(header):  # pandas skips blank lines too
-                raise UserError(
-                    f"{path}: line {reader.line_num} has {len(row)} fields but the header has {len(header)}; "
-                    "expected one field per column (a quote left open, or a comma in an unquoted field?)"
-                )
-    except csv.Error as exc:
-        raise UserError(f"{path}: line {reader.line_num}: not a readable CSV ({exc})") from None
-
-
-def _read_csv(path: Path, required: tuple[str, ...], usecols: tuple[str, ...] | None = None) -> pd.DataFrame:
-    """Read a CSV as strings, verbatim (no NA parsing: "none" stays "none", trailing spaces stay).
-
-    Any malformed input -- empty, not UTF-8, unbalanced quotes, a row with too many fields -- is a UserError
-    naming the file; nothing is returned from a file that could not be read whole."""
-    if not path.is_file():
-        raise MissingInputError(f"{path}: not found")
-    _check_text(path, required)
-    try:
-        header = pd.read_csv(path, nrows=0, dtype=str).columns.tolist()
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise UserError(f"{path}: missing column(s) {missing}; found columns {header}; expected {list(required)}")
-        wanted = [c for c in (usecols or header) if c in header]
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, usecols=wanted)[wanted]
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, csv.Error) as exc:
-        raise UserError(f"{path}: not a readable CSV ({one_line(exc)})") from None
-    return table
-
-
-def _to_int(values: pd.Series) -> pd.Series:
-    """Strings -> Int64 (nullable); anything that is not an integer becomes <NA>."""
-    numbers = pd.to_numeric(values, errors="coerce")
-    if numbers.isna().any():  # rare: retry with surrounding spaces removed
-        numbers = pd.to_numeric(values.str.strip(), errors="coerce")
-    whole = numbers.notna() & (numbers == np.floor(numbers))
-    return numbers.where(whole).astype("Int64")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# ground truth (phantom only)
-
-
-@dataclass
-class GroundTruth:
-    """The phantom's ``ground_truth/`` directory (contract in ``diffvqa.data.phantom``).
-
-    Attributes:
-        directory: ``release_dir/ground_truth``; mask files are relative to it.
-        findings: one row per finding (FINDINGS_COLUMNS); masks are 0/255 PNGs in the study's JPG frame.
-        pairs: one row per (study_id, ref_id) (PAIRS_COLUMNS); ``M = [[m00, m01, m02], [m10, m11, m12]]`` maps a
-            reference-JPG pixel to the same anatomy in the main JPG, ``[x_main, y_main] = M @ [x_ref, y_ref, 1]``
-            (x right, y down, pixel centres at integers); the change mask is in the reference JPG's frame.
-        keywords: question_index -> ground-truth keyword.
-        changes: one row per (pair, changed finding, side) (CHANGES_COLUMNS: study_id, ref_id int64; name; side
-            "left" | "right" | ""; mask_file in the reference JPG's frame), or None for a release written before
-            ``changes.csv`` existed (no per-finding change regions then).
-    """
-
-    directory: Path
-    findings: pd.DataFrame
-    pairs: pd.DataFrame
-    keywords: dict[int, str]
-    changes: pd.DataFrame | None = None
-
-    def matrix(self, row: int) -> np.ndarray:
-        """(2, 3) float64 M of ``pairs`` row ``row`` (positional)."""
-        values = self.pairs.iloc[row][["m00", "m01", "m02", "m10", "m11", "m12"]].to_numpy(dtype=np.float64)
-        return values.reshape(2, 3)
-
-
-def read_ground_truth(release_dir: str | Path) -> GroundTruth | None:
-    """Read ``release_dir/ground_truth`` when it exists (phantom releases), else None."""
-    directory = Path(release_dir) / GROUND_TRUTH_DIR
-    if not directory.is_dir():
-        return None
-    findings = _read_csv(directory / "findings.csv", FINDINGS_COLUMNS, FINDINGS_COLUMNS)
-    pairs = _read_csv(directory / "pairs.csv", PAIRS_COLUMNS, PAIRS_COLUMNS)
-    keywords_table = _read_csv(directory / "questions.csv", KEYWORD_COLUMNS, KEYWORD_COLUMNS)
-    for name, table, ints in (
-        ("findings.csv", findings, ("subject_id", "study_id")),
-        ("pairs.csv", pairs, ("study_id", "ref_id")),
-        ("questions.csv", keywords_table, ("question_index",)),
-    ):
-        for column in ints:
-            parsed = _to_int(table[column])
-            if parsed.isna().any():
-                row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-                raise UserError(
-                    f"{directory / name}: row {row}: {column}={table[column].iloc[row]!r} is not an integer"
-                )
-            table[column] = parsed.astype(np.int64)
-    for column in ("m00", "m01", "m02", "m10", "m11", "m12"):
-        parsed = pd.to_numeric(pairs[column], errors="coerce")
-        if parsed.isna().any():
-            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise UserError(f"{directory / 'pairs.csv'}: row {row}: {column}={pairs[column].iloc[row]!r}")
-        pairs[column] = parsed.astype(np.float64)
-    keywords = dict(zip(keywords_table["question_index"].tolist(), keywords_table["keyword"].tolist(), strict=True))
-    changes = read_changes(directory, pairs)
-    return GroundTruth(directory=directory, findings=findings, pairs=pairs, keywords=keywords, changes=changes)
-
-
-CHANGES_COLUMNS = ("study_id", "ref_id", "name", "side", "mask_file")
-CHANGE_SIDES = ("left", "right", "")
-
-
-def read_changes(directory: Path, pairs: pd.DataFrame) -> pd.DataFrame | None:
-    """``ground_truth/changes.csv`` checked row by row against ``pairs`` (the parsed pairs.csv); None when the
-    release predates it. Raises ValueError naming the file, the 0-based data row and the bad value."""
-    path = directory / "changes.csv"
-    if not path.is_file():
-        return None
-    changes = _read_csv(path, CHANGES_COLUMNS, CHANGES_COLUMNS)
-    for column in ("study_id", "ref_id"):
-        parsed = _to_int(changes[column])
-        if parsed.isna().any():
-            row = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise ValueError(f"{path}: row {row}: {column}={changes[column].iloc[row]!r} is not an integer")
-        changes[column] = parsed.astype(np.int64)
-    known = set(zip(pairs.study_id.tolist(), pairs.ref_id.tolist(), strict=True))
-    seen: set = set()
-    for row, (study_id, ref_id, name, side, mask_file) in enumerate(changes.itertuples(index=False)):
-        if (study_id, ref_id, name, side) in seen:
-            raise ValueError(f"{path}: row {row}: a second row for ({study_id}, {ref_id}, {name!r}, {side!r})")
-        seen.add((study_id, ref_id, name, side))
-        if side not in CHANGE_SIDES:
-            raise ValueError(f"{path}: row {row}: side={side!r}; expected one of {list(CHANGE_SIDES)}")
-        if not name or not mask_file:
-            raise ValueError(f"{path}: row {row}: empty {'name' if not name else 'mask_file'}")
-        if (study_id, ref_id) not in known:
-            raise ValueError(f"{path}: row {row}: pair study_id={study_id}, ref_id={ref_id} is not in pairs.csv")
-    return changes
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -398,13 +231,13 @@ def _final_steps(steps: dict[str, int], kept: pd.DataFrame) -> dict[str, int]:
 
 def _read_studies(path: Path) -> tuple[pd.DataFrame, int]:
     """mimic_all.csv -> (table indexed by study_id: subject_id, dicom_id, study_date, relpath; repeats)."""
-    raw = _read_csv(path, STUDY_COLUMNS, STUDY_COLUMNS)
+    raw = read_csv(path, STUDY_COLUMNS, STUDY_COLUMNS)
     studies = pd.DataFrame(
         {
-            "study_id": _to_int(raw.study_id),
-            "subject_id": _to_int(raw.subject_id),
+            "study_id": to_int(raw.study_id),
+            "subject_id": to_int(raw.subject_id),
             "dicom_id": raw.dicom_id.str.strip(),
-            "study_date": _to_int(raw.study_date),
+            "study_date": to_int(raw.study_date),
         }
     )
     studies = studies[studies.study_id.notna()]
@@ -458,15 +291,15 @@ def read_release(
     splits = validate_choices(splits, SPLITS, "split(s)")
     question_types = validate_choices(question_types, QUESTION_TYPES, "question type(s)")
     questions_path = release_dir / QUESTIONS_FILE
-    raw = _read_csv(questions_path, QUESTION_COLUMNS, QUESTION_COLUMNS)
+    raw = read_csv(questions_path, QUESTION_COLUMNS, QUESTION_COLUMNS)
     studies, repeated = _read_studies(release_dir / STUDIES_FILE)
 
     q = pd.DataFrame(
         {
             "question_index": np.arange(len(raw), dtype=np.int64),
-            "subject_id": _to_int(raw.subject_id),
-            "study_id": _to_int(raw.study_id),
-            "ref_id": _to_int(raw.ref_id),
+            "subject_id": to_int(raw.subject_id),
+            "study_id": to_int(raw.study_id),
+            "ref_id": to_int(raw.ref_id),
             "question_type": raw.question_type,
             "question": raw.question,
             "answer": raw.answer,
@@ -504,7 +337,7 @@ def read_release(
     ref_subject = ref.subject_id.to_numpy(dtype="float64", na_value=np.nan)
     checks["subject_mismatch"] = (main_subject != subject) | (ref_subject != subject)
     # NaN dates compare False, so a missing date fails the check too. Only difference questions compare the two
-    # images; the others are about the main image alone (DATA.md).
+    # images; the others are about the main image alone (``docs/data.md``).
     is_difference = (q.question_type == "difference").to_numpy()
     not_later = ~(ref_date < main_date)
     bad_chronology = not_later & is_difference

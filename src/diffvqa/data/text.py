@@ -2,7 +2,7 @@
 from a local directory (paper). Both are one ``tokenizers.Tokenizer`` wrapped by :class:`Tokenizer`, saved as
 ``tokenizer.json`` in a checkpoint, with the same special tokens appended to the vocabulary.
 
-The special tokens frame the decoder's input sequence (DESIGN.md item 4):
+The special tokens frame the decoder's input sequence (``docs/design.md``, step 4):
 ``<main> main-tokens <ref> ref-tokens <question> question <answer> answer <eos>`` and ``<pad>`` after it.
 """
 

@@ -66,7 +66,7 @@ def corner_error(theta: Tensor, theta_true: Tensor, size: int, align_corners: bo
 def registration_loss(theta: Tensor, weights: tuple[float, float, float] | list[float]) -> Tensor:
     """L_reg = w0 * ||Θ - [I|0]||_F^2 + w1 * (det A - 1)^2 + w2 * ||t||^2, averaged over the batch.
 
-    Args: theta (B, 2, 3). Returns a scalar. Default weights 1e-4 / 1e-5 / 1e-6 (DESIGN.md item 2).
+    Args: theta (B, 2, 3). Returns a scalar. Default weights 1e-4 / 1e-5 / 1e-6 (``docs/design.md``, step 2).
     """
     w_frobenius, w_det, w_shift = weights
     eye = identity_theta(theta.shape[0], theta.device, theta.dtype)
@@ -147,8 +147,9 @@ class Aligner(nn.Module):
         delta = self.max_delta * torch.tanh(self.head(self.trunk(pair)))  # (B, 6)
         return identity_theta(main.shape[0], main.device, main.dtype) + delta.view(-1, 2, 3)
 
-    def similarity_loss(self, main: Tensor, ref: Tensor, theta: Tensor, main_content: Tensor | None,
-                        ref_content: Tensor | None) -> Tensor:  # fmt: skip
+    def similarity_loss(
+        self, main: Tensor, ref: Tensor, theta: Tensor, main_content: Tensor | None, ref_content: Tensor | None
+    ) -> Tensor:
         """Mean 1 - NCC(warp(main), ref) over the content overlap, at the aligner's input resolution."""
         small_main, small_ref = self._small(main), self._small(ref)
         ones = torch.ones_like(small_main)
@@ -159,8 +160,9 @@ class Aligner(nn.Module):
         ncc = masked_ncc(warp(small_main, theta, self.align_corners), small_ref, overlap)
         return (1.0 - ncc).mean()
 
-    def forward(self, main: Tensor, ref: Tensor, main_content: Tensor | None = None,
-                ref_content: Tensor | None = None) -> AlignOutput:  # fmt: skip
+    def forward(
+        self, main: Tensor, ref: Tensor, main_content: Tensor | None = None, ref_content: Tensor | None = None
+    ) -> AlignOutput:
         """Warp main (B, 1, S, S) onto ref; ``*_content`` (B, 1, S, S) masks of where each image has content."""
         theta = self.predict_theta(main, ref)
         aligned = warp(main, theta, self.align_corners)

@@ -4,9 +4,9 @@
     model.safetensors    the weights (never a pickle)
     tokenizer.json       the tokenizer (word-level or GPT-2 BPE with our special tokens)
 
-Training runs add ``trainer_state`` (see ``diffvqa.train``). Saving unwraps DDP and ``torch.compile`` wrappers,
-so keys never carry ``module.`` or ``_orig_mod.`` prefixes. Loading is strict: a missing or unexpected key is
-an error that names it.
+A training run's checkpoints add ``trainer_state.pt`` (the run directory: :mod:`diffvqa.run`). Saving unwraps
+DDP and ``torch.compile`` wrappers, so keys never carry ``module.`` or ``_orig_mod.`` prefixes. Loading is strict:
+a missing or unexpected key is an error that names it.
 
 The weights file carries the checkpoint's format version in its safetensors metadata (``diffvqa_format``):
 
@@ -32,8 +32,8 @@ from diffvqa.data.text import Tokenizer
 from diffvqa.errors import MissingInputError, UserError
 from diffvqa.model.encoder import MASKED_PREFIX
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.run import BEST, CONFIG_FILE, LATEST, read_pointer
 
-CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_KEY = "diffvqa_format"
 FORMAT_VERSION = 2
@@ -157,20 +157,12 @@ def save_checkpoint(model: nn.Module, directory: str | Path) -> Path:
     return directory
 
 
-def read_pointer(run_dir: str | Path, name: str) -> Path | None:
-    """The checkpoint directory a training run's ``latest`` or ``best`` pointer file names, if any."""
-    pointer = Path(run_dir) / name
-    if not pointer.is_file():
-        return None
-    return Path(run_dir) / pointer.read_text().strip()
-
-
 def find_checkpoint(path: str | Path) -> Path:
     """A checkpoint directory itself, or a training run's best checkpoint (else its latest)."""
     path = Path(path)
     if (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file():
         return path
-    for name in ("best", "latest"):
+    for name in (BEST, LATEST):
         target = read_pointer(path, name)
         if target is not None and target.is_dir():
             return target

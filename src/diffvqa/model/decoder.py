@@ -1,6 +1,6 @@
 """Visual prefix + GPT-2 decoder + generation.
 
-The decoder's input sequence (DESIGN.md item 4), one row per sample, text right-padded:
+The decoder's input sequence (``docs/design.md``, step 4), one row per sample, text right-padded:
 
     <main> main-tokens(h*w) <ref> ref-tokens(h*w) <question> question <answer> answer <eos> <pad>...
     |<------------------ prefix, L0 = 2*h*w + 2 ------------->|<------------- text, T ------------->|
@@ -282,9 +282,12 @@ class AnswerDecoder(nn.Module):
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
             if use_cache:
                 out = transformer(
-                    inputs_embeds=new_embeds, attention_mask=mask, position_ids=new_positions,
-                    cache=cache, use_cache=True,
-                )  # fmt: skip
+                    inputs_embeds=new_embeds,
+                    attention_mask=mask,
+                    position_ids=new_positions,
+                    cache=cache,
+                    use_cache=True,
+                )
                 cache = out.cache
             else:
                 embeds = torch.cat([embeds, new_embeds], dim=1)
@@ -308,7 +311,10 @@ class AnswerDecoder(nn.Module):
         cache = DynamicCache(prompt.keys_values, config=self.gpt2.config)
         positions = prompt.lengths[:, None] + torch.arange(ids.shape[1], device=ids.device)
         out = transformer(
-            inputs_embeds=transformer.wte(ids), attention_mask=torch.cat([prompt.mask, mask], dim=1),
-            position_ids=positions, cache=cache, use_cache=True,
-        )  # fmt: skip
+            inputs_embeds=transformer.wte(ids),
+            attention_mask=torch.cat([prompt.mask, mask], dim=1),
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+        )
         return torch.cat([prompt.last_hidden[:, None], out.last_hidden_state], dim=1)

@@ -75,8 +75,9 @@ class DiffVQA(nn.Module):
             return torch.zeros_like(main), torch.zeros_like(ref)
         return main, ref
 
-    def align(self, main: Tensor, ref: Tensor, main_content: Tensor | None = None,
-              ref_content: Tensor | None = None) -> AlignOutput:  # fmt: skip
+    def align(
+        self, main: Tensor, ref: Tensor, main_content: Tensor | None = None, ref_content: Tensor | None = None
+    ) -> AlignOutput:
         """Warp main (B, 1, S, S) onto ref; the identity (and zero losses) when the aligner is off.
 
         ``main_content``/``ref_content`` (B, 1, S, S) mark each image's content (not letterbox); None: all of it.
@@ -113,25 +114,41 @@ class DiffVQA(nn.Module):
         features = self.encode(aligned.aligned, ref)
         text = self.decoder.text_batch(question_ids, question_mask, answer_ids, answer_mask)
         answer_loss, _ = self.decode_loss(features, text)
-        losses = {"answer": answer_loss, "registration": aligned.reg_loss,
-                  "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+        losses = {
+            "answer": answer_loss,
+            "registration": aligned.reg_loss,
+            "alignment_similarity": aligned.similarity_loss,
+        }
         loss = answer_loss + aligned.reg_loss + self.config.model.align_similarity * aligned.similarity_loss
         return VQAOutput(
-            loss=loss, losses=losses, theta=aligned.theta, aligned_main=aligned.aligned,
+            loss=loss,
+            losses=losses,
+            theta=aligned.theta,
+            aligned_main=aligned.aligned,
             features=features,
-        )  # fmt: skip
+        )
 
     def generate_from_features(
-        self, features: Tensor, question_ids: Tensor, question_mask: Tensor, use_cache: bool = True,
-        keep_prompt: bool = False, keep_scores: bool = False,
-    ) -> tuple[list[str], Generation]:  # fmt: skip
+        self,
+        features: Tensor,
+        question_ids: Tensor,
+        question_mask: Tensor,
+        use_cache: bool = True,
+        keep_prompt: bool = False,
+        keep_scores: bool = False,
+    ) -> tuple[list[str], Generation]:
         """Greedy answers from feature maps (2B, C, h, w). ``keep_prompt`` keeps the prompt pass's graph from the
         feature maps on (pass them as a leaf that requires grad), so a Grad-CAM can re-use it."""
         with torch.set_grad_enabled(keep_prompt):
             prefix_main, prefix_ref = self.prefix(features)
         generation = self.decoder.generate(
-            prefix_main, prefix_ref, question_ids, question_mask,
-            max_new_tokens=self.config.data.max_answer_tokens + 1, use_cache=use_cache, keep_prompt=keep_prompt,
+            prefix_main,
+            prefix_ref,
+            question_ids,
+            question_mask,
+            max_new_tokens=self.config.data.max_answer_tokens + 1,
+            use_cache=use_cache,
+            keep_prompt=keep_prompt,
             keep_scores=keep_scores,
-        )  # fmt: skip
+        )
         return [self.tokenizer.decode(row) for row in generation.ids.tolist()], generation

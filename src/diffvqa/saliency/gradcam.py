@@ -1,4 +1,4 @@
-"""Keyword-conditioned Grad-CAM on the encoder's feature maps of both images (DESIGN.md item 7).
+"""Keyword-conditioned Grad-CAM on the encoder's feature maps of both images (``docs/design.md``, step 7).
 
 score s = sum of log p(y_t) over the answer tokens that spell the keyword (the whole answer and its <eos> when
 there is no keyword), teacher-forced. G = ds/dF by ``torch.autograd.grad`` on the feature maps F of *the same
@@ -175,10 +175,17 @@ def normalize_cams(cam: Tensor, mode: str = "image", eps: float = 1e-6) -> Tenso
 
 
 def cams_from_score(
-    features: Tensor, score: Tensor, size: int, eps: float = 1e-6, retain_graph: bool = True,
-    method: str = "gradcam", content: Tensor | None = None, gate: Tensor | None = None, normalize: str = "image",
+    features: Tensor,
+    score: Tensor,
+    size: int,
+    eps: float = 1e-6,
+    retain_graph: bool = True,
+    method: str = "gradcam",
+    content: Tensor | None = None,
+    gate: Tensor | None = None,
+    normalize: str = "image",
     pool: int = 1,
-) -> tuple[Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor]:
     """Grad-CAM of ``score`` (B,) w.r.t. ``features`` (2B, C, h, w), main images first.
 
     Rows are independent (no layer after the feature maps mixes samples), so one gradient of the summed score
@@ -198,8 +205,9 @@ def cams_from_score(
     return cam_main, cam_ref
 
 
-def gate_cams(cam_main: Tensor, cam_ref: Tensor, gate: Tensor, normalize: str = "image",
-              eps: float = 1e-6) -> tuple[Tensor, Tensor]:  # fmt: skip
+def gate_cams(
+    cam_main: Tensor, cam_ref: Tensor, gate: Tensor, normalize: str = "image", eps: float = 1e-6
+) -> tuple[Tensor, Tensor]:
     """Maps from :func:`cams_from_score` without a gate -> the same maps gated, as if ``gate`` had been given:
     the normalisations divide by maxima, so gating the normalised maps and normalising again is the same."""
     gated = normalize_cams(torch.cat([cam_main, cam_ref]) * torch.cat([gate, gate]), normalize, eps)

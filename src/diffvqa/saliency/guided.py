@@ -1,4 +1,4 @@
-"""The saliency loop: the two-step training objective (DESIGN.md item 9) and two-pass inference (item 10).
+"""The saliency loop: the two-step training objective (``docs/design.md``, step 9) and two-pass inference (step 10).
 
 Training is one forward of :class:`SaliencyGuidedVQA` and one backward, so DDP sees every parameter used
 exactly as in a plain step (no ``find_unused_parameters``): align once; pass A on the unmasked pair keeps its
@@ -42,8 +42,9 @@ class GuidedOutput:
     empty_mask: Tensor | None  # (B,) bool: rows whose M was all zero and fell back to all ones
 
 
-def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | None,
-                 ref_box: Tensor | None) -> tuple[AlignOutput, Tensor | None]:  # fmt: skip
+def aligned_pair(
+    model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | None, ref_box: Tensor | None
+) -> tuple[AlignOutput, Tensor | None]:
     """Align main onto ref with their content masks -> (alignment, content (2B, 1, S, S) or None).
 
     ``content`` marks where the aligned main and the reference hold image (main first, as the feature maps);
@@ -56,8 +57,9 @@ def aligned_pair(model: DiffVQA, main: Tensor, ref: Tensor, main_box: Tensor | N
     if aligned.content is None and ref_content is None:
         return aligned, None
     ones = torch.ones(batch, 1, size, size, device=main.device)
-    content = torch.cat([ones if aligned.content is None else aligned.content,
-                         ones if ref_content is None else ref_content])  # fmt: skip
+    content = torch.cat(
+        [ones if aligned.content is None else aligned.content, ones if ref_content is None else ref_content]
+    )
     return aligned, content
 
 
@@ -106,16 +108,27 @@ class SaliencyGuidedVQA(nn.Module):
         loss_a, hidden_a = model.decode_loss(features_a, text)
         alignment = aligned.reg_loss + similarity_weight * aligned.similarity_loss
         if not enabled:
-            losses = {"answer_unmasked": loss_a, "registration": aligned.reg_loss,
-                      "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+            losses = {
+                "answer_unmasked": loss_a,
+                "registration": aligned.reg_loss,
+                "alignment_similarity": aligned.similarity_loss,
+            }
             return GuidedOutput(loss_a + alignment, losses, aligned.theta, None, None)
 
         select = score_selection(text, question_mask, keyword_mask)
         score = keyword_log_prob(model.decoder, hidden_a, text, select, cfg.cam_target)
-        cam_main, cam_ref = cams_from_score(features_a, score, model.image_size, cfg.cam_eps,
-                                            retain_graph=not cam_only, method=cfg.cam_method, content=content,
-                                            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content),
-                                            normalize=cfg.cam_normalize, pool=cam_pool(model.config))  # fmt: skip
+        cam_main, cam_ref = cams_from_score(
+            features_a,
+            score,
+            model.image_size,
+            cfg.cam_eps,
+            retain_graph=not cam_only,
+            method=cfg.cam_method,
+            content=content,
+            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content),
+            normalize=cfg.cam_normalize,
+            pool=cam_pool(model.config),
+        )
         if cam_only:
             loss_a = loss_a.detach()
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
@@ -123,8 +136,12 @@ class SaliencyGuidedVQA(nn.Module):
             apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True
         )
         loss_b, _ = model.decode_loss(features_b, text)
-        losses = {"answer_masked": loss_b, "answer_unmasked": loss_a, "registration": aligned.reg_loss,
-                  "alignment_similarity": aligned.similarity_loss}  # fmt: skip
+        losses = {
+            "answer_masked": loss_b,
+            "answer_unmasked": loss_a,
+            "registration": aligned.reg_loss,
+            "alignment_similarity": aligned.similarity_loss,
+        }
         loss = loss_b + cfg.unmasked_loss_weight * loss_a + alignment
         return GuidedOutput(loss, losses, aligned.theta, mask, empty)
 
@@ -168,8 +185,18 @@ def two_pass_answer(
     features = model.encode(aligned.aligned, ref)
     if single_pass or not cfg.enabled:
         preliminary, _ = model.generate_from_features(features, question_ids, question_mask)
-        return TwoPassResult(preliminary, [""] * len(preliminary), None, None, None, aligned.theta, aligned.aligned,
-                             list(preliminary), content=content, features=features)  # fmt: skip
+        return TwoPassResult(
+            preliminary,
+            [""] * len(preliminary),
+            None,
+            None,
+            None,
+            aligned.theta,
+            aligned.aligned,
+            list(preliminary),
+            content=content,
+            features=features,
+        )
 
     # Pass 1 projects the feature maps from a leaf and keeps its prompt pass's graph: the Grad-CAM re-uses both
     # (no encoder backward, no second prompt pass).
@@ -199,5 +226,16 @@ def two_pass_answer(
         apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True
     )
     final, _ = model.generate_from_features(masked, question_ids, question_mask)
-    return TwoPassResult(preliminary, keywords, cam_main, cam_ref, mask, aligned.theta, aligned.aligned, final,
-                         empty_mask=empty, content=content, features=features)  # fmt: skip
+    return TwoPassResult(
+        preliminary,
+        keywords,
+        cam_main,
+        cam_ref,
+        mask,
+        aligned.theta,
+        aligned.aligned,
+        final,
+        empty_mask=empty,
+        content=content,
+        features=features,
+    )

@@ -1,7 +1,7 @@
 """The lexicon: Medical-Diff-VQA's 30 official finding names, their other wordings, and finding them in text.
 
-``FINDINGS`` (DATA.md's list), ``SYNONYMS`` (other surface forms -> official name) and ``NOT_FINDINGS`` (phrases
-that contain a synonym but name something else) define the surface forms. On top of them:
+``FINDINGS`` (the list of ``docs/data.md``), ``SYNONYMS`` (other surface forms -> official name) and
+``NOT_FINDINGS`` (phrases that contain a synonym but name something else) define the surface forms. On top of them:
 
 * :func:`find_findings`: every finding named in a text, as character spans; overlaps resolve to the longest form.
 * :func:`lexicon_keyword` (the default keyword source of :mod:`diffvqa.saliency.keywords`): the first finding
@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import re
 
-# The 30 official finding names of Medical-Diff-VQA, in DATA.md's order. The release's answers use only these.
+# The 30 official finding names of Medical-Diff-VQA, in the order of docs/data.md; the release's answers use only
+# these.
 FINDINGS: tuple[str, ...] = (
     "pleural effusion",
     "atelectasis",

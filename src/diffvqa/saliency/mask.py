@@ -1,4 +1,4 @@
-"""The shared saliency mask (DESIGN.md item 8) and its application to [0, 1] intensities.
+"""The shared saliency mask (``docs/design.md``, step 8) and its application to [0, 1] intensities.
 
 The main image was aligned onto the reference before encoding, so both CAMs live in the reference frame and
 combine element-wise. Masking happens in intensity space, before the encoder normalises.
@@ -34,8 +34,9 @@ def shared_mask(cam_main: Tensor, cam_ref: Tensor, variant: str = "max") -> Tens
     raise ValueError(f"saliency.mask={variant!r}: expected one of {', '.join(MASK_VARIANTS)}")
 
 
-def registered_difference(aligned_main: Tensor, ref: Tensor, content: Tensor | None = None, smooth: int = 5,
-                          erode: int = 4) -> Tensor:  # fmt: skip
+def registered_difference(
+    aligned_main: Tensor, ref: Tensor, content: Tensor | None = None, smooth: int = 5, erode: int = 4
+) -> Tensor:
     """Where the registered pair differs: |aligned main − ref|, box-smoothed, on the eroded content overlap.
 
     Args: aligned_main, ref (B, 1, S, S) in [0, 1]; content (2B, 1, S, S) of the aligned main then the reference

@@ -30,11 +30,9 @@ from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
+from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.viewer.strips import PANELS, strip_path
 
-PREDICTIONS_FILE = "predictions.jsonl"
-METRICS_FILE = "metrics.json"
-VIEWER_DIR = "viewer"
 DATA_FILE = "data.js"
 STATIC_FILES = ("index.html", "viewer.js", "viewer.css")
 SUMMARY_KEYS = ("BLEU-4", "METEOR", "METEOR_nltk", "ROUGE-L", "CIDEr")
@@ -44,8 +42,9 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
     """The records of ``eval_dir/predictions.jsonl``; errors name the file and line."""
     path = Path(eval_dir) / PREDICTIONS_FILE
     if not path.is_file():
-        raise MissingInputError(f"{path}: not found (an evaluation directory holds the predictions.jsonl that "
-                                "`diffvqa evaluate` writes)")  # fmt: skip
+        raise MissingInputError(
+            f"{path}: not found (an evaluation directory holds the predictions.jsonl that `diffvqa evaluate` writes)"
+        )
     records = []
     needed = ("question_type", "question", "answer", "final")
     for number, record in read_jsonl(path):
@@ -59,7 +58,7 @@ def read_predictions(eval_dir: Path) -> list[dict[str, Any]]:
 
 
 def _read_metrics(eval_dir: Path) -> dict[str, Any]:
-    path = Path(eval_dir) / METRICS_FILE
+    path = Path(eval_dir) / EVAL_METRICS_FILE
     if not path.is_file():
         return {}
     try:
@@ -99,8 +98,9 @@ class _Strings:
         return self.index[text]
 
 
-def _run_entry(eval_dir: Path, metrics: dict[str, Any], records: list[dict[str, Any]], out: Path,
-               label: str) -> dict[str, Any]:  # fmt: skip
+def _run_entry(
+    eval_dir: Path, metrics: dict[str, Any], records: list[dict[str, Any]], out: Path, label: str
+) -> dict[str, Any]:
     images = Path(eval_dir) / VIEWER_DIR
     has_images = (images / strip_path(0)).is_file() and (images / strip_path(len(records) - 1)).is_file()
     run = metrics.get("run") or {}
@@ -127,8 +127,8 @@ def _labels(dirs: list[Path]) -> list[str]:
 
 def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> dict[str, Any]:
     """The viewer's data (what ``data.js`` assigns): runs, a string table and one row per question."""
-    from diffvqa.meteor_nltk import meteor_nltk_sentences
     from diffvqa.metrics import normalize_answer
+    from diffvqa.metrics.meteor_nltk import meteor_nltk_sentences
 
     strings = _Strings()
     runs, per_run = [], []
@@ -172,8 +172,9 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     }
 
 
-def write_viewer(eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None,
-                 title: str | None = None) -> Path:  # fmt: skip
+def write_viewer(
+    eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None, title: str | None = None
+) -> Path:
     """Write the viewer of ``eval_dir`` (side by side with ``other`` when given); return its ``index.html``.
 
     ``out`` defaults to ``eval_dir/viewer`` (where ``evaluate`` put the strips), or ``eval_dir/viewer-vs-NAME``
@@ -209,12 +210,20 @@ def finish_viewer(eval_dir: Path, strips: Any, total_seconds: float) -> str:
     viewer_seconds = calls + time.perf_counter() - tic
     evaluation_seconds = max(total_seconds - calls, 1e-9)
     size = folder_bytes(index.parent)
-    timing = {"questions": strips.count, "viewer_seconds": viewer_seconds, "evaluation_seconds": evaluation_seconds,
-              "ratio": viewer_seconds / evaluation_seconds, "strip_worker_seconds": strips.worker_seconds,
-              "bytes": size, "bytes_per_question": size / max(strips.count, 1)}  # fmt: skip
+    timing = {
+        "questions": strips.count,
+        "viewer_seconds": viewer_seconds,
+        "evaluation_seconds": evaluation_seconds,
+        "ratio": viewer_seconds / evaluation_seconds,
+        "strip_worker_seconds": strips.worker_seconds,
+        "bytes": size,
+        "bytes_per_question": size / max(strips.count, 1),
+    }
     (index.parent / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
-    return (f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.2f} s "
-            f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s")  # fmt: skip
+    return (
+        f"viewer: {index} — {strips.count} questions, {size / 1e6:.1f} MB, written in {viewer_seconds:.2f} s "
+        f"= {100 * timing['ratio']:.2f} % of the evaluation's {evaluation_seconds:.1f} s"
+    )
 
 
 @command("diffvqa view")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffvqa.visualize import CONTOUR_COLOR, apply_colormap, mask_outline
+from diffvqa.report.drawing import CONTOUR_COLOR, apply_colormap, mask_outline
 
 IMAGES_DIR = "img"
 PANELS = (
@@ -37,7 +37,7 @@ PANELS = (
     ("mask", "shared mask M + true change (green)"),
 )
 DIFFERENCE_GAIN = 2.0  # differences between visits are faint; a fixed gain keeps strips comparable
-HEAT_ALPHA = 0.45  # as visualize.heat_overlay
+HEAT_ALPHA = 0.45  # as diffvqa.report.drawing.heat_overlay
 EMPTY_GRAY = 64  # a panel the evaluation has no picture for (single pass)
 
 
@@ -64,7 +64,7 @@ def _gray_rgb(gray: np.ndarray) -> np.ndarray:
 
 
 def _heat(gray: np.ndarray, heat: np.ndarray) -> np.ndarray:
-    """Inferno heat over gray, as visualize.heat_overlay, for a batch: (B, H, W) x2 -> (B, H, W, 3) float32."""
+    """Inferno heat over gray, as report.drawing.heat_overlay, for a batch: (B, H, W) x2 -> (B, H, W, 3) float32."""
     colour = apply_colormap(heat).astype(np.float32)
     return np.float32(1.0 - HEAT_ALPHA) * _gray_rgb(gray) + np.float32(HEAT_ALPHA) * colour
 
@@ -85,8 +85,12 @@ def render_strips(
     main_, ref_, aligned_ = (_resize(x, panel)[:, 0] for x in (main, ref, aligned))
     heat = iter(_resize(m, panel)[:, 0] for m in (cam_main, cam_ref, mask) if m is not None)
     empty = np.full((b, panel, panel, 3), float(EMPTY_GRAY), dtype=np.float32)
-    columns = [_gray_rgb(main_), _gray_rgb(ref_), _gray_rgb(aligned_),
-               _gray_rgb(np.abs(aligned_ - ref_) * DIFFERENCE_GAIN)]  # fmt: skip
+    columns = [
+        _gray_rgb(main_),
+        _gray_rgb(ref_),
+        _gray_rgb(aligned_),
+        _gray_rgb(np.abs(aligned_ - ref_) * DIFFERENCE_GAIN),
+    ]
     for given, base in ((cam_main, aligned_), (cam_ref, ref_), (mask, ref_)):
         columns.append(empty if given is None else _heat(base, next(heat)))
     strips = np.concatenate(columns, axis=2)

@@ -269,8 +269,10 @@ def render_static(cv: Canvas, an: Anatomy, rng: np.random.Generator) -> Static:
     ribs = bones.copy()
     for side in (0, 1):  # clavicles: medial end by the spine, rising laterally with a gentle S
         sign = 1 if side == 1 else -1
-        pts = [(an.mid + sign * s, an.clav_y - 0.3 * (s - 0.05) + 0.018 * math.sin(2 * math.pi * (s - 0.05) / 0.35))
-               for s in np.linspace(0.05, 0.40, 9)]  # fmt: skip
+        pts = [
+            (an.mid + sign * s, an.clav_y - 0.3 * (s - 0.05) + 0.018 * math.sin(2 * math.pi * (s - 0.05) / 0.35))
+            for s in np.linspace(0.05, 0.40, 9)
+        ]
         clav = np.zeros(cv.shape, np.float32)
         for p0, p1 in zip(pts[:-1], pts[1:], strict=True):
             segment(cv, clav, p0, p1, 0.014)

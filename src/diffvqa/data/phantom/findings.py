@@ -33,7 +33,7 @@ class Lesion:
     and only a level change alters it.
 
     Attributes:
-        name: the official finding name (DATA.md vocabulary).
+        name: the official finding name (the vocabulary of ``docs/data.md``).
         kind: the renderer (see ``KINDS``).
         sides: which lungs it involves, subset of (0, 1); () for midline findings.
         zone: where in the lung (apical, upper, mid, lower, base, mid to lower, retrocardiac) or "".

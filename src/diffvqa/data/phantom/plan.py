@@ -79,14 +79,16 @@ SPECS = (
     Spec("scoliosis", "scoliosis", ("mild", "moderate"), (), "none", (), "chronic", 0.05),
 )  # fmt: skip
 SPEC = {s.name: s for s in SPECS}
-EXCLUSIVE = ({"cardiomegaly", "enlargement of the cardiac silhouette"},
-             {"pleural effusion", "blunting of the costophrenic angle"})  # fmt: skip
+EXCLUSIVE = (
+    {"cardiomegaly", "enlargement of the cardiac silhouette"},
+    {"pleural effusion", "blunting of the costophrenic angle"},
+)
 # For the finding-level questions: which findings have a side worth asking about.
 LATERAL_KINDS = {"effusion", "blunting", "ptx", "opacity", "atelectasis", "edema", "nodule", "thickening", "fracture"}
 
 
 def _location(spec: Spec, sides: tuple[int, ...], zone: str, rng: np.random.Generator) -> str:
-    """The location phrase of a finding, built from DATA.md's location words."""
+    """The location phrase of a finding, built from the location words of ``docs/data.md``."""
     if zone == "retrocardiac":
         return "retrocardiac"
     if spec.kind == "fracture":

@@ -1,4 +1,4 @@
-"""The phantom's questions and answers: DATA.md's templates, verbatim, filled in from a pair's findings.
+"""The phantom's questions and answers: the templates of ``docs/data.md``, verbatim, filled in from a pair's findings.
 
 :func:`pair_questions` writes the ~7 QA rows of one (main, reference) pair of a subject's plan
 (:mod:`diffvqa.data.phantom.plan`); :func:`difference_answer` spells a difference in the release's wording,
@@ -117,8 +117,14 @@ def pair_questions(plan: SubjectPlan, k: int, rendered: dict, rng: np.random.Gen
     if located:
         lesion = choose(located)
         if len(lesion.sides) == 1 and rng.random() < 0.3:
-            rows.append(("location", f"is the {lesion.name} located on the left side or right side?",
-                         f"{SIDES[lesion.sides[0]]} side", lesion.name))  # fmt: skip
+            rows.append(
+                (
+                    "location",
+                    f"is the {lesion.name} located on the left side or right side?",
+                    f"{SIDES[lesion.sides[0]]} side",
+                    lesion.name,
+                )
+            )
         else:
             template = choose(("where in the image is the {} located?", "where is the {}?"))
             rows.append(("location", template.format(lesion.name), lesion.location, lesion.name))

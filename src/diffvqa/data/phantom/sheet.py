@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from diffvqa.data.ground_truth import FINDINGS_FILE, GROUND_TRUTH_DIR, PAIRS_FILE
+from diffvqa.data.release import QUESTIONS_FILE, STUDIES_FILE
+
 
 def _outline(mask: np.ndarray) -> np.ndarray:
     """Pixels of ``mask`` (bool) with a 4-neighbour outside it."""
@@ -46,24 +49,26 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
     release, out = Path(release), Path(out)
     if pairs < 1:
         raise ValueError(f"pairs={pairs!r}: expected a positive integer")
-    questions_path = release / "mimic_pair_questions.csv"
+    questions_path = release / QUESTIONS_FILE
     if not questions_path.is_file():
         raise FileNotFoundError(f"{questions_path}: not found; is {release} a release directory?")
     q = pd.read_csv(questions_path, dtype=str, keep_default_na=False)
     q = q[q.question == "what has changed compared to the reference image?"].drop_duplicates(["study_id", "ref_id"])
-    studies = pd.read_csv(release / "mimic_all.csv", dtype=str, keep_default_na=False).set_index("study_id")
-    truth = release / "ground_truth"
+    studies = pd.read_csv(release / STUDIES_FILE, dtype=str, keep_default_na=False).set_index("study_id")
+    truth = release / GROUND_TRUTH_DIR
     findings = pairs_gt = None
-    if (truth / "pairs.csv").is_file():
-        findings = pd.read_csv(truth / "findings.csv", dtype=str, keep_default_na=False)
-        pairs_gt = pd.read_csv(truth / "pairs.csv", dtype=str, keep_default_na=False).set_index(["study_id", "ref_id"])
+    if (truth / PAIRS_FILE).is_file():
+        findings = pd.read_csv(truth / FINDINGS_FILE, dtype=str, keep_default_na=False)
+        pairs_gt = pd.read_csv(truth / PAIRS_FILE, dtype=str, keep_default_na=False).set_index(["study_id", "ref_id"])
 
     def describe(study_id: str) -> str:
         if findings is None:
             return "?"
         rows = findings[findings.study_id == study_id]
-        parts = [" ".join(filter(None, (r.level, r.type, r["name"]))) + (f" ({r.location})" if r.location else "")
-                 for _, r in rows.iterrows()]  # fmt: skip
+        parts = [
+            " ".join(filter(None, (r.level, r.type, r["name"]))) + (f" ({r.location})" if r.location else "")
+            for _, r in rows.iterrows()
+        ]
         return ", ".join(parts) or "no finding"
 
     def image(study_id: str) -> Image.Image:
@@ -84,9 +89,11 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
             pixels[_outline(change)] = (255, 40, 40)
             overlay = Image.fromarray(pixels)
         w, h = ref.width + main.width + overlay.width + 8, max(ref.height, main.height)
-        text = (f"subject {row.subject_id}: ref s{row.ref_id} ({studies.loc[row.ref_id, 'study_date']}) -> "
-                f"main s{row.study_id} ({studies.loc[row.study_id, 'study_date']})\n"
-                f"ref: {describe(row.ref_id)}\nmain: {describe(row.study_id)}\ndiff: {row.answer.strip()}")  # fmt: skip
+        text = (
+            f"subject {row.subject_id}: ref s{row.ref_id} ({studies.loc[row.ref_id, 'study_date']}) -> "
+            f"main s{row.study_id} ({studies.loc[row.study_id, 'study_date']})\n"
+            f"ref: {describe(row.ref_id)}\nmain: {describe(row.study_id)}\ndiff: {row.answer.strip()}"
+        )
         scratch = ImageDraw.Draw(Image.new("RGB", (1, 1)))
         lines = _wrap(scratch, text, font, w - 8)
         line_h = 12

@@ -1,22 +1,22 @@
 """A longitudinal chest X-ray phantom, written in the real Medical-Diff-VQA v1.0.1 + MIMIC-CXR-JPG format.
 
-No one can run MIMIC here, so :func:`simulate` draws patients with 2-4 visits each (:mod:`~diffvqa.data.phantom.plan`),
-renders every visit (:mod:`~diffvqa.data.phantom.anatomy`, :mod:`~diffvqa.data.phantom.findings`,
-:mod:`~diffvqa.data.phantom.imaging`), asks DATA.md's questions about each pair (:mod:`~diffvqa.data.phantom.qa`)
-and writes a release that the same reader, loader, training and metrics consume — plus ground truth that no real
-dataset has::
+MIMIC-CXR needs PhysioNet credentials, so :func:`simulate` draws patients with 2-4 visits each
+(:mod:`~diffvqa.data.phantom.plan`), renders every visit (:mod:`~diffvqa.data.phantom.anatomy`,
+:mod:`~diffvqa.data.phantom.findings`, :mod:`~diffvqa.data.phantom.imaging`), asks the release's questions
+(``docs/data.md``) about each pair (:mod:`~diffvqa.data.phantom.qa`) and writes a release that the same reader,
+loader, training and metrics consume — plus ground truth that no real dataset has::
 
     out/
       mimic_pair_questions.csv          study_id,subject_id,ref_id,question_type,question,answer,split
-      mimic_all.csv                     the 21 columns of DATA.md, one row per study
-      mimic-cxr-2.0.0-metadata.csv.gz   one row per image (the metadata columns of DATA.md)
+      mimic_all.csv                     the 21 columns of docs/data.md, one row per study
+      mimic-cxr-2.0.0-metadata.csv.gz   one row per image (MIMIC-CXR-JPG's metadata columns)
       files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg     8-bit grayscale JPEG, H x W (size=(H, W))
       ground_truth/
         findings.csv  pairs.csv  changes.csv  questions.csv  masks/*.png  changes/*.png
 
-Ground-truth contract (read by ``diffvqa.data.release.read_ground_truth``). Pixel coordinates: x to the right,
-y down, pixel centres at integer coordinates; masks are 8-bit PNGs holding 0 or 255, H x W like the JPG whose
-frame they are in; ``*_file`` paths are relative to ``ground_truth/``.
+Ground-truth contract (file and column names in :mod:`diffvqa.data.ground_truth`, which reads it back). Pixel
+coordinates: x to the right, y down, pixel centres at integer coordinates; masks are 8-bit PNGs holding 0 or 255,
+H x W like the JPG whose frame they are in; ``*_file`` paths are relative to ``ground_truth/``.
 
 * ``findings.csv`` — one row per (study, finding): ``subject_id,study_id,dicom_id,name,location,level,type,
   mask_file``. ``name`` is one of the 30 official finding names; ``location`` / ``level`` / ``type`` are the
@@ -77,15 +77,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from diffvqa.data.ground_truth import (
+    CHANGES_COLUMNS,
+    CHANGES_FILE,
+    FINDINGS_COLUMNS,
+    FINDINGS_FILE,
+    GROUND_TRUTH_DIR,
+    KEYWORD_COLUMNS,
+    KEYWORDS_FILE,
+    PAIRS_COLUMNS,
+    PAIRS_FILE,
+)
 from diffvqa.data.phantom.anatomy import render_static
 from diffvqa.data.phantom.findings import render_canonical
 from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, make_canvas
 from diffvqa.data.phantom.plan import LATERAL_KINDS, SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
 from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
 from diffvqa.data.phantom.sheet import contact_sheet
+from diffvqa.data.release import QUESTION_COLUMNS, QUESTIONS_FILE, STUDIES_FILE
 from diffvqa.errors import ArgumentParser, command
 
-QUESTION_COLUMNS = ("study_id", "subject_id", "ref_id", "question_type", "question", "answer", "split")
 CHEXPERT = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
     "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
@@ -96,9 +107,6 @@ METADATA_COLUMNS = (
     "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
     "PatientOrientationCodeSequence_CodeMeaning",
 )  # fmt: skip
-FINDINGS_COLUMNS = ("subject_id", "study_id", "dicom_id", "name", "location", "level", "type", "mask_file")
-PAIRS_COLUMNS = ("study_id", "ref_id", "m00", "m01", "m02", "m10", "m11", "m12", "change_mask_file", "keyword")
-CHANGES_COLUMNS = ("study_id", "ref_id", "name", "side", "mask_file")
 MIN_SIDE = 32
 
 
@@ -179,7 +187,7 @@ def render_subject(plan: SubjectPlan, out: Path, size: tuple[int, int]) -> dict:
         for name, field in soft.items():
             mask = _binary(warp(field))
             Image.fromarray(mask, mode="L").save(
-                out / "ground_truth" / "masks" / f"s{study.study_id}_{_slug(name)}.png"
+                out / GROUND_TRUTH_DIR / "masks" / f"s{study.study_id}_{_slug(name)}.png"
             )
             visit_areas[name] = int((mask > 0).sum())
         areas.append(visit_areas)
@@ -199,12 +207,12 @@ def render_subject(plan: SubjectPlan, out: Path, size: tuple[int, int]) -> dict:
             ref_warp = Warp(cv, ref_study.pose)
             mask = _binary(ref_warp(union)) if change_areas else np.zeros(size, np.uint8)
             stem = f"s{study.study_id}_s{ref_study.study_id}"
-            Image.fromarray(mask, mode="L").save(out / "ground_truth" / "changes" / f"{stem}.png")
+            Image.fromarray(mask, mode="L").save(out / GROUND_TRUTH_DIR / "changes" / f"{stem}.png")
             changes.append(change_areas)
             pair_regions = []
             for name, side, region in change_regions(plan, k, ref_soft, soft, sides):
                 Image.fromarray(_binary(ref_warp(region)), mode="L").save(
-                    out / "ground_truth" / _region_file(stem, name, side)
+                    out / GROUND_TRUTH_DIR / _region_file(stem, name, side)
                 )
                 pair_regions.append((name, side))
             regions.append(pair_regions)
@@ -247,7 +255,7 @@ def _validate(pairs, size, seed) -> tuple[int, tuple[int, int]]:
     return int(pairs), (height, width)
 
 
-OUTPUTS = ("mimic_pair_questions.csv", "mimic_all.csv", "mimic-cxr-2.0.0-metadata.csv.gz", "files", "ground_truth")
+OUTPUTS = (QUESTIONS_FILE, STUDIES_FILE, "mimic-cxr-2.0.0-metadata.csv.gz", "files", GROUND_TRUTH_DIR)
 
 
 def simulate(
@@ -286,7 +294,7 @@ def simulate(
     for name in existing:
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     for sub in ("masks", "changes"):
-        (out / "ground_truth" / sub).mkdir(parents=True, exist_ok=True)
+        (out / GROUND_TRUTH_DIR / sub).mkdir(parents=True, exist_ok=True)
 
     ids = Ids(np.random.default_rng([seed, 0]))
     plans, remaining = [], pairs
@@ -333,8 +341,15 @@ def simulate(
             ref = plan.studies[k - 1]
             M = compose(study.pose, invert(ref.pose))
             _, pair_keyword = pair_difference(plan, k, result["changes"][k - 1])
-            pair_rows.append((study.study_id, ref.study_id, *(f"{v:.10g}" for v in M.ravel()),
-                              f"changes/s{study.study_id}_s{ref.study_id}.png", pair_keyword))  # fmt: skip
+            pair_rows.append(
+                (
+                    study.study_id,
+                    ref.study_id,
+                    *(f"{v:.10g}" for v in M.ravel()),
+                    f"changes/s{study.study_id}_s{ref.study_id}.png",
+                    pair_keyword,
+                )
+            )
             stem = f"s{study.study_id}_s{ref.study_id}"
             for name, side in result["regions"][k - 1]:
                 change_rows.append((study.study_id, ref.study_id, name, side, _region_file(stem, name, side)))
@@ -342,13 +357,14 @@ def simulate(
                 questions.append((study.study_id, plan.subject_id, ref.study_id, qtype, question, answer, plan.split))
                 keywords.append((len(keywords), keyword))
 
-    _write_csv(out / "mimic_pair_questions.csv", QUESTION_COLUMNS, questions)
-    _write_csv(out / "mimic_all.csv", STUDY_COLUMNS, studies)
+    truth = out / GROUND_TRUTH_DIR
+    _write_csv(out / QUESTIONS_FILE, QUESTION_COLUMNS, questions)
+    _write_csv(out / STUDIES_FILE, STUDY_COLUMNS, studies)
     _write_csv(out / "mimic-cxr-2.0.0-metadata.csv.gz", METADATA_COLUMNS, metadata, compress=True)
-    _write_csv(out / "ground_truth" / "findings.csv", FINDINGS_COLUMNS, findings)
-    _write_csv(out / "ground_truth" / "pairs.csv", PAIRS_COLUMNS, pair_rows)
-    _write_csv(out / "ground_truth" / "changes.csv", CHANGES_COLUMNS, change_rows)
-    _write_csv(out / "ground_truth" / "questions.csv", ("question_index", "keyword"), keywords)
+    _write_csv(truth / FINDINGS_FILE, FINDINGS_COLUMNS, findings)
+    _write_csv(truth / PAIRS_FILE, PAIRS_COLUMNS, pair_rows)
+    _write_csv(truth / CHANGES_FILE, CHANGES_COLUMNS, change_rows)
+    _write_csv(truth / KEYWORDS_FILE, KEYWORD_COLUMNS, keywords)
     by_type: dict[str, int] = {}
     for row in questions:
         by_type[row[3]] = by_type.get(row[3], 0) + 1

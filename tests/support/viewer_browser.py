@@ -5,7 +5,7 @@ test command runs it): its ``executablePath()`` unpacks a headless Chromium that
 ``playwright`` drives it (``pip install -e '.[dev]'``); playwright's own browser download is not used.
 
 Run as a script it makes the README's screenshot of an evaluation's viewer:
-``python tests/viewer_browser.py EVAL_DIR OUT.png`` (the viewer of EVAL_DIR is written first if missing).
+``python tests/support/viewer_browser.py EVAL_DIR OUT.png`` (the viewer of EVAL_DIR is written first if missing).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-BROWSER_DIR = Path(__file__).resolve().parent / "browser"
+BROWSER_DIR = Path(__file__).resolve().parents[1] / "browser"  # tests/browser
 NODE_SCRIPT = (
     "import('@sparticuz/chromium').then(async (m) => { const c = m.default;"
     " console.log(JSON.stringify({ path: await c.executablePath(), args: c.args })); })"
@@ -29,11 +29,13 @@ class BrowserMissing(RuntimeError):
 def chromium_launch_options() -> dict:
     """``executable_path`` and ``args`` of the npm package's Chromium (unpacked on first use)."""
     if not (BROWSER_DIR / "node_modules" / "@sparticuz" / "chromium").is_dir():
-        raise BrowserMissing(f"no headless Chromium: run `npm ci --prefix {BROWSER_DIR}` (the README's test command "
-                             "does)")  # fmt: skip
+        raise BrowserMissing(
+            f"no headless Chromium: run `npm ci --prefix {BROWSER_DIR}` (the README's test command does)"
+        )
     try:
-        out = subprocess.run(["node", "-e", NODE_SCRIPT], cwd=BROWSER_DIR, capture_output=True, text=True,
-                             timeout=180, check=True)  # fmt: skip
+        out = subprocess.run(
+            ["node", "-e", NODE_SCRIPT], cwd=BROWSER_DIR, capture_output=True, text=True, timeout=180, check=True
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or ""
         raise BrowserMissing(f"could not unpack @sparticuz/chromium with node: {exc} {detail[-2000:]}") from None

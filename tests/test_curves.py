@@ -6,19 +6,30 @@ import pytest
 from PIL import Image
 
 from diffvqa.cli import main as cli_main
-from diffvqa.plot import curve_keys, find_metrics_log, group_of, plot_runs, read_log
+from diffvqa.report.curves import curve_keys, group_of, plot_runs, read_log
+from diffvqa.run import find_metrics_log
 
 
 def _run(path, scale, extra=True):
     path.mkdir(parents=True)
     lines = []
     for step in range(1, 11):
-        lines.append({"step": step, "loss": 3.0 * scale / step, "loss/answer_masked": 1.5 / step,
-                      "loss/registration": 1e-9 * step, "grad_norm": 2.0, "lr": 1e-3, "pairs_per_s": 40.0})  # fmt: skip
+        lines.append(
+            {
+                "step": step,
+                "loss": 3.0 * scale / step,
+                "loss/answer_masked": 1.5 / step,
+                "loss/registration": 1e-9 * step,
+                "grad_norm": 2.0,
+                "lr": 1e-3,
+                "pairs_per_s": 40.0,
+            }
+        )
         if step % 5 == 0:
             localisation = {"val/pointing_game": 0.3, "registration_error_ratio": 0.9} if extra else {}
-            lines.append({"step": step, "val/CIDEr": 0.1 * step * scale, "val/n": 8, "val/single_pass": False,
-                          **localisation})  # fmt: skip
+            lines.append(
+                {"step": step, "val/CIDEr": 0.1 * step * scale, "val/n": 8, "val/single_pass": False, **localisation}
+            )
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     return path
 

@@ -1,8 +1,8 @@
 """A static HTML report of an evaluation: the metrics table and example pairs with their saliency maps.
 
-``write_report`` writes one self-contained ``report.html`` (inline CSS, no JavaScript, no server) and its
-pictures under ``report_images/``, referenced by relative paths so the folder can be moved or zipped. Every
-piece of text that comes from data (questions, answers, ids, metric names) is HTML-escaped.
+``write_report`` writes one self-contained ``report.html`` (the style sheet ``report.css`` inlined, no JavaScript,
+no server) and its pictures under ``report_images/``, referenced by relative paths so the folder can be moved or
+zipped. Every piece of text that comes from data (questions, answers, ids, metric names) is HTML-escaped.
 
 The metrics come in the structure of ``metrics.json`` (:func:`diffvqa.metrics.evaluate_answers`, plus the
 optional ``pointing_game`` and ``registration_error_ratio`` of the evaluation); missing values show as "—".
@@ -14,43 +14,27 @@ import html
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from diffvqa.metrics import DIFFERENCE, METRIC_KEYS, normalize_answer
-from diffvqa.visualize import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
+from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
+from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+from diffvqa.run import VIEWER_DIR
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report_images"
+CSS_FILE = "report.css"
 DISPLAY_SIZE = 256  # pictures smaller than this are upsampled (bilinear; masks nearest) before drawing
 MISSING = "—"
 
-# (key in metrics, label, higher is better)
-ACCURACY_ROWS = (("accuracy_closed", "Accuracy, closed (yes/no)", True), ("accuracy_open", "Accuracy, open", True))
-LOCALISATION_KEYS = (
-    "pointing_game", "pointing_game_n", "pointing_game_reference", "keyword_conditioning",
-    "registration_error_ratio", "registration_error_px", "empty_mask_fallbacks",
-)  # fmt: skip
-MECHANISMS_NOTE = (
-    "Pointing game: the share of the shared mask's maximal pixels inside the question's true change region (the "
-    "asked lung for one-lung questions; a flat map scores its area share). It means something only beside its "
-    "reference levels: <b>chance</b> (a random pixel: the regions' mean area share), the <b>fixed-point prior</b> "
-    "(the one pixel inside the most change regions of the train split — what a map that ignores the images gets) "
-    "and the <b>ceiling</b> of the saliency grid (the share of regions that contain a feature-cell centre: no map "
-    "of that grid can do better); the <b>difference map</b> |aligned main − reference| (with the model's own Θ) "
-    "shows what registration and subtraction alone point at. Keyword conditioning: for answers naming two changes "
-    "at least one grid cell apart, how often the map computed for one keyword is higher in that finding's region "
-    "than in the other's (0.5 for a map that ignores the keyword), on the keyword's own Grad-CAM (and, "
-    "<i>gated</i>, after the change gate), with a 95 % interval over answers (ci95). Registration error ratio: "
-    "mean corner error of Θ against the true transform, after / before alignment (1.0 = the identity, no "
-    "aligner)."
-)
-# METEOR_nltk (sentence-level NLTK, mean) right under the jar's corpus METEOR: papers report one or the other
-CAPTION_ROWS = (*METRIC_KEYS[: METRIC_KEYS.index("METEOR") + 1], "METEOR_nltk",
-                *METRIC_KEYS[METRIC_KEYS.index("METEOR") + 1 :])  # fmt: skip
+# (key in metrics, label)
+ACCURACY_ROWS = (("accuracy_closed", "Accuracy, closed (yes/no)"), ("accuracy_open", "Accuracy, open"))
+METRICS_DOC = "docs/metrics.md"  # in the repository: what every number means
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -81,42 +65,62 @@ def _text_or_missing(value: Any) -> str:
     return _esc(value) if isinstance(value, str) and value.strip() else f'<span class="missing">{MISSING}</span>'
 
 
-def _lower_is_better(name: str) -> bool:
-    return "error" in name
+def _fmt_count(value: Any) -> str:
+    """A count as an integer (``153``, ``1,024``), also when a JSON round trip made it a float."""
+    number = _number(value)
+    return MISSING if number is None else f"{round(number):,}"
 
 
-def _is_count(name: str) -> bool:
-    last = name.rsplit(" · ", 1)[-1]
-    return last == "n" or last.startswith("n_")
+def _fmt_interval(value: Any, interval: Any) -> str:
+    """``0.555 [0.512, 0.598]``: a score with its 95 % interval (the score alone without one)."""
+    text = _fmt(_number(value))
+    if isinstance(interval, Sequence) and len(interval) == 2 and all(_number(x) is not None for x in interval):
+        text += f" [{_number(interval[0]):.3f}, {_number(interval[1]):.3f}]"
+    return text
 
 
-def _flatten_numbers(name: str, value: Any) -> list[tuple[str, Any]]:
-    """A localisation metric as rows: a number is one row; a dict gives one row per numeric leaf."""
-    if isinstance(value, Mapping):
-        rows = []
-        for key, sub in value.items():
-            rows += _flatten_numbers(f"{name} · {key}", sub)
-        return rows
-    return [(name, value)] if _number(value) is not None else []
+def _docs_link(name: str) -> str:
+    """A link to one of the repository's docs when this diffvqa runs from a checkout, else its name."""
+    path = Path(__file__).resolve().parents[3] / name
+    if path.is_file():
+        return f'<a href="{_esc(path.as_uri())}">{_esc(name)}</a>'
+    return f"{_esc(name)} in the diffvqa repository"
 
 
 # ----------------------------------------------------------------------------------------------------------
-# the metrics table
+# the tables
+#
+# A table has the columns of what was evaluated: the model's (final) answers, its preliminary (pass-1) answers when
+# the evaluation was two-pass, and the blind baseline with the difference model − baseline when one is given. A row
+# is (label, values per column, kind): "score" (higher is better), "lower" (lower is better), "reference" (a
+# reference level: no difference), "count" (an integer, no difference) or "text" (already formatted).
 
 
-def _metric_row(label: str, model: Any, baseline: Any, with_baseline: bool, lower_better: bool = False) -> str:
-    a, b = _number(model), _number(baseline)  # floats: an integer-valued score still shows 3 decimals
-    cells = [f'<th scope="row">{_esc(label)}</th>', f'<td class="num">{_fmt(a)}</td>']
+def _cells(values: Sequence[Any], kind: str) -> list[str]:
+    if kind == "count":
+        return [f'<td class="num count">{_fmt_count(v)}</td>' for v in values]
+    if kind == "text":
+        return [f'<td class="num">{v if v is not None else MISSING}</td>' for v in values]
+    return [f'<td class="num">{_fmt(_number(v))}</td>' for v in values]
+
+
+def _delta_cell(model: Any, baseline: Any, kind: str) -> str:
+    a, b = _number(model), _number(baseline)
+    if kind not in ("score", "lower") or a is None or b is None:
+        return "<td></td>"
+    delta = a - b
+    better = delta < 0 if kind == "lower" else delta > 0
+    worse = delta > 0 if kind == "lower" else delta < 0
+    css = "better" if better else "worse" if worse else ""
+    return f'<td class="num {css}">{delta:+.3f}</td>'
+
+
+def _row(label: str, values: Sequence[Any], kind: str, with_baseline: bool) -> str:
+    """One row: the label, a cell per column and, with a baseline, model − baseline (first and last value)."""
+    css = ' class="sub"' if kind in ("reference", "count") else ""
+    cells = [f'<th scope="row"{css}>{_esc(label)}</th>', *_cells(values, kind)]
     if with_baseline:
-        cells.append(f'<td class="num">{_fmt(b)}</td>')
-        if a is None or b is None:
-            cells.append(f'<td class="num">{MISSING}</td>')
-        else:
-            delta = a - b
-            better = delta < 0 if lower_better else delta > 0
-            worse = delta > 0 if lower_better else delta < 0
-            css = "better" if better else "worse" if worse else ""
-            cells.append(f'<td class="num {css}">{delta:+.3f}</td>')
+        cells.append(_delta_cell(values[0], values[-1], kind))
     return "<tr>" + "".join(cells) + "</tr>"
 
 
@@ -124,47 +128,145 @@ def _group_header(title: str, columns: int) -> str:
     return f'<tr class="group"><th colspan="{columns}">{_esc(title)}</th></tr>'
 
 
-def _count_row(label: str, model: Any, baseline: Any, with_baseline: bool) -> str:
-    cells = [f'<th scope="row" class="count">{_esc(label)}</th>', f'<td class="num count">{_fmt(model)}</td>']
-    if with_baseline:
-        cells += [f'<td class="num count">{_fmt(baseline)}</td>', "<td></td>"]
-    return "<tr>" + "".join(cells) + "</tr>"
+def _table(head: Sequence[str], groups: list[tuple[str, list[str]]]) -> str:
+    """A metrics ``<table>`` of titled row groups; groups without rows are left out ("" when none has rows)."""
+    body = "".join(_group_header(title, len(head)) + "".join(rows) for title, rows in groups if rows)
+    if not body:
+        return ""
+    heads = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    return f'<table class="metrics"><thead><tr>{heads}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _asked(block: Any) -> int:
+    """How many questions a block of caption scores covers (0 when absent)."""
+    n = _number((block or {}).get("n")) if isinstance(block, Mapping) else None
+    return int(n or 0)
 
 
 def metrics_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
-    """The HTML ``<table>`` of the headline metrics: model, and when given the blind baseline and the
-    difference model − baseline (green where the model is better)."""
+    """The answer scores: the final answers, beside the preliminary (pass-1) answers of a two-pass evaluation and
+    the blind baseline with the difference final − baseline (green where the model is better) when given.
+
+    Blocks that would hold no question are left out: "All question types" when only difference questions were
+    asked (it would repeat the difference block), exact match when there are no other questions.
+    """
     with_baseline = baseline is not None
     baseline = baseline or {}
-    columns = 4 if with_baseline else 2
-    head = "<th>Metric</th><th>Model</th>" + ("<th>Blind baseline</th><th>Δ (model − baseline)</th>" * with_baseline)
-    rows = []
+    preliminary = metrics.get("preliminary") if isinstance(metrics.get("preliminary"), Mapping) else None
+    head = ["Metric", "Final answers" if preliminary is not None else "Model"]
+    head += ["Preliminary (pass 1)"] * (preliminary is not None)
+    head += ["Blind baseline", "Δ final − blind" if preliminary is not None else "Δ model − blind"] * with_baseline
+
+    def values(model: Any, first_pass: Any, blind: Any) -> list[Any]:
+        return [model, *[first_pass] * (preliminary is not None), *[blind] * with_baseline]
+
+    groups = []
+    asked_difference = max(_asked(metrics.get(DIFFERENCE)), _asked(baseline.get(DIFFERENCE)))
     for key, title in ((DIFFERENCE, "Difference questions (papers' protocol)"), ("all", "All question types")):
         scores, base = metrics.get(key) or {}, baseline.get(key) or {}
-        rows.append(_group_header(title, columns))
-        rows += [_metric_row(name, scores.get(name), base.get(name), with_baseline) for name in CAPTION_ROWS]
-        rows.append(_count_row("questions (n)", scores.get("n"), base.get("n"), with_baseline))
-    rows.append(_group_header("Exact-match accuracy (non-difference questions)", columns))
-    for key, label, _ in ACCURACY_ROWS:
-        rows.append(_metric_row(label, metrics.get(key), baseline.get(key), with_baseline))
-    for key, count in (("n_closed", "closed questions (n)"), ("n_open", "open questions (n)")):
-        if key in metrics or key in baseline:
-            rows.append(_count_row(count, metrics.get(key), baseline.get(key), with_baseline))
-    localisation = []
-    for key in LOCALISATION_KEYS:
-        if key in metrics or key in baseline:
-            model_rows = dict(_flatten_numbers(key, metrics.get(key)))
-            base_rows = dict(_flatten_numbers(key, baseline.get(key)))
-            for name in dict.fromkeys([*model_rows, *base_rows]) or [key]:
-                a, b = model_rows.get(name), base_rows.get(name)
-                if _is_count(name):
-                    localisation.append(_count_row(name, a, b, with_baseline))
-                else:
-                    localisation.append(_metric_row(name, a, b, with_baseline, _lower_is_better(name)))
-    if localisation:
-        rows.append(_group_header("Localisation", columns))
-        rows += localisation
-    return f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+        if not (scores or base) or (key == "all" and max(_asked(scores), _asked(base)) <= asked_difference):
+            continue  # nothing asked, or "all" would repeat the difference block
+        first = (preliminary or {}) if key == DIFFERENCE else {}
+        rows = [_row(k, values(scores.get(k), first.get(k), base.get(k)), "score", with_baseline) for k in CAPTION_KEYS]
+        rows.append(_row("questions", values(scores.get("n"), first.get("n"), base.get("n")), "count", with_baseline))
+        groups.append((title, rows))
+    if any(_number(m.get(k)) for m in (metrics, baseline) for k in ("n_closed", "n_open")):
+        rows = [
+            _row(label, values(metrics.get(k), None, baseline.get(k)), "score", with_baseline)
+            for k, label in ACCURACY_ROWS
+        ]
+        for key, label in (("n_closed", "closed questions"), ("n_open", "open questions")):
+            rows.append(_row(label, values(metrics.get(key), None, baseline.get(key)), "count", with_baseline))
+        groups.append(("Exact-match accuracy (non-difference questions)", rows))
+    return _table(head, groups)
+
+
+def mechanisms_table(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
+    """The mechanisms scored against the phantom's ground truth, each beside its reference levels, in words
+    ("" when the evaluation has none: real data). What each number means: ``docs/metrics.md``."""
+    with_baseline = baseline is not None and any(k in baseline for k in MECHANISM_KEYS)
+    baseline = baseline or {}
+    head = ["Mechanism", "Model", *(["Blind baseline", "Δ model − blind"] * with_baseline)]
+
+    def row(label: str, path: Sequence[str], kind: str) -> str | None:
+        model, blind = lookup(metrics, path), lookup(baseline, path)
+        if _number(model) is None and (not with_baseline or _number(blind) is None):
+            return None
+        return _row(label, [model, *[blind] * with_baseline], kind, with_baseline)
+
+    def rows(*specs: tuple[str, Sequence[str], str]) -> list[str]:
+        return [r for r in (row(*spec) for spec in specs) if r is not None]
+
+    reference = metrics.get("pointing_game_reference") or {}
+    grid = reference.get("grid") if isinstance(reference, Mapping) else None
+    pointing = rows(
+        ("pointing game of the shared mask", HEADLINES["pointing game"].path, "score"),
+        ("chance: a random pixel (the regions' mean area share)", HEADLINES["chance"].path, "reference"),
+        ("fixed-point prior: the best single pixel, learned on the train split", HEADLINES["prior"].path, "reference"),
+        (f"ceiling of the {grid or ''} saliency grid".replace("  ", " "), HEADLINES["ceiling"].path, "reference"),
+        ("registered difference |aligned main − reference| alone", HEADLINES["difference map"].path, "reference"),
+        ("difference questions with a changed region", ("pointing_game_n",), "count"),
+    )
+    conditioning = []
+    for label, path in (
+        ("the keyword's own Grad-CAM", ("keyword_conditioning",)),
+        ("after the change gate", ("keyword_conditioning", "gated")),
+    ):
+        model, blind = lookup(metrics, path), lookup(baseline, path)
+        if isinstance(model, Mapping) or (with_baseline and isinstance(blind, Mapping)):
+            texts = [
+                _fmt_interval(e.get("score"), e.get("ci95")) if isinstance(e, Mapping) else None
+                for e in (model, *[blind] * with_baseline)
+            ]
+            cells = "".join(_cells(texts, "text")) + ("<td></td>" if with_baseline else "")
+            conditioning.append(f'<tr><th scope="row">{_esc(label)} (95 % interval)</th>{cells}</tr>')
+    if conditioning:
+        entry = metrics.get("keyword_conditioning") or {}
+        gap = _number(entry.get("min_gap_px"))
+        conditioning += rows(
+            ("chance: a map that ignores the keyword", ("keyword_conditioning", "chance"), "reference"),
+            (
+                f"ordered pairs of named changes{f' at least {gap:g} px apart' if gap else ''}",
+                ("keyword_conditioning", "pairs"),
+                "count",
+            ),
+            ("answers they come from", ("keyword_conditioning", "questions"), "count"),
+        )
+    registration = rows(
+        (
+            "registration error ratio: corner error after / before alignment",
+            HEADLINES["registration error ratio"].path,
+            "lower",
+        ),
+        ("identity: no aligner", HEADLINES["identity"].path, "reference"),
+        ("mean corner error after alignment (px)", ("registration_error_px", "after"), "reference"),
+        ("mean corner error before alignment (px)", ("registration_error_px", "before"), "reference"),
+        ("pairs", ("registration_error_px", "pairs"), "count"),
+    )
+    masks = []
+    for m in (metrics, *[baseline] * with_baseline):
+        fallbacks = m.get("empty_mask_fallbacks")
+        if isinstance(fallbacks, Mapping):
+            fell_back, masks_made = fallbacks.get("fell_back_to_all_ones"), fallbacks.get("masks")
+            masks.append(f"{_fmt_count(fell_back)} of {_fmt_count(masks_made)}")
+        else:
+            masks.append(None)
+    mask_rows = []
+    if any(masks):
+        cells = "".join(_cells(masks, "text")) + ("<td></td>" if with_baseline else "")
+        mask_rows.append(f'<tr><th scope="row">shared masks that fell back to all ones (no masking)</th>{cells}</tr>')
+    return _table(
+        head,
+        [
+            ("Pointing game: does the shared mask peak in the question's true change region?", pointing),
+            (
+                "Keyword conditioning: is the map for one named change higher in its region than in the other's?",
+                conditioning,
+            ),
+            ("Registration: Θ against the true transform between the visits", registration),
+            ("Saliency masks", mask_rows),
+        ],
+    )
 
 
 def passes_section(metrics: Mapping[str, Any]) -> str:
@@ -182,23 +284,21 @@ def passes_section(metrics: Mapping[str, Any]) -> str:
     elif high < 0:
         verdict = "the masked second pass answers <b>worse</b> than the first"
     else:
-        verdict = "the two passes cannot be told apart on these questions"
+        verdict = "the two passes cannot be told apart"
     rows = [
-        ("CIDEr-D, final (pass 2, masked images)", _fmt(passes.get("CIDEr_final"))),
-        ("CIDEr-D, preliminary (pass 1, whole images)", _fmt(passes.get("CIDEr_preliminary"))),
-        ("final − preliminary (95 % interval, paired over questions)",
+        ("final − preliminary CIDEr-D (95 % interval, paired over questions)",
          f"{estimate:+.3f} [{low:+.3f}, {high:+.3f}]"),
-        ("answers the second pass changed", _fmt(passes.get("answers_changed"))),
-        ("exactly right only in the final answer", _fmt(passes.get("right_only_in_final"))),
-        ("exactly right only in the preliminary answer", _fmt(passes.get("right_only_in_preliminary"))),
-        ("difference questions (n)", _fmt(passes.get("n"))),
+        ("answers the second pass changed", _fmt_count(passes.get("answers_changed"))),
+        ("exactly right only in the final answer", _fmt_count(passes.get("right_only_in_final"))),
+        ("exactly right only in the preliminary answer", _fmt_count(passes.get("right_only_in_preliminary"))),
+        ("difference questions", _fmt_count(passes.get("n"))),
     ]  # fmt: skip
     body = "".join(f'<tr><th scope="row">{_esc(k)}</th><td class="num">{v}</td></tr>' for k, v in rows)
     return (
-        "<h2>Final vs preliminary answers</h2>"
-        f'<p class="note">The method answers twice: once from the whole images, then from the images masked by '
-        f"the saliency of its own first answer's keyword. On these questions {verdict} (CIDEr-D per answer, "
-        "bootstrap over questions; one trained model — other seeds vary more).</p>"
+        "<h3>Final vs preliminary answers</h3>"
+        f'<p class="note">The method answers twice: once from the whole images (preliminary), then from the images '
+        f"masked by the saliency of its own first answer's keyword (final). On these questions {verdict} "
+        "(CIDEr-D per answer, bootstrap over questions; one trained model — other seeds vary more).</p>"
         f'<table class="metrics"><tbody>{body}</tbody></table>'
     )
 
@@ -224,8 +324,8 @@ def per_type_table(metrics: Mapping[str, Any]) -> str:
     """Per question type: n, the caption scores and exact-match accuracy ("" when there is no per-type data)."""
     per_type = metrics.get("per_type") or {}
     accuracy = metrics.get("accuracy_per_type") or {}
-    if not per_type and not accuracy:
-        return ""
+    if len(set(per_type) | set(accuracy)) < 2:
+        return ""  # one question type: the answers table above already shows it
     names = ("BLEU-1", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
     head = "<th>Question type</th><th>n</th>" + "".join(f"<th>{_esc(n)}</th>" for n in names) + "<th>Accuracy</th>"
     rows = []
@@ -278,15 +378,14 @@ def implementation_note(metrics: Mapping[str, Any]) -> str:
 
 
 def _meteor_note(nltk_impl: Any) -> str:
-    """Which METEOR compares with which published numbers."""
+    """Which METEOR compares with which published numbers (in full: docs/metrics.md)."""
     if not isinstance(nltk_impl, Mapping):
         return ""
     return (
-        '<p class="note">Two METEORs: <b>METEOR</b> is the pycocoevalcap jar at corpus level, the protocol of '
-        "EKAID, PLURAL and VED (.34–.39 on the difference questions); <b>METEOR_nltk</b> is NLTK's sentence "
-        f"METEOR averaged over answers (NLTK {_esc(nltk_impl.get('nltk'))}, {_esc(nltk_impl.get('matching'))}, "
-        f"{_esc(nltk_impl.get('tokens'))} tokens), which reads far higher on the same answers and is the likely "
-        "protocol of the seed paper's .651. Compare each published number only with its own key.</p>"
+        '<p class="note">Two METEORs: compare <b>METEOR</b> (the pycocoevalcap jar, corpus level) with EKAID, PLURAL '
+        "and VED; compare <b>METEOR_nltk</b> (NLTK's sentence METEOR, mean over answers: NLTK "
+        f"{_esc(nltk_impl.get('nltk'))}, {_esc(nltk_impl.get('matching'))}, {_esc(nltk_impl.get('tokens'))} tokens) "
+        f"with the seed paper. Never one with the other's numbers: {_docs_link(METRICS_DOC)}.</p>"
     )
 
 
@@ -352,59 +451,10 @@ def example_pictures(example: Mapping[str, Any], index: int = 0) -> list[tuple[s
 # ----------------------------------------------------------------------------------------------------------
 # the page
 
-CSS = """
-:root { --fg: #1d2330; --muted: #667085; --line: #e4e7ec; --bg: #f6f7f9; --card: #fff; --accent: #3b5bdb; }
-* { box-sizing: border-box; }
-body { margin: 0; background: var(--bg); color: var(--fg);
-       font: 15px/1.5 -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif; }
-main { max-width: 1500px; margin: 0 auto; padding: 28px 32px 60px; }
-h1 { margin: 0 0 4px; font-size: 26px; }
-h2 { margin: 36px 0 12px; font-size: 20px; border-bottom: 2px solid var(--line); padding-bottom: 6px; }
-.subtitle { color: var(--muted); margin: 0 0 8px; }
-table.metrics { border-collapse: collapse; background: var(--card); border: 1px solid var(--line);
-                min-width: 560px; font-variant-numeric: tabular-nums; }
-table.metrics th, table.metrics td { padding: 5px 16px; border-bottom: 1px solid var(--line); text-align: left; }
-table.metrics thead th { background: #eef1f6; font-weight: 600; }
-table.metrics td.num, table.metrics thead th:not(:first-child) { text-align: right; }
-table.metrics tr.group th { background: #f9fafb; color: var(--accent); font-weight: 600; padding-top: 10px; }
-table.metrics th[scope=row] { font-weight: 500; }
-.count { color: var(--muted); font-size: 13px; }
-td.better { color: #067647; font-weight: 600; }
-td.worse { color: #b42318; font-weight: 600; }
-details { margin-top: 14px; }
-summary { cursor: pointer; color: var(--accent); }
-.note { color: var(--muted); font-size: 14px; }
-.warning { background: #fffaeb; border: 1px solid #fedf89; color: #93370d; padding: 8px 12px; border-radius: 6px;
-           font-size: 14px; }
-.warning ul { margin: 4px 0 0; }
-.legend { display: flex; align-items: center; gap: 8px; color: var(--muted); font-size: 13px; margin: 8px 0 0; }
-.legend img { height: 12px; width: 200px; border: 1px solid var(--line); }
-.swatch { display: inline-block; width: 14px; height: 3px; background: rgb(0, 230, 118); vertical-align: middle; }
-section.example { background: var(--card); border: 1px solid var(--line); border-radius: 10px; padding: 16px 18px;
-                  margin: 0 0 22px; box-shadow: 0 1px 2px rgba(16, 24, 40, .05); }
-section.example h3 { margin: 0 0 10px; font-size: 16px; display: flex; flex-wrap: wrap; gap: 8px; align-items: center; }
-.tag { background: #eef4ff; color: #3538cd; border-radius: 12px; padding: 1px 10px; font-size: 13px; font-weight: 500; }
-.id { background: #f2f4f7; color: #344054; border-radius: 4px; padding: 1px 7px; font-size: 12px; font-weight: 400;
-      font-family: ui-monospace, Menlo, Consolas, monospace; }
-.images { display: grid; grid-template-columns: repeat(6, minmax(0, 1fr)); gap: 10px; }
-@media (max-width: 1100px) { .images { grid-template-columns: repeat(3, minmax(0, 1fr)); } }
-figure { margin: 0; }
-figure img, .placeholder { width: 100%; aspect-ratio: 1; display: block; border-radius: 4px; background: #000; }
-.placeholder { background: repeating-linear-gradient(45deg, #f2f4f7, #f2f4f7 8px, #e9ecf1 8px, #e9ecf1 16px);
-               display: flex; align-items: center; justify-content: center; color: var(--muted); font-size: 13px;
-               text-align: center; padding: 8px; }
-figcaption { font-size: 12.5px; color: var(--muted); text-align: center; margin-top: 4px; }
-table.qa { border-collapse: collapse; margin-top: 12px; width: 100%; }
-table.qa th { text-align: left; width: 170px; color: var(--muted); font-weight: 500; padding: 3px 10px 3px 0;
-              vertical-align: top; }
-table.qa td { padding: 3px 0; }
-table.qa tr.final td { font-weight: 600; }
-.badge { border-radius: 4px; padding: 0 6px; font-size: 12px; margin-left: 8px; font-weight: 600; }
-.badge.hit { background: #dcfae6; color: #067647; }
-.badge.miss { background: #fee4e2; color: #b42318; }
-.missing { color: var(--muted); }
-footer { margin-top: 40px; color: var(--muted); font-size: 13px; }
-"""
+
+def _css() -> str:
+    """The page's style sheet (package data beside this module), inlined so that the report is one file."""
+    return (resources.files("diffvqa.report") / CSS_FILE).read_text(encoding="utf-8")
 
 
 def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str, str | None]]) -> str:
@@ -452,15 +502,18 @@ def _example_html(index: int, example: Mapping[str, Any], images: list[tuple[str
 
 def _viewer_link(out_dir: Path) -> str:
     """A link to the viewer of every question (``evaluate`` writes it beside the report), when it is there."""
-    if not (out_dir / "viewer" / "index.html").is_file():
+    if not (out_dir / VIEWER_DIR / "index.html").is_file():
         return ""
-    return ('<p class="note">A few examples below; every question with its pictures, filters and search: '
-            '<a href="viewer/index.html">viewer/index.html</a>.</p>')  # fmt: skip
+    return (
+        '<p class="note">A few examples below; every question with its pictures, filters and search: '
+        f'<a href="{VIEWER_DIR}/index.html">{VIEWER_DIR}/index.html</a>.</p>'
+    )
 
 
 def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
     """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
-    from diffvqa.plot import find_metrics_log, plot_runs
+    from diffvqa.report.curves import plot_runs
+    from diffvqa.run import find_metrics_log
 
     log = None if training_run is None else find_metrics_log(training_run)
     if log is None:
@@ -472,12 +525,33 @@ def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
     )
 
 
+def _mechanisms_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None) -> str:
+    """The mechanism scores with their reference levels and per finding ("" on real data: no ground truth)."""
+    table = mechanisms_table(metrics, baseline)
+    if not table:
+        return ""
+    return (
+        "<h2>Mechanisms, against the phantom's ground truth</h2>"
+        '<p class="note">A score means something only beside its reference levels: above chance and the fixed-point '
+        "prior, below the ceiling of the saliency grid; 0.5 is chance for keyword conditioning, 1.0 the identity for "
+        f"the registration ratio. Definitions: {_docs_link(METRICS_DOC)}.</p>"
+        f"{table}{per_finding_table(metrics)}"
+    )
+
+
 def _summary_line(metrics: Mapping[str, Any]) -> str:
+    """``2,000 questions · 192 difference questions · test split · two-pass`` (counts once when they are equal)."""
+    counts = {key: (metrics.get(key) or {}).get("n") for key in ("all", DIFFERENCE)}
     parts = []
     for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
-        n = (metrics.get(key) or {}).get("n")
-        if isinstance(n, int):
+        n = counts[key]
+        if isinstance(n, int) and not (key == "all" and n == counts[DIFFERENCE]):
             parts.append(f"{n:,} {label}")
+    run = metrics.get("run") if isinstance(metrics.get("run"), Mapping) else {}
+    if isinstance(run.get("split"), str):
+        parts.append(f"{run['split']} split")
+    if isinstance(run.get("mode"), str):
+        parts.append(run["mode"])
     return " · ".join(parts)
 
 
@@ -501,7 +575,7 @@ def write_report(
         baseline_metrics: the blind (question-only) baseline's ``metrics.json``, shown beside the model's.
         title: the page title.
         training_run: a run directory or checkpoint; when its run has a ``metrics.jsonl``, the report shows its
-            training curves (:mod:`diffvqa.plot`).
+            training curves (:mod:`diffvqa.report.curves`).
 
     Returns:
         The path of ``report.html``.
@@ -545,20 +619,19 @@ def write_report(
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_esc(title)}</title>
-<style>{CSS}</style>
+<style>{_css()}</style>
 </head>
 <body>
 <main>
 <h1>{_esc(title)}</h1>
 <p class="subtitle">{_esc(summary)}</p>
-<h2>Metrics</h2>
-{metrics_table(metrics, baseline_metrics)}
+<h2>Answers</h2>
+{metrics_table(metrics, baseline_metrics) or '<p class="note">No scores.</p>'}
 {baseline_note}
-{passes_section(metrics)}
 {implementation_note(metrics)}
-{f'<p class="note">{MECHANISMS_NOTE}</p>' if any(k in metrics for k in LOCALISATION_KEYS) else ""}
-{per_finding_table(metrics)}
+{passes_section(metrics)}
 {per_type_table(metrics)}
+{_mechanisms_section(metrics, baseline_metrics)}
 {curves_html}
 <h2>Examples</h2>
 {_viewer_link(out_dir)}

@@ -1,8 +1,8 @@
-"""The pointing game's tie rule and reference levels, and keyword conditioning (diffvqa.scoring)."""
+"""The pointing game's tie rule and reference levels, and keyword conditioning (diffvqa.metrics.pointing)."""
 
 import torch
 
-from diffvqa.scoring import (
+from diffvqa.metrics.pointing import (
     area_shares,
     best_fixed_point,
     fixed_point_hits,
