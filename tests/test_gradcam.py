@@ -189,32 +189,6 @@ def test_cam_step_gives_encoder_no_gradient(tiny_model, tokenizer, tiny_batch):
     assert not cam_main.requires_grad and cam_main.grad_fn is None and cam_ref.grad_fn is None
 
 
-def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, tiny_batch):
-    """Two-pass inference's CAM (pass 1's prompt pass kept, only the answer teacher-forced on top) gives
-    keyword_gradcam's maps, on a padded batch with keyword and whole-answer rows, without side effects."""
-    model, b = train_briefly(tiny_model, tiny_batch), tiny_batch
-    model.eval()
-    keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
-    answers = (b["answer_ids"], b["answer_mask"], keyword_mask)
-    with torch.no_grad():
-        features = model.encode(b["main"], b["ref"])
-        expected = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers)
-        with torch.enable_grad():
-            leaf = features.detach().requires_grad_(True)
-            prefix = model.prefix(leaf)
-        kept = model.decoder.generate(
-            *prefix, b["question_ids"], b["question_mask"], max_new_tokens=6, keep_prompt=True
-        )
-        plain = model.decoder.generate(*model.prefix(features), b["question_ids"], b["question_mask"], max_new_tokens=6)
-        assert torch.equal(kept.ids, plain.ids) and plain.prompt is None
-        cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers)
-        assert not torch.is_grad_enabled()
-    for got, want in zip(cams, expected, strict=True):
-        assert got.shape == (4, 1, 64, 64) and not got.requires_grad
-        assert (got - want).abs().max() <= 1e-5
-    assert all(p.grad is None for p in model.parameters())
-
-
 def test_change_gated_cams_vanish_where_the_pair_does_not_differ():
     from diffvqa.saliency.mask import registered_difference
 
@@ -267,32 +241,38 @@ def test_the_logit_target_scores_the_keyword_alone():
         token_scores(logits, target, "prob")
 
 
-@pytest.mark.parametrize("normalize, target", [("pair", "log_prob"), ("image", "logit"), ("pair", "logit")])
-def test_cam_options_agree_between_the_kept_prompt_and_the_teacher_forced_pass(
-    tiny_model, tokenizer, tiny_batch, normalize, target
-):
-    """saliency.cam_normalize / cam_target reach both CAM paths (training's and inference's) alike, and change
-    the maps."""
+@pytest.mark.parametrize(
+    "normalize, target", [("image", "log_prob"), ("pair", "log_prob"), ("image", "logit"), ("pair", "logit")]
+)
+def test_gradcam_from_kept_prompt_equals_keyword_gradcam(tiny_model, tokenizer, tiny_batch, normalize, target):
+    """Two-pass inference's CAM (pass 1's prompt pass kept, only the answer teacher-forced on top) gives
+    keyword_gradcam's maps, on a padded batch with keyword and whole-answer rows, without side effects — for every
+    saliency.cam_normalize / cam_target, each of which changes the maps."""
     model, b = train_briefly(tiny_model, tiny_batch), tiny_batch
     model.eval()
     keyword_mask = keyword_token_mask(tokenizer, b["answer"], KEYWORDS, b["answer_ids"])
     answers = (b["answer_ids"], b["answer_mask"], keyword_mask)
+    options = {"normalize": normalize, "target": target}
     with torch.no_grad():
         features = model.encode(b["main"], b["ref"])
         default = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers)
-        expected = keyword_gradcam(
-            model, features, b["question_ids"], b["question_mask"], *answers, normalize=normalize, target=target
-        )
+        expected = keyword_gradcam(model, features, b["question_ids"], b["question_mask"], *answers, **options)
         with torch.enable_grad():
             leaf = features.detach().requires_grad_(True)
             prefix = model.prefix(leaf)
         kept = model.decoder.generate(
             *prefix, b["question_ids"], b["question_mask"], max_new_tokens=6, keep_prompt=True
         )
-        cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers, normalize=normalize, target=target)
+        plain = model.decoder.generate(*model.prefix(features), b["question_ids"], b["question_mask"], max_new_tokens=6)
+        assert torch.equal(kept.ids, plain.ids) and plain.prompt is None
+        cams = keyword_gradcam_from_prompt(model, leaf, kept.prompt, *answers, **options)
+        assert not torch.is_grad_enabled()
     for got, want in zip(cams, expected, strict=True):
+        assert got.shape == (4, 1, 64, 64) and not got.requires_grad
         assert (got - want).abs().max() <= 1e-5
-    assert any(not torch.allclose(a, c, atol=1e-4) for a, c in zip(default, expected, strict=True))
+    assert all(p.grad is None for p in model.parameters())
+    changed = any(not torch.allclose(a, c, atol=1e-4) for a, c in zip(default, expected, strict=True))
+    assert changed == ((normalize, target) != ("image", "log_prob"))
 
 
 def test_the_prefix_grid_cam_is_the_block_average_placed_on_the_pooled_cells():
