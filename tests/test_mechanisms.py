@@ -90,3 +90,19 @@ def test_a_map_that_ignores_the_keyword_scores_one_half(tiny_model, monkeypatch)
     tally = MechanismTally(tiny_model, keyword_conditioning=True)
     tally.add(batch, result)
     assert tally.summary()["keyword_conditioning"]["score"] == 0.5
+
+
+def test_no_keyword_conditioning_without_a_map(tiny_model, monkeypatch):
+    """saliency.mask=none masks nothing: its all-ones map would score 0.5 by construction, so the tally reports no
+    keyword conditioning at all (the study shows "—"), while the pointing game still scores the flat mask."""
+    tiny_model.eval().config.saliency.mask = "none"
+    far = (_region(40, 56, 4, 20), _region(8, 24, 40, 56))
+    batch = _batch(tiny_model, [far, far])
+    result = two_pass_answer(tiny_model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
+                             batch["question"], lexicon_keyword)  # fmt: skip
+    monkeypatch.setattr(mechanisms, "keyword_gradcam", lambda *a, **k: pytest.fail("no CAM should be computed"))
+    tally = MechanismTally(tiny_model, keyword_conditioning=True)
+    tally.add(batch, result)
+    summary = tally.summary()
+    assert "keyword_conditioning" not in summary
+    assert summary["pointing_game_n"] == 2

@@ -60,6 +60,19 @@ def test_summary_mean_and_sd_over_seeds():
     assert summary["full"]["CIDEr"]["sd"] == pytest.approx(0.7071, abs=1e-4)  # sample sd
     assert summary["full"]["kw-cond"]["mean"] is None
     assert "1.500 ± 0.707" in markdown_table(summary)
+
+
+def test_the_table_prints_counts_as_counts_and_model_levels_per_variant():
+    def metrics(distinct, difference_map):
+        return {"difference": {"CIDEr": 1.0, "n_distinct_predictions": distinct}, "pointing_game": 0.5,
+                "pointing_game_reference": {"chance": 0.05, "difference_map": difference_map}}  # fmt: skip
+
+    table = markdown_table(summarise({"full": {0: metrics(62, 0.7)}, "no_similarity": {0: metrics(98, 0.2)}}))
+    assert "| 62 |" in table and "| 98 |" in table and "62.000" not in table
+    assert "chance 0.050" in table  # the same questions for every run: one number
+    assert "difference map 0.700 (full) / 0.200 (no_similarity)" in table  # each run's own aligner
+    two_seeds = markdown_table(summarise({"full": {0: metrics(62, 0.7), 1: metrics(64, 0.7)}}))
+    assert "63.0 ± 1.4" in two_seeds
     assert set(VARIANTS) >= {"full", "no_aligner", "no_reg", "no_similarity", "single_pass", "mask_mean",
                              "mask_main", "mask_ref", "mask_none", "blind"}  # fmt: skip
 

@@ -62,9 +62,12 @@ EVAL_DIR = "eval"  # each run's evaluation, inside its run directory
 REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
 
 
-def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | None:
+def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | int | None:
+    """The number at ``path`` (a count stays an int, so the table prints it as one); None if absent."""
     value = lookup(metrics, path)
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if isinstance(value, int) else float(value)
 
 
 def _mean_sd(values: list[float]) -> tuple[float | None, float | None]:
@@ -186,7 +189,10 @@ def markdown_table(summary: dict[str, Any]) -> str:
     def cell(stats: dict[str, Any]) -> str:
         if stats["mean"] is None:
             return "—"
-        return f"{stats['mean']:.3f} ± {stats['sd']:.3f}" if len(stats["values"]) > 1 else f"{stats['mean']:.3f}"
+        digits = 0 if all(isinstance(v, int) for v in stats["values"]) else 3  # counts print as counts
+        if len(stats["values"]) > 1:
+            return f"{stats['mean']:.{digits or 1}f} ± {stats['sd']:.{digits or 1}f}"
+        return f"{stats['mean']:.{digits}f}"
 
     names = [name for name, _ in COLUMNS]
     lines = ["| variant | seeds | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
@@ -195,9 +201,13 @@ def markdown_table(summary: dict[str, Any]) -> str:
         lines.append(f"| {variant} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
     refs = []
     for name, _ in REFERENCES:
-        means = [e[name]["mean"] for e in summary.values() if e[name]["mean"] is not None]
-        if means:
-            refs.append(f"{name} {sum(means) / len(means):.3f}")
+        means = {v: e[name]["mean"] for v, e in summary.items() if e[name]["mean"] is not None}
+        if not means:
+            continue
+        if max(means.values()) - min(means.values()) < 1e-9:  # a level of the questions: the same for every run
+            refs.append(f"{name} {next(iter(means.values())):.3f}")
+        else:  # a level of the model (the registered difference uses each run's own aligner)
+            refs.append(f"{name} " + " / ".join(f"{value:.3f} ({v})" for v, value in means.items()))
     lines.append("")
     lines.append(
         "Pointing game reference levels (same test questions for every run): "

@@ -50,7 +50,9 @@ class MechanismTally:
         self.model = model
         self.cells = model.image_size // feature_stride(model.config.model) // cam_pool(model.config)  # the CAM grid
         self.prior_point = prior_point
-        self.score_conditioning = keyword_conditioning
+        # saliency.mask=none has no map to condition: every keyword's shared mask is all ones, so the score would be
+        # 0.5 by construction. Leave it out rather than report a chance level that was never measured.
+        self.score_conditioning = keyword_conditioning and model.config.saliency.mask != "none"
         self.rows: list[dict[str, Any]] = []  # one per scored question
         self.gap = model.image_size // self.cells  # one grid cell: the closest two regions a map can tell apart
         self.conditioning: dict[str, list[list[float]]] = {"ungated": [], "gated": []}  # per question: its pairs
