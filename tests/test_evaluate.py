@@ -128,10 +128,21 @@ def test_format_table_with_baseline():
     table = format_table(model, blind)
     assert "difference CIDEr" in table and "0.800" in table and "0.300" in table
     lines = table.splitlines()
-    assert f"{'difference CIDEr':<28}{'1.200':>10}{'0.400':>10}{'0.800':>10}" in lines  # model, blind, Δ
-    assert f"{'accuracy closed':<28}{'0.800':>10}{'0.500':>10}{'0.300':>10}" in lines
-    worse = format_table({"difference": {"CIDEr": 0.5}}, {"difference": {"CIDEr": 0.75}}).splitlines()
-    assert f"{'difference CIDEr':<28}{'0.500':>10}{'0.750':>10}{'-0.250':>10}" in worse
+
+    def row(label, *values):  # the label, then model, blind and Δ right-aligned in columns of 10
+        return next(line for line in lines if line.startswith(label + " ")).endswith(
+            "".join(f"{v:>10}" for v in values)
+        )
+
+    assert row("difference CIDEr", "1.200", "0.400", "0.800") and row("accuracy closed", "0.800", "0.500", "0.300")
+    assert len({len(line) for line in lines if line[-1].isdigit()} | {len(lines[0])}) == 1  # columns line up
+    lines = format_table({"difference": {"CIDEr": 0.5}}, {"difference": {"CIDEr": 0.75}}).splitlines()
+    assert row("difference CIDEr", "0.500", "0.750", "-0.250")
+    # the longest label (an indented reference row) still leaves its value in the column
+    gated = format_table({"keyword_conditioning": {"score": 0.6, "ci95": [0.5, 0.7], "questions": 3, "pairs": 6,
+                                                   "gated": {"score": 0.55}}})  # fmt: skip
+    rows = [line for line in gated.splitlines() if line[-1].isdigit() and "interval" not in line]
+    assert len({len(line) for line in rows} | {len(gated.splitlines()[0])}) == 1 and len(rows) == 2
     assert "registration" not in table  # rows with no value on either side are left out
 
 

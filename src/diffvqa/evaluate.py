@@ -324,14 +324,15 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
     def fmt(v):
         return "—" if v is None else f"{v:.3f}"
 
-    header = f"{'metric':<28}{'model':>10}" + (f"{'blind':>10}{'Δ':>10}" if baseline else "")
+    width = max(len(HEADLINES[name].label) for name in EVALUATION_TABLE) + 2  # the longest label sets the column
+    header = f"{'metric':<{width}}{'model':>10}" + (f"{'blind':>10}{'Δ':>10}" if baseline else "")
     lines = [header, "-" * len(header)]
     for name in EVALUATION_TABLE:
         row = HEADLINES[name]
         v = lookup(metrics, row.path)
         if v is None and (baseline is None or lookup(baseline, row.path) is None):
             continue
-        line = f"{row.label:<28}{fmt(v):>10}"
+        line = f"{row.label:<{width}}{fmt(v):>10}"
         if baseline is not None:
             b = lookup(baseline, row.path)
             line += f"{fmt(b):>10}{fmt(None if v is None or b is None else v - b):>10}"
