@@ -48,7 +48,8 @@ class MechanismTally:
 
     def __init__(self, model: DiffVQA, prior_point: tuple[int, int] | None = None, keyword_conditioning: bool = True):
         self.model = model
-        self.cells = model.image_size // feature_stride(model.config.model) // cam_pool(model.config)  # the CAM grid
+        self.pool = cam_pool(model.config)  # 1: the encoder's cells; k: the prefix's k x k pooled cells
+        self.cells = model.image_size // feature_stride(model.config.model) // self.pool  # the CAM grid
         self.prior_point = prior_point
         # saliency.mask=none has no map to condition: every keyword's shared mask is all ones, so the score would be
         # 0.5 by construction. Leave it out rather than report a chance level that was never measured.
@@ -84,7 +85,7 @@ class MechanismTally:
         difference = self._difference_map(batch, result).to(regions.device)
         difference_points = pointing_scores(difference, regions)
         chance = area_shares(regions)
-        ceiling = grid_ceiling(regions, self.cells, cam_pool(self.model.config))
+        ceiling = grid_ceiling(regions, self.cells, self.pool)
         prior = fixed_point_hits(regions, self.prior_point) if self.prior_point is not None else None
         for i in torch.nonzero(scored).flatten().tolist():
             per_question[i] = float(points[i])
@@ -158,7 +159,7 @@ class MechanismTally:
         cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
                                             keyword_mask, cfg.cam_eps, cfg.cam_method, content,
                                             normalize=cfg.cam_normalize, target=cfg.cam_target,
-                                            pool=cam_pool(model.config))  # fmt: skip
+                                            pool=self.pool)  # fmt: skip
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)

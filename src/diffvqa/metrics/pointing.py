@@ -29,9 +29,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from diffvqa.saliency.gradcam import cell_centres
 
 TIE_TOLERANCE = 1e-6  # relative: pixels within this of the maximum are tied with it
 
@@ -73,13 +74,11 @@ def fixed_point_hits(regions: Tensor, point: tuple[int, int]) -> Tensor:
 def grid_ceiling(regions: Tensor, cells: int, pool: int = 1) -> Tensor:
     """Can any map of a ``cells`` x ``cells`` grid point into each region? -> (B,) float in {0, 1}.
 
-    Cell i sits on pixel stride * i (stride = S / cells), so a region is reachable when it contains one of those
-    pixels. A grid of ``pool`` x ``pool``-pooled feature cells (:func:`diffvqa.saliency.gradcam.cell_weights`) has
-    its cell i at pixel stride_f * (pool * i + (pool - 1) / 2), stride_f = S / (cells * pool).
+    A map upsampled from the grid peaks at a cell's pixel (:func:`diffvqa.saliency.gradcam.cell_centres`, rounded;
+    ``pool``: a grid of pooled feature cells), so a region is reachable when it contains one of those pixels.
     """
     size = regions.shape[-1]
-    stride = size / (cells * pool)
-    centres = torch.tensor([round(stride * (pool * i + (pool - 1) / 2)) for i in range(cells)], device=regions.device)
+    centres = cell_centres(cells, size, regions.device, pool).round().long()
     grid = regions.reshape(regions.shape[0], size, size)[:, centres][:, :, centres]  # (B, cells, cells)
     return (grid > 0.5).flatten(1).any(dim=1).float()
 

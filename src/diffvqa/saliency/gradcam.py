@@ -118,17 +118,24 @@ def keyword_log_prob(decoder, hidden: Tensor, text: TextBatch, select: Tensor, t
 CAM_METHODS = ("gradcam", "hirescam", "change_gated")
 
 
-def cell_weights(cells: int, size: int, device=None, pool: int = 1) -> Tensor:
-    """(size, cells) linear-interpolation weights that put cell i at its receptive field's centre.
+def cell_centres(cells: int, size: int, device=None, pool: int = 1) -> Tensor:
+    """(cells,) float pixel positions of the grid's cells: each cell at its receptive field's centre.
 
     ``pool = 1``: feature cell i at pixel ``stride * i``, stride = size / cells. ``pool = k``: the cells are the
     k x k averages the prefix reads (``saliency.cam_grid = prefix``), cell i centred between feature cells k·i and
-    k·i + k - 1, at pixel ``stride_f * (k * i + (k - 1) / 2)`` with stride_f = size / (cells * k). Pixel p reads the
-    cells around its position (clamped to the first and last cell: the map is flat beyond them).
+    k·i + k - 1, at pixel ``stride_f * (k * i + (k - 1) / 2)`` with stride_f = size / (cells * k).
     """
     stride = size / (cells * pool)  # pixels per feature cell
+    return stride * (pool * torch.arange(cells, device=device, dtype=torch.float32) + (pool - 1) / 2)
+
+
+def cell_weights(cells: int, size: int, device=None, pool: int = 1) -> Tensor:
+    """(size, cells) linear-interpolation weights that put cell i at :func:`cell_centres`' pixel i. Pixel p reads
+    the cells around its position (clamped to the first and last cell: the map is flat beyond them)."""
+    centres = cell_centres(cells, size, device, pool)
+    spacing = size / cells  # pixels between neighbouring cells
     pixels = torch.arange(size, device=device, dtype=torch.float32)
-    position = ((pixels / stride - (pool - 1) / 2) / pool).clamp(min=0, max=cells - 1)
+    position = ((pixels - centres[0]) / spacing).clamp(min=0, max=cells - 1)
     return (1.0 - (position[:, None] - torch.arange(cells, device=device)[None, :]).abs()).clamp(min=0.0)
 
 
