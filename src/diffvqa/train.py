@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -334,7 +335,11 @@ def train_one_step(
     grad_norm = nn.utils.clip_grad_norm_(guided.parameters(), config.train.grad_clip)
     scaler.step(optimizer)  # skipped when a gradient is not finite (fp16 only)
     scaler.update()
-    scheduler.step()
+    with warnings.catch_warnings():
+        # After a step the scaler skipped, torch warns that the scheduler stepped before the optimizer. The schedule
+        # counts steps, skipped ones too, so this is intended.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()
     record = {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
     if scaler.is_enabled():
         record["grad_scale"] = scaler.get_scale()  # the scale the next step uses
