@@ -202,7 +202,8 @@ def _records(run):
 def test_fp16_training_resumes_exactly_with_the_scaler_state(phantom_cache, tmp_path, capsys):
     """fp16 through `diffvqa train`: noted once as meant for GPUs; the scaler skips the first step (its gradients
     overflow at the initial scale 2^16) and halves the scale; 4 steps straight == 2 + resume + 2 (identical
-    parameters and scales), which needs the scaler's state: a fresh one would resume at 2^16."""
+    parameters and scales), which needs the scaler's state: a fresh one would resume at 2^16. The resume raises
+    train.dist_timeout_minutes, which a resumed run may change."""
     common = ["train.steps=4", "train.checkpoint_every=2", "train.eval_every=100", "train.log_every=1",
               "train.autocast=fp16"]  # fmt: skip
     init = _run(phantom_cache, tmp_path / "init", "train.steps=1", "train.lr=1e-30", "train.eval_every=100")
@@ -213,7 +214,9 @@ def test_fp16_training_resumes_exactly_with_the_scaler_state(phantom_cache, tmp_
     _run(phantom_cache, resumed_run, *common, "--stop-after", "2")
     state = torch.load(read_pointer(resumed_run, "latest") / TRAINER_STATE, weights_only=True)
     assert state["grad_scaler"]["scale"] == 2.0**15
-    assert main(["--data", str(phantom_cache), "--out", str(resumed_run), "--resume", "--no-progress"]) == 0
+    # a resumed run may change the process group's timeout (a runtime setting)
+    resume = ["--resume", "--no-progress", "train.dist_timeout_minutes=30"]
+    assert main(["--data", str(phantom_cache), "--out", str(resumed_run), *resume]) == 0
     resumed = load_file(str(read_pointer(resumed_run, "latest") / "model.safetensors"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert not all(torch.equal(straight[k], init[k]) for k in straight)  # steps 2-4 were taken
