@@ -248,3 +248,18 @@ def test_the_levers_keys_are_validated(phantom_cache, tmp_path, capsys):
         load_config("tiny", overrides=["train.compile=true", "train.grad_checkpointing=true"])
     with pytest.raises(UserError, match="train.grad_checkpointing': expected bool, got 'sometimes'"):
         load_config("tiny", overrides=["train.grad_checkpointing=sometimes"])
+
+
+def test_both_levers_under_torchrun(phantom_cache, tmp_path):
+    """DDP (gloo, 2 processes) with fp16 + scaler, checkpointing and accumulated micro-batches: a single-pass step,
+    then guided steps, each logging the scale."""
+    from conftest import run_torchrun
+
+    run = tmp_path / "run"
+    run_torchrun(["-m", "diffvqa.cli", "train", "--data", phantom_cache, "--out", run, *TINY, "train.steps=2",
+                  "train.batch_size=2", "train.log_every=1", "saliency.start_step=1", "train.grad_accum=2",
+                  "train.autocast=fp16", "train.grad_checkpointing=true"])  # fmt: skip
+    records = [r for r in _records(run) if "loss" in r]
+    assert [("loss/answer_masked" in r) for r in records] == [False, True]
+    assert all(r["grad_scale"] > 0 for r in records)
+    assert read_pointer(run, "latest").name == "step-0000002"
