@@ -33,6 +33,7 @@ from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.metrics.published import COMPARISON_FILE, comparison_markdown
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.provenance import run_info, write_run_info
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
@@ -186,14 +187,17 @@ def evaluate(
     title: str | None = None,
     saliency_overrides: list[str] | None = None,
     viewer: bool = True,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics, the published results
     beside this run's (``comparison.md``) and a report (with a ``baseline``'s metrics beside the model's when
     given) and, unless ``viewer`` is false, the viewer of every question (``out/viewer/index.html``).
-    ``device`` ``auto`` is CUDA when available, else the CPU."""
+    ``device`` ``auto`` is CUDA when available, else the CPU. ``command``: the command line ``run_info.json``
+    records (default: this process's)."""
     from diffvqa.metrics import evaluate_answers
 
     device = resolve_device(device)
+    provenance = run_info(device=str(device), argv=command)
 
     checkpoint = find_checkpoint(checkpoint)
     out = Path(out)
@@ -256,6 +260,7 @@ def evaluate(
     }
     (out / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     (out / COMPARISON_FILE).write_text(comparison_markdown(metrics, baseline=baseline), encoding="utf-8")
+    write_run_info(out, provenance)
     if strips is not None:  # before the report, which links to it
         print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     if report:
@@ -410,6 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         keyword_source=args.keyword_source,
         saliency_overrides=args.overrides,
         viewer=not args.no_viewer,
+        command=["diffvqa", "evaluate", *argv],
     )
     print(format_table(metrics))
     print(f"wrote {args.out / PREDICTIONS_FILE}, {args.out / EVAL_METRICS_FILE}, {args.out / COMPARISON_FILE}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
 from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
 from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
 from diffvqa.metrics.published import COLUMN_LABELS, COLUMNS, PUBLISHED, comparability, run_row
@@ -592,6 +593,13 @@ def _summary_line(metrics: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _data_use_note(metrics: Mapping[str, Any]) -> str:
+    """The PhysioNet data-use warning, on every report not known to be of the phantom."""
+    if not needs_data_use_warning(metrics):
+        return ""
+    return f'<p class="warning data-use">⚠ {_esc(DATA_USE_WARNING)}</p>'
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -662,6 +670,7 @@ def write_report(
 <main>
 <h1>{_esc(title)}</h1>
 <p class="subtitle">{_esc(summary)}</p>
+{_data_use_note(metrics)}
 <h2>Answers</h2>
 {metrics_table(metrics, baseline_metrics) or '<p class="note">No scores.</p>'}
 {baseline_note}
