@@ -185,3 +185,26 @@ def test_missing_argument_exits_with_usage(capsys):
         main(["--main", "a.png"])
     assert exc.value.code == 2
     assert "--checkpoint" in capsys.readouterr().err
+
+
+def test_keyword_forces_the_cam_and_is_recorded(checkpoint, tmp_path, capsys):
+    main_path = _write_png(tmp_path / "a.png", 64, 64, seed=11)
+    ref_path = _write_png(tmp_path / "b.png", 64, 64, seed=12)
+    out = tmp_path / "out"
+    assert _ask(checkpoint, main_path, ref_path, "--out", str(out), "--keyword", "pleural  effusion") == 0
+    captured = capsys.readouterr()
+    assert "keyword:      pleural effusion (forced)" in captured.out
+    record = json.loads((out / "answer.json").read_text())
+    assert record["keyword"] == "pleural effusion" and record["keyword_forced"]
+    assert record["keyword_source"] is None  # nothing was asked for the keyword
+    if record["cam_text"] != record["preliminary"]:  # the untrained model's answer does not name it
+        assert record["cam_text"] == "pleural effusion" and "does not name 'pleural effusion'" in captured.err
+    assert _ask(checkpoint, main_path, ref_path, "--keyword", " ") == 2
+    assert "--keyword is empty" in capsys.readouterr().err
+
+
+def test_device_defaults_to_auto():
+    from diffvqa.ask import build_parser
+
+    args = build_parser().parse_args(["--checkpoint", "c", "--main", "m", "--ref", "r", "--question", "q"])
+    assert args.device == "auto"

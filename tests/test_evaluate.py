@@ -70,7 +70,14 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     changed = sum(r["final"] != r["preliminary"] for r in difference)
     assert passes["answers_changed"] == changed
     assert passes["right_only_in_final"] + passes["right_only_in_preliminary"] <= changed
+    assert metrics["run"]["phantom"] and metrics["run"]["difference_questions"] == len(difference)
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["command"][:3] == ["diffvqa", "evaluate", "--checkpoint"] and info["device"] == "cpu"
+    comparison = (out / "comparison.md").read_text()
+    assert "**Not comparable with the published rows:** the data is the built-in phantom" in comparison
+    assert f"| **this run** | diffvqa | {metrics['difference']['BLEU-1']:.3f} |" in comparison
     html = (out / "report.html").read_text()
+    assert "Published results on MIMIC-CXR — not comparable with this run" in html
     assert "Final vs preliminary answers" in html and f"{gap['estimate']:+.3f} [{gap['low']:+.3f}," in html
     assert "report_images/" in html
     assert "Training curves" in html and (out / "report_images" / "training_curves.svg").is_file()
@@ -123,8 +130,8 @@ def test_evenly_spaced():
 
 
 def test_format_table_with_baseline():
-    model = {"difference": {"BLEU-1": 0.5, "CIDEr": 1.2}, "accuracy_closed": 0.8}
-    blind = {"difference": {"BLEU-1": 0.3, "CIDEr": 0.4}, "accuracy_closed": 0.5}
+    model = {"difference": {"BLEU-1": 0.5, "METEOR_nltk": 0.54, "CIDEr": 1.2}, "accuracy_closed": 0.8}
+    blind = {"difference": {"BLEU-1": 0.3, "METEOR_nltk": 0.44, "CIDEr": 0.4}, "accuracy_closed": 0.5}
     table = format_table(model, blind)
     assert "difference CIDEr" in table and "0.800" in table and "0.300" in table
     lines = table.splitlines()
@@ -135,6 +142,7 @@ def test_format_table_with_baseline():
         )
 
     assert row("difference CIDEr", "1.200", "0.400", "0.800") and row("accuracy closed", "0.800", "0.500", "0.300")
+    assert row("difference METEOR_nltk", "0.540", "0.440", "0.100")  # the sentence METEOR some papers report
     assert len({len(line) for line in lines if line[-1].isdigit()} | {len(lines[0])}) == 1  # columns line up
     lines = format_table({"difference": {"CIDEr": 0.5}}, {"difference": {"CIDEr": 0.75}}).splitlines()
     assert row("difference CIDEr", "0.500", "0.750", "-0.250")

@@ -9,6 +9,8 @@ Images may be JPEG, PNG or DICOM; they are read as gray [0, 1] and fitted into t
 preprocessing always matches the model. Two-pass inference (:func:`diffvqa.saliency.guided.two_pass_answer`)
 gives a preliminary answer, its keyword, Grad-CAMs of both images, the shared mask and the final answer.
 
+The work is done by the Python API (:mod:`diffvqa.api`, ``diffvqa.load``); this command adds the files.
+
 Privacy: only a DICOM's pixel data and its image-pixel module are read (never its patient or study tags), and
 the outputs name the input files by basename only.
 """
@@ -16,7 +18,6 @@ the outputs name the input files by basename only.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -24,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.saliency.keywords import INFERENCE_KEYWORD_SOURCES
 
-KEYWORD_SOURCES = ("lexicon", "llm")
 PNG_FILES = ("main.png", "reference.png", "aligned_main.png", "cam_main.png", "cam_ref.png", "mask.png", "panel.png")
 
 
@@ -38,19 +39,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="diffvqa ask", description="answer one question about a main/reference chest X-ray pair"
     )
-    parser.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json, model.safetensors)")
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory (config.json, model.safetensors) or a training run"
+    )
     parser.add_argument("--main", required=True, help="the current image: JPEG, PNG or DICOM")
     parser.add_argument("--ref", required=True, help="the reference (prior) image: JPEG, PNG or DICOM")
     parser.add_argument("--question", required=True, help='e.g. "what has changed compared to the reference image?"')
     parser.add_argument("--out", help="directory for the overlay PNGs and answer.json (created if needed)")
     parser.add_argument("--single-pass", action="store_true", help="skip the saliency loop: one pass, no maps")
     parser.add_argument(
+        "--keyword",
+        help="force the Grad-CAM's keyword (e.g. 'pleural effusion') instead of taking it from the preliminary "
+        "answer; when that answer does not name it, the CAM scores the keyword itself",
+    )
+    parser.add_argument(
         "--keyword-source",
-        choices=KEYWORD_SOURCES,
+        choices=INFERENCE_KEYWORD_SOURCES,
         help="where the Grad-CAM keyword comes from (default: the checkpoint's saliency.keyword_source, "
         "or lexicon when that is 'truth')",
     )
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--device", default="auto", help="torch device: auto (CUDA when available), cpu, cuda")
     return parser
 
 
@@ -69,29 +77,12 @@ def check_inputs(args: argparse.Namespace) -> str:
         raise AskError("not found: " + "; ".join(missing))
     if args.out:
         check_output_dir(args.out)
-    check_device(args.device)
     question = " ".join(args.question.split())
     if not question:
         raise AskError("--question is empty; ask e.g. 'what has changed compared to the reference image?'")
+    if args.keyword is not None and not args.keyword.strip():
+        raise AskError("--keyword is empty; name a finding, e.g. 'pleural effusion'")
     return question
-
-
-def encode_question(tokenizer, question: str, max_tokens: int) -> tuple[list[int], list[str]]:
-    """Token ids of ``question`` truncated to ``max_tokens``, and notes for the user (unknown words,
-    truncation)."""
-    ids, offsets = tokenizer.encode_with_offsets(question)
-    notes = []
-    unknown = [question[start:end] for i, (start, end) in zip(ids, offsets, strict=True) if i == tokenizer.unk_id]
-    if unknown:
-        notes.append(
-            f"the model's vocabulary lacks {', '.join(repr(w) for w in dict.fromkeys(unknown))}; "
-            "they are read as <unk> (the training questions are lower-case)"
-        )
-    if len(ids) > max_tokens:
-        notes.append(
-            f"the question has {len(ids)} tokens; only the first {max_tokens} (data.max_question_tokens) are used"
-        )
-    return ids[:max_tokens], notes
 
 
 def write_outputs(out: Path, images: dict[str, np.ndarray | None], record: dict) -> list[Path]:
@@ -124,94 +115,43 @@ def write_outputs(out: Path, images: dict[str, np.ndarray | None], record: dict)
     return written
 
 
-def _batch(image: np.ndarray, device):
-    """(S, S) float32 -> (1, 1, S, S) tensor on ``device``."""
-    import torch
-
-    return torch.from_numpy(image)[None, None].to(device)
-
-
-def _first_map(tensor) -> np.ndarray | None:
-    """(B, 1, S, S) tensor -> the first (S, S) map as float32 numpy; None stays None (single pass)."""
-    return None if tensor is None else tensor[0, 0].detach().float().cpu().numpy()
-
-
 def run(args: argparse.Namespace) -> dict:
     """Answer the question; returns the record written to answer.json."""
     question = check_inputs(args)
 
-    import torch
-
-    from diffvqa.data.images import ImageReadError, load_image
-    from diffvqa.model.checkpoint import load_checkpoint
-    from diffvqa.saliency.guided import two_pass_answer
-    from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
+    from diffvqa.api import load
 
     try:
-        model = load_checkpoint(args.checkpoint, map_location=args.device).eval()
+        vqa = load(args.checkpoint, args.device, keyword_source=args.keyword_source, single_pass=args.single_pass)
     except UserError as exc:
         raise AskError(f"cannot load the checkpoint: {exc}") from exc
-    config = model.config
-    size = config.data.image_size
-    try:
-        main, main_geometry = load_image(args.main, size)
-        ref, ref_geometry = load_image(args.ref, size)
-    except ImageReadError as exc:
-        raise AskError(str(exc)) from exc
-
-    ids, notes = encode_question(model.tokenizer, question, config.data.max_question_tokens)
-    for note in notes:
+    answer = vqa(args.main, args.ref, question, keyword=args.keyword)
+    for note in answer.notes:
         print(f"diffvqa ask: note: {note}", file=sys.stderr)
-    if not ids:
-        raise AskError(f"the question {question!r} gives no tokens")
-    source = args.keyword_source or (
-        config.saliency.keyword_source if config.saliency.keyword_source in KEYWORD_SOURCES else "lexicon"
-    )
-    keyword_fn = answer_keyword_fn(dataclasses.replace(config.saliency, keyword_source=source))
-    single_pass = args.single_pass or not config.saliency.enabled
-
-    device = next(model.parameters()).device
-    question_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    boxes = [torch.tensor([g.content_box()], dtype=torch.long, device=device) for g in (main_geometry, ref_geometry)]
-    result = two_pass_answer(
-        model,
-        _batch(main, device),
-        _batch(ref, device),
-        question_ids,
-        torch.ones_like(question_ids),
-        [question],
-        keyword_fn,
-        single_pass=single_pass,
-        main_box=boxes[0],
-        ref_box=boxes[1],
-    )
-    if (keywords_report := finish_keywords(keyword_fn)) is not None:  # the LLM backend: where keywords came from
+    if (keywords_report := vqa.keywords_report()) is not None:  # the LLM backend: where keywords came from
         print(keywords_report, file=sys.stderr)
 
-    record = {
-        "question": question,
-        "preliminary": result.preliminary[0],
-        "keyword": result.keywords[0],
-        "final": result.final[0],
-        "single_pass": single_pass,
-        "keyword_source": None if single_pass else source,
-        "main": Path(args.main).name,
-        "reference": Path(args.ref).name,
-        "checkpoint": str(args.checkpoint),
-        "image_size": size,
-        "theta": result.theta[0].tolist(),  # main -> reference affine, normalised coordinates
-        "geometry": {"main": main_geometry.to_dict(), "reference": ref_geometry.to_dict()},
-    }
+    record = answer.to_record()
+    record.update(
+        {
+            "keyword_source": None if answer.single_pass or answer.keyword_forced else vqa.keyword_source,
+            "main": Path(args.main).name,
+            "reference": Path(args.ref).name,
+            "checkpoint": str(args.checkpoint),
+            "image_size": vqa.image_size,
+        }
+    )
     print(f"answer:       {record['final'] or '(empty)'}")
-    if single_pass:
+    if answer.single_pass:
         print("(single pass: no keyword, no saliency maps)")
     else:
         print(f"preliminary:  {record['preliminary'] or '(empty)'}")
-        print(f"keyword:      {record['keyword'] or '(none: the CAM scored the whole answer)'}")
+        shown = record["keyword"] or "(none: the CAM scored the whole answer)"
+        print(f"keyword:      {shown}{' (forced)' if answer.keyword_forced else ''}")
 
     if args.out:
-        images = {"main": main, "ref": ref, "aligned_main": _first_map(result.aligned_main)}
-        images.update({key: _first_map(getattr(result, key)) for key in ("cam_main", "cam_ref", "mask")})
+        images = {"main": answer.main_image, "ref": answer.ref_image, "aligned_main": answer.aligned_main}
+        images.update({"cam_main": answer.cam_main, "cam_ref": answer.cam_ref, "mask": answer.mask})
         write_outputs(Path(args.out), images, record)
         print(f"wrote {args.out}")
     return record

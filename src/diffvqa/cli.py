@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "decode a release's images once into a memory-mapped cache",
     ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
+    "config": ("diffvqa.config", "config_main", "print a preset's resolved config (with overrides), as train uses it"),
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),

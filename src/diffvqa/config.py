@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diffvqa.errors import MissingInputError, UserError, one_line
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command, one_line
 
 PRESETS = ("tiny", "small", "paper")
 
@@ -152,6 +152,9 @@ class ModelConfig:
     decoder_pretrained: str = ""  # local directory saved with GPT2LMHeadModel.save_pretrained
     tokenizer: str = "word"  # "word" (built from training text) or "gpt2" (BPE files from a local directory)
     tokenizer_path: str = ""  # GPT2Tokenizer.save_pretrained directory (tokenizer.json, or vocab.json + merges.txt)
+    # `train` refuses to start while encoder_pretrained / decoder_pretrained (and, for the gpt2 tokenizer,
+    # tokenizer_path) are empty: the paper preset sets it, so random weights are only ever trained on purpose.
+    require_pretrained: bool = False
     # Average-pool the feature maps by this factor before the prefix projection: fewer prefix tokens (the decoder's
     # cost grows with them) while Grad-CAM keeps the encoder's full-resolution maps. 1 = one token per cell.
     prefix_pool: int = 1
@@ -181,6 +184,7 @@ class ModelConfig:
         "decoder_dropout": Rule(low=0, high=1, high_open=True),
         "decoder_pretrained": ANY,
         "tokenizer": Rule(choices=("word", "gpt2")),
+        "require_pretrained": ANY,
         "tokenizer_path": ANY,
         "prefix_pool": AT_LEAST_ONE,
         "blind": ANY,
@@ -247,12 +251,15 @@ class TrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     # none | bf16 | fp16 (diffvqa.precision). fp16 for GPUs without bf16 (V100, T4): a gradient scaler keeps the
-    # small gradients from underflowing, its state saved with the trainer state. CPU runs it too, slowly.
+    # small gradients from underflowing, its state saved with the trainer state. CPU runs it too (for the tests).
     autocast: str = "none"
     eval_every: int = 500
     eval_samples: int = 512  # validation questions scored at each evaluation (0 = the whole split)
     checkpoint_every: int = 500
     log_every: int = 10
+    # Where the training curves go besides metrics.jsonl: none, or tensorboard (<run>/tensorboard; needs the
+    # optional extra: pip install -e '.[tensorboard]')
+    report_to: str = "none"
     # Micro-batches per optimiser step (>= 1): the effective batch is batch_size * grad_accum * world size. Each
     # micro-batch's loss is scaled by 1/grad_accum; DDP synchronises gradients on the last one only.
     grad_accum: int = 1
@@ -265,7 +272,8 @@ class TrainConfig:
     ddp_bucket_view: bool = True  # DDP gradient_as_bucket_view: gradients alias the all-reduce buckets (no copy)
     # Activation checkpointing of the encoder (its stem and each stage) and the decoder (each GPT-2 block): their
     # activations are recomputed in the backward instead of kept, for a GPU too small for the batch. Same losses and
-    # gradients (tests/test_train_levers.py); slower by about one more forward of each.
+    # gradients (tests/test_train_memory_levers.py); slower, as the checkpointed forwards run again in the backward
+    # (pass A's decoder twice: for the Grad-CAM's gradient and for the loss's).
     grad_checkpointing: bool = False
     # The process group's timeout (torchrun runs): the other ranks wait at a barrier while rank 0 validates and
     # saves, so it must outlast one validation of train.eval_samples questions (eval_samples=0: the whole split).
@@ -284,6 +292,7 @@ class TrainConfig:
         "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split
         "checkpoint_every": AT_LEAST_ONE,
         "log_every": AT_LEAST_ONE,
+        "report_to": Rule(choices=("none", "tensorboard")),
         "grad_accum": AT_LEAST_ONE,
         "channels_last": ANY,
         "fused_adamw": ANY,
@@ -488,3 +497,27 @@ def apply_overrides(config: Config, overrides: typing.Sequence[str]) -> Config:
     for group in dataclasses.fields(config):
         setattr(config, group.name, getattr(updated, group.name))
     return config
+
+
+def format_config(config: Config, fmt: str = "yaml") -> str:
+    """The whole resolved config as YAML (grouped, in field order) or JSON -- what a run's config.json holds."""
+    values = config.to_dict()
+    if fmt == "json":
+        return json.dumps(values, indent=2)
+    import yaml
+
+    return yaml.safe_dump(values, sort_keys=False, default_flow_style=None, width=120).rstrip()
+
+
+@command("diffvqa config")
+def config_main(argv: list[str]) -> int:
+    """``diffvqa config [--preset P] [--config FILE] [--format yaml|json] [key=value ...]``: print the resolved
+    config -- the preset, then the file, then the overrides, validated exactly as ``train`` would take them."""
+    parser = ArgumentParser(prog="diffvqa config", description="print a preset's config with overrides applied")
+    parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
+    parser.add_argument("--config", type=Path, help="a YAML file of config overrides")
+    parser.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
+    args = parser.parse_args(argv)
+    print(format_config(load_config(args.preset, args.config, args.overrides), args.format))
+    return 0

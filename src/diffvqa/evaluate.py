@@ -6,6 +6,7 @@ and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR /
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
 and, on the phantom, the mechanism scores of :mod:`diffvqa.metrics.mechanisms`: ``pointing_game`` beside its chance,
 fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``),
+``comparison.md`` (the difference-question scores beside the published ones, :mod:`diffvqa.metrics.published`),
 ``report.html`` and ``viewer/`` (every question with its pictures, to browse from disk; ``--no-viewer`` skips it).
 """
 
@@ -25,11 +26,14 @@ import torch
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
-from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
+from diffvqa.device import resolve_device
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
+from diffvqa.metrics.published import COMPARISON_FILE, comparison_markdown
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.provenance import run_info, write_run_info
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
@@ -175,7 +179,7 @@ def evaluate(
     single_pass: bool = False,
     batch_size: int = 32,
     limit: int = 0,
-    device: str = "cpu",
+    device: str = "auto",
     report: bool = True,
     progress: bool = True,
     keyword_source: str | None = None,
@@ -183,11 +187,17 @@ def evaluate(
     title: str | None = None,
     saliency_overrides: list[str] | None = None,
     viewer: bool = True,
+    command: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics and a report (with a
-    ``baseline``'s metrics beside the model's when given) and, unless ``viewer`` is false, the viewer of every
-    question (``out/viewer/index.html``)."""
+    """Evaluate a checkpoint on a split of a prepared cache; write predictions, metrics, the published results
+    beside this run's (``comparison.md``) and a report (with a ``baseline``'s metrics beside the model's when
+    given) and, unless ``viewer`` is false, the viewer of every question (``out/viewer/index.html``).
+    ``device`` ``auto`` is CUDA when available, else the CPU. ``command``: the command line ``run_info.json``
+    records (default: this process's)."""
     from diffvqa.metrics import evaluate_answers
+
+    device = resolve_device(device)
+    provenance = run_info(device=str(device), argv=command)
 
     checkpoint = find_checkpoint(checkpoint)
     out = Path(out)
@@ -204,6 +214,7 @@ def evaluate(
         apply_overrides(model.config, saliency_overrides)
     dataset = PairQADataset(data, split, question_types)
     dataset.cache.check_size(model.image_size)
+    phantom = dataset.cache.has_truth  # only the phantom writes ground truth into its cache
     if len(dataset) == 0:
         raise UserError(f"{data}: no {split} questions of types {question_types or 'all'}")
     if limit:
@@ -241,10 +252,15 @@ def evaluate(
         "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
         "blind": model.config.model.blind,
         "questions": len(records),
+        "difference_questions": sum(r["question_type"] == "difference" for r in records),
+        "phantom": phantom,
+        "device": str(device),
         "limit": limit,
         "saliency_overrides": list(saliency_overrides or []),
     }
     (out / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
+    (out / COMPARISON_FILE).write_text(comparison_markdown(metrics, baseline=baseline), encoding="utf-8")
+    write_run_info(out, provenance)
     if strips is not None:  # before the report, which links to it
         print(finish_viewer(out, strips, time.perf_counter() - tic), file=sys.stderr)
     if report:
@@ -365,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keyword-source", choices=["lexicon", "llm"], help="override the checkpoint's")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--limit", type=int, default=0, help="evaluate N evenly spaced questions (0 = all)")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when available, else cpu) | cpu | cuda")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--no-viewer", action="store_true", help="skip the browsable viewer of every question")
     parser.add_argument("--no-progress", action="store_true")
@@ -376,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     check_output_dir(args.out)
-    check_device(args.device)
+    resolve_device(args.device)
     if args.batch_size < 1:
         parser.error(f"--batch-size {args.batch_size}: expected >= 1")
     if args.limit < 0:
@@ -399,9 +415,10 @@ def main(argv: list[str] | None = None) -> int:
         keyword_source=args.keyword_source,
         saliency_overrides=args.overrides,
         viewer=not args.no_viewer,
+        command=["diffvqa", "evaluate", *argv],
     )
     print(format_table(metrics))
-    print(f"wrote {args.out / PREDICTIONS_FILE}, {args.out / EVAL_METRICS_FILE}")
+    print(f"wrote {args.out / PREDICTIONS_FILE}, {args.out / EVAL_METRICS_FILE}, {args.out / COMPARISON_FILE}")
     return 0
 
 

@@ -37,7 +37,9 @@ from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_d
 from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
+from diffvqa.model_card import cache_summary, write_model_card
 from diffvqa.precision import autocast, grad_scaler, precision_notes
+from diffvqa.provenance import run_info, write_run_info
 from diffvqa.run import (
     BEST,
     CONFIG_FILE,
@@ -256,19 +258,15 @@ def save_training_checkpoint(
 
 # -- logging -----------------------------------------------------------------------------------------------
 class MetricsLog:
-    """JSONL records in the run directory; TensorBoard scalars too when tensorboard is installed."""
+    """JSONL records in the run directory (``metrics.jsonl``); TensorBoard scalars too with
+    ``train.report_to=tensorboard`` (under ``<run>/tensorboard``)."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, report_to: str = "none"):
         self.enabled = enabled
         self.run_dir = run_dir
         self.tensorboard = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                pass
+        if enabled and report_to == "tensorboard":
+            self.tensorboard = tensorboard_writer()(str(run_dir / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -282,6 +280,33 @@ class MetricsLog:
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
+
+
+def tensorboard_writer():
+    """torch's ``SummaryWriter`` class; a one-line error when the tensorboard package is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(
+            "train.report_to=tensorboard needs the tensorboard package: pip install -e '.[tensorboard]' "
+            "(or train.report_to=none: metrics.jsonl and `diffvqa plot` need nothing)"
+        ) from None
+    return SummaryWriter
+
+
+def check_pretrained(config: Config) -> None:
+    """``model.require_pretrained`` (the paper preset): stop before a GPU-week is spent on random weights."""
+    m = config.model
+    missing = [key for key in ("encoder_pretrained", "decoder_pretrained") if not getattr(m, key)]
+    if m.tokenizer == "gpt2" and not m.tokenizer_path:
+        missing.append("tokenizer_path")
+    if m.require_pretrained and missing:
+        raise UserError(
+            "this config trains from pretrained weights (model.require_pretrained=true, as --preset paper does) but "
+            + ", ".join(f"model.{k}" for k in missing)
+            + " is empty: point it at a local save_pretrained directory (README, Real data, step 2), or pass "
+            "model.require_pretrained=false to train from random initialisation on purpose"
+        )
 
 
 # -- the loop ----------------------------------------------------------------------------------------------
@@ -378,9 +403,14 @@ def train(
     stop_after: int | None = None,
     device: str = "auto",
     progress: bool = True,
+    command: list[str] | None = None,
 ) -> Path:
     """Train and return the run directory. ``stop_after`` ends this invocation after that many steps (for
-    time-sliced jobs; ``--resume`` continues)."""
+    time-sliced jobs; ``--resume`` continues). ``command``: the command line run_info.json records (default:
+    this process's)."""
+    check_pretrained(config)
+    if config.train.report_to == "tensorboard":
+        tensorboard_writer()  # missing package: fail before anything is built or written
     rank, world, dev = setup_distributed(device, config.train.dist_timeout_minutes)
     is_main = rank == 0
     run_dir = Path(run_dir)
@@ -450,6 +480,8 @@ def train(
             scaler.load_state_dict(state["grad_scaler"])
     if is_main:
         clean_after_interruption(run_dir, start_step)
+        info = run_info(world_size=world, device=str(dev), argv=command)
+        write_run_info(run_dir, {**info, "start_step": start_step})
 
     train_set = PairQADataset(data, "train", config.data.question_types)
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
@@ -464,7 +496,8 @@ def train(
         generator=torch.Generator().manual_seed(t.seed),
     )
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
-    log = MetricsLog(run_dir, enabled=is_main)
+    data_summary = cache_summary(data)  # for each checkpoint's model card
+    log = MetricsLog(run_dir, enabled=is_main, report_to=t.report_to)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = None
     if is_main and progress:
@@ -502,7 +535,7 @@ def train(
         at_eval = step % t.eval_every == 0 or step == t.steps
         at_checkpoint = at_eval or step % t.checkpoint_every == 0 or step == end_step
         if at_checkpoint and is_main:
-            improved = False
+            improved, scores = False, None
             if at_eval and len(val_set):
                 # Before saliency.start_step the masked pass is untrained: validate the single pass, and let only
                 # checkpoints whose two-pass answers were scored (what `evaluate` runs) become the best.
@@ -516,7 +549,8 @@ def train(
                     device=dev,
                     single_pass=warming_up,
                 )
-                log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}, "val/single_pass": warming_up})
+                scores["single_pass"] = warming_up
+                log.write({"step": step, **{f"val/{k}": v for k, v in scores.items()}})
                 if bar is not None:
                     bar.write(
                         f"step {step}: validation CIDEr {scores['CIDEr']:.3f} on {scores['n']} questions"
@@ -525,6 +559,7 @@ def train(
                 if not warming_up and scores["CIDEr"] > best.get("CIDEr", -math.inf):
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
             path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best, scaler)
+            write_model_card(path, config, step=step, data=data_summary, validation=scores, best=best)
             if improved:
                 write_pointer(run_dir, BEST, path)
             prune_checkpoints(run_dir)
@@ -580,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         stop_after=args.stop_after,
         device=args.device,
         progress=not args.no_progress,
+        command=["diffvqa", "train", *argv],
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"run: {run}  latest: {read_pointer(run, LATEST)}  best: {read_pointer(run, BEST)}")

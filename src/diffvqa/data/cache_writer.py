@@ -23,6 +23,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from importlib import metadata
@@ -568,7 +569,13 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--release", type=Path, help="directory with mimic_pair_questions.csv and mimic_all.csv")
     parser.add_argument("--images", type=Path, help="MIMIC-CXR-JPG root holding files/ (default: --release)")
-    parser.add_argument("--out", type=Path, required=True, help="the cache directory to write")
+    parser.add_argument("--out", type=Path, help="the cache directory to write")
+    parser.add_argument(
+        "--list-images",
+        metavar="FILE",
+        help="only write the relative paths of the images the selected questions need, one a line (- for stdout), "
+        "for wget -i / rsync --files-from, with their count and download size; reads the CSVs, needs no image",
+    )
     parser.add_argument("--size", type=int, default=128, help="S: images are resized and padded to S x S")
     parser.add_argument("--workers", type=int, default=2, help="decoding processes")
     parser.add_argument("--shard", type=_parse_shard, help="i/n: decode the i-th of n shards into --out")
@@ -587,6 +594,10 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
     if args.release is None and not args.merge:
         parser.error("--release is required (or --merge SHARD_DIR ...)")
+    if args.list_images is not None:
+        return _list_images(args, parser)
+    if args.out is None:
+        parser.error("--out is required (the cache directory to write)")
     check_output_dir(args.out)
     if args.workers < 0:
         parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
@@ -600,6 +611,19 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     else:
         print((args.out / REPORT).read_text(), end="")
         print(f"cache written to {args.out}")
+    return 0
+
+
+def _list_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from diffvqa.data.download_list import needed_images, write_image_list
+
+    if args.merge or args.shard:
+        parser.error("--list-images lists what a release needs; it does not combine with --merge or --shard")
+    types = [t.strip() for t in args.question_types.split(",") if t.strip()] if args.question_types else None
+    image_list = needed_images(args.release, args.images, types)
+    write_image_list(image_list, args.list_images)
+    destination = "stdout" if args.list_images == "-" else args.list_images
+    print(image_list.summary(destination), file=sys.stderr)  # stderr: stdout may be the list itself
     return 0
 
 

@@ -317,6 +317,39 @@ def resize_pad(image: np.ndarray, size: int) -> tuple[np.ndarray, Geometry]:
     return _resize_pad(image, geometry, box), geometry
 
 
+def gray_float(image: Image.Image | np.ndarray, name: str = "image") -> np.ndarray:
+    """An in-memory image -> (H, W) float32 in [0, 1], as :func:`read_image` gives for a file.
+
+    A Pillow image is read as a file's pixels are (16-bit grayscale keeps its 16 bits, colour becomes luminance).
+    An array may be (H, W) or (H, W, 3|4): uint8 counts 0..255, uint16 0..65535, bool 0/1, float must already lie
+    in [0, 1] (anything else is a :class:`ImageReadError` naming ``name``: a silent rescale would change what
+    the model sees).
+    """
+    if isinstance(image, Image.Image):
+        return _pil_to_float(image)
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        if array.dtype != np.uint8:
+            raise ImageReadError(f"{name}: a colour array must be uint8, got {array.dtype}; pass (H, W) gray")
+        return _pil_to_float(Image.fromarray(np.ascontiguousarray(array[..., :3]), "RGB"))
+    if array.ndim != 2 or min(array.shape) < 2:
+        raise ImageReadError(f"{name}: expected an (H, W) gray or (H, W, 3) uint8 image, got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype == np.bool_:
+        return array.astype(np.float32)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise ImageReadError(
+                f"{name}: a float image must hold finite values in [0, 1], got range "
+                f"[{np.nanmin(array):.4g}, {np.nanmax(array):.4g}]"
+            )
+        return array.astype(np.float32)
+    raise ImageReadError(f"{name}: unsupported pixel type {array.dtype}; expected uint8, uint16, bool or float")
+
+
 def load_image(path: str | Path, size: int, draft: bool = True) -> tuple[np.ndarray, Geometry]:
     """Read an image file straight into its S x S frame: :func:`read_image` + :func:`resize_pad`.
 

@@ -1,12 +1,13 @@
 """Sentence-level METEOR as NLTK computes it (``nltk.translate.meteor_score``), the other METEOR in the literature.
 
-Two METEORs are published for Medical-Diff-VQA and they are not comparable:
+Two METEORs are published for Medical-Diff-VQA and they are not comparable (the papers do not say which they
+used; the magnitudes tell them apart):
 
-- the pycocoevalcap jar (METEOR 1.5, Java), corpus level: EKAID, PLURAL and VED report it (.34-.39 on the
-  difference questions); ``metrics.json`` → ``METEOR``;
+- the pycocoevalcap jar (METEOR 1.5, Java), corpus level: EKAID, PLURAL and VED's .34-.39 on the difference
+  questions read like it; ``metrics.json`` → ``METEOR``;
 - NLTK's ``meteor_score`` per sentence, averaged over sentences (what Hugging Face ``evaluate``'s "meteor"
-  computes): it reads far higher on the same answers, and matches the seed paper's .651 better; ``metrics.json``
-  → ``METEOR_nltk``.
+  computes): it reads far higher on the same answers, like the seed paper's .651; ``metrics.json`` →
+  ``METEOR_nltk``.
 
 NLTK matches words exactly, then by Porter stem, then by WordNet synonym. The WordNet data is a separate download
 (``nltk.download("wordnet")``) that machines without internet do not have; without it NLTK raises ``LookupError``.

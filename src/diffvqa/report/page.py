@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
 from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
 from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
+from diffvqa.metrics.published import COLUMN_LABELS, COLUMNS, PUBLISHED, comparability, run_row
 from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
 from diffvqa.run import VIEWER_DIR
 
@@ -343,6 +345,41 @@ def per_type_table(metrics: Mapping[str, Any]) -> str:
     )
 
 
+def published_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | None = None) -> str:
+    """This run's difference-question scores above the published rows (``comparison.md`` as HTML). Folded away
+    when the run is not comparable with them (the phantom, a subset, another split), with the reasons in its
+    summary line."""
+    reasons = comparability(metrics)
+    head = "<th>Method</th><th>Venue</th>" + "".join(f"<th>{_esc(COLUMN_LABELS.get(c, c))}</th>" for c in COLUMNS)
+    ours = [("this run", run_row(metrics))]
+    if baseline is not None:
+        ours.append(("blind baseline", run_row(baseline)))
+    rows = [
+        f'<tr class="ours"><th scope="row">{_esc(name)}</th><td>diffvqa</td>'
+        + "".join(f'<td class="num">{_fmt(row[c])}</td>' for c in COLUMNS)
+        + "</tr>"
+        for name, row in ours
+    ]
+    for result in PUBLISHED:
+        row = result.row()
+        name = result.method + (f" ({result.note})" if result.note else "")
+        rows.append(
+            f'<tr><th scope="row">{_esc(name)}</th><td>{_esc(result.venue)}</td>'
+            + "".join(f'<td class="num">{_fmt(row[c])}</td>' for c in COLUMNS)
+            + "</tr>"
+        )
+    table = f'<table class="metrics"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    note = (
+        '<p class="note">Difference questions of the Medical-Diff-VQA test split (16,389 in the papers). No paper '
+        "says which METEOR it used; each published METEOR is placed by magnitude (0.3–0.4 reads like the "
+        "pycocoevalcap jar, 0.65–0.70 like NLTK's sentence METEOR) — compare within a column only. – : not given.</p>"
+    )
+    if reasons:
+        summary = "Published results on MIMIC-CXR — not comparable with this run: " + "; ".join(reasons)
+        return f"<details><summary>{_esc(summary)}</summary>{table}{note}</details>"
+    return f"<h3>Beside published results</h3>{table}{note}"
+
+
 def implementation_note(metrics: Mapping[str, Any]) -> str:
     """How the caption scores were computed, with a warning when they are not comparable with papers."""
     impl = metrics.get("implementation")
@@ -382,10 +419,11 @@ def _meteor_note(nltk_impl: Any) -> str:
     if not isinstance(nltk_impl, Mapping):
         return ""
     return (
-        '<p class="note">Two METEORs: compare <b>METEOR</b> (the pycocoevalcap jar, corpus level) with EKAID, PLURAL '
-        "and VED; compare <b>METEOR_nltk</b> (NLTK's sentence METEOR, mean over answers: NLTK "
-        f"{_esc(nltk_impl.get('nltk'))}, {_esc(nltk_impl.get('matching'))}, {_esc(nltk_impl.get('tokens'))} tokens) "
-        f"with the seed paper. Never one with the other's numbers: {_docs_link(METRICS_DOC)}.</p>"
+        '<p class="note">Two METEORs: <b>METEOR</b> (the pycocoevalcap jar, corpus level) and <b>METEOR_nltk</b> '
+        f"(NLTK's sentence METEOR, mean over answers: NLTK {_esc(nltk_impl.get('nltk'))}, "
+        f"{_esc(nltk_impl.get('matching'))}, {_esc(nltk_impl.get('tokens'))} tokens). Published METEORs of 0.3–0.4 "
+        "read like the jar, 0.65–0.70 like NLTK's (the papers do not say which they used); never compare one with "
+        f"the other's numbers: {_docs_link(METRICS_DOC)}.</p>"
     )
 
 
@@ -555,6 +593,13 @@ def _summary_line(metrics: Mapping[str, Any]) -> str:
     return " · ".join(parts)
 
 
+def _data_use_note(metrics: Mapping[str, Any]) -> str:
+    """The PhysioNet data-use warning, on every report not known to be of the phantom."""
+    if not needs_data_use_warning(metrics):
+        return ""
+    return f'<p class="warning data-use">⚠ {_esc(DATA_USE_WARNING)}</p>'
+
+
 def write_report(
     out_dir: str | Path,
     metrics: Mapping[str, Any],
@@ -625,12 +670,14 @@ def write_report(
 <main>
 <h1>{_esc(title)}</h1>
 <p class="subtitle">{_esc(summary)}</p>
+{_data_use_note(metrics)}
 <h2>Answers</h2>
 {metrics_table(metrics, baseline_metrics) or '<p class="note">No scores.</p>'}
 {baseline_note}
 {implementation_note(metrics)}
 {passes_section(metrics)}
 {per_type_table(metrics)}
+{published_section(metrics, baseline_metrics)}
 {_mechanisms_section(metrics, baseline_metrics)}
 {curves_html}
 <h2>Examples</h2>

@@ -30,6 +30,7 @@ from diffvqa.saliency.gradcam import (
     score_selection,
 )
 from diffvqa.saliency.keywords import KeywordFn
+from diffvqa.saliency.lexicon import keyword_spans
 from diffvqa.saliency.mask import apply_mask, guard_empty, registered_difference, shared_mask
 
 
@@ -160,6 +161,7 @@ class TwoPassResult:
     empty_mask: Tensor | None = None  # (B,) bool: rows whose M was all zero and fell back to all ones
     content: Tensor | None = None  # (2B, 1, S, S) content of the aligned main and the reference; None: whole frame
     features: Tensor | None = None  # (2B, C, h, w) pass-1 feature maps (for further CAMs of the same pass)
+    cam_texts: list[str] | None = None  # the teacher-forced text each row's CAM scored (None: single pass)
 
 
 @torch.no_grad()
@@ -174,11 +176,16 @@ def two_pass_answer(
     single_pass: bool = False,
     main_box: Tensor | None = None,
     ref_box: Tensor | None = None,
+    keywords: list[str] | None = None,
 ) -> TwoPassResult:
     """Two-pass inference: answer, keyword, Grad-CAM on the pass-1 features, shared mask, answer again.
 
     Call with the model in eval mode. ``single_pass`` (or ``config.saliency.enabled = False``) skips the saliency
     loop and returns the pass-1 answer as final. ``main_box``/``ref_box`` (B, 4): content boxes (None: whole frame).
+
+    ``keywords`` (one per row) forces the keyword instead of asking ``keyword_fn``: the CAM scores the keyword's
+    tokens in the preliminary answer, or -- when the preliminary answer does not name it -- the keyword itself
+    teacher-forced as the answer (the evidence the model has for saying it). ``cam_texts`` records which.
     """
     cfg = model.config.saliency
     main, ref = model.inputs(main, ref)
@@ -203,10 +210,16 @@ def two_pass_answer(
     # (no encoder backward, no second prompt pass).
     leaf = features.detach().requires_grad_(True)
     preliminary, generation = model.generate_from_features(leaf, question_ids, question_mask, keep_prompt=True)
-    keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
+    if keywords is None:
+        keywords = [keyword_fn(answer, question) for answer, question in zip(preliminary, questions, strict=True)]
+        cam_texts = list(preliminary)
+    else:
+        if len(keywords) != len(preliminary):
+            raise ValueError(f"{len(keywords)} forced keywords for {len(preliminary)} questions")
+        cam_texts = [a if not k or keyword_spans(a, k) else k for a, k in zip(preliminary, keywords, strict=True)]
     limit = model.config.data.max_answer_tokens
-    answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, preliminary, limit))
-    keyword_mask = keyword_token_mask(model.tokenizer, preliminary, keywords, answer_ids)
+    answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, cam_texts, limit))
+    keyword_mask = keyword_token_mask(model.tokenizer, cam_texts, keywords, answer_ids)
     cam_main, cam_ref = keyword_gradcam_from_prompt(
         model,
         leaf,
@@ -239,4 +252,5 @@ def two_pass_answer(
         empty_mask=empty,
         content=content,
         features=features,
+        cam_texts=cam_texts,
     )

@@ -35,6 +35,8 @@ from diffvqa.saliency.llm import (  # noqa: F401 - BadReply, parse_reply: the LL
 )
 
 KeywordFn = Callable[..., str]  # (answer: str, question: str = "") -> str
+# the sources that can name a *generated* answer's keyword (ground truth cannot: a generated answer has none)
+INFERENCE_KEYWORD_SOURCES = ("lexicon", "llm")
 
 
 def precompute_keywords(

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
@@ -131,10 +132,11 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     from diffvqa.metrics.meteor_nltk import meteor_nltk_sentences
 
     strings = _Strings()
-    runs, per_run = [], []
+    runs, per_run, credentialed = [], [], False
     for eval_dir, label in zip(eval_dirs, _labels(eval_dirs), strict=True):
         records = read_predictions(eval_dir)
         metrics = _read_metrics(eval_dir)
+        credentialed |= needs_data_use_warning(metrics)
         runs.append(_run_entry(eval_dir, metrics, records, out, label))
         meteor = meteor_nltk_sentences([r["final"] for r in records], [r["answer"] for r in records])
         per_run.append((records, meteor, runs[-1]["split"]))
@@ -165,6 +167,7 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     return {
         "title": title or " vs ".join(r["name"] for r in runs),
         "created": datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "data_use": DATA_USE_WARNING if credentialed else None,  # shown above everything else when set
         "runs": runs,
         "panels": [caption for _, caption in PANELS],
         "strings": strings.values,

@@ -241,6 +241,10 @@
     else if (e.key === "Escape") closeDetail();
   });
 
+  if (D.data_use) {  // outputs of credentialed data: the PhysioNet agreement forbids sharing them
+    $("data-use").textContent = `⚠ ${D.data_use}`;
+    $("data-use").hidden = false;
+  }
   $("title").textContent = D.title;
   document.title = `${D.title} — diffvqa viewer`;
   $("runs").replaceChildren(...runs.map((run) => el("p", { class: "run" },
