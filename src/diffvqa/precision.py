@@ -9,8 +9,9 @@ of the trainer state, so ``--resume`` continues exactly.
 The Grad-CAM inside the step takes its own gradient (of the keyword score, not the loss) and scales it itself:
 :func:`diffvqa.saliency.gradcam.score_gradient`.
 
-fp16 autocast runs on CPU too (torch's CPU autocast has float16 kernels since 2.x), which is how the tests check
-this path; it is meant for GPUs without bf16 (V100, T4) and on CPU is noted once, like the other GPU levers.
+fp16 autocast runs on CPU too (torch 2.13's CPU autocast casts to float16, and ``GradScaler("cpu")`` works), which
+is how the tests check this path; it is meant for GPUs without bf16 (V100, T4), and on CPU is noted once, like the
+other GPU levers (at toy size there it was slower than float32: benchmarks/gpu.py --device cpu --quick).
 """
 
 from __future__ import annotations
