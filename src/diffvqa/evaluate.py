@@ -25,7 +25,9 @@ import torch
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
+from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, UserError, check_device, check_output_dir, command
+from diffvqa.lock import one_writer
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
@@ -165,6 +167,8 @@ def _maybe_to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(device)
 
 
+@one_writer("out", "diffvqa evaluate")  # it also removes an --out it created when the evaluation fails
+@full_disk_said("out", partial=(PREDICTIONS_FILE, EVAL_METRICS_FILE, "report.html", "report_images", VIEWER_DIR))
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,

@@ -28,6 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
@@ -172,6 +173,7 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     }
 
 
+@full_disk_said("eval_dir")
 def write_viewer(
     eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None, title: str | None = None
 ) -> Path:
