@@ -231,14 +231,20 @@ def release(tmp_path_factory) -> Path:
 
 
 @needs_mount
-@pytest.mark.parametrize("size", ["600k", "1200k"])
-def test_prepare_on_a_disk_that_fills_up_resumes_to_the_same_cache(release, tmp_path, small_disk, size, capsys):
-    """Full while decoding (600k) or while writing the ground truth (1200k): one line, no SIGBUS from the memory
-    maps; after freeing space the same command finishes with the files a roomy disk gets."""
+@pytest.mark.parametrize(
+    ("size", "said"),
+    [("400k", "the cache, 72 images x 64 x 64 bytes, needs 296.7 kB but the device has "),
+     ("600k", "No space left on device"), ("1200k", "No space left on device")],
+    ids=["before-decoding", "truth-masks", "truth-regions"],
+)  # fmt: skip
+def test_prepare_on_a_disk_that_fills_up_resumes_to_the_same_cache(release, tmp_path, small_disk, size, said, capsys):
+    """Too small for the images (refused before decoding, with the numbers), or full while writing the ground
+    truth after decoding: one line, no SIGBUS from the memory maps; after freeing space the same command finishes
+    with the files a roomy disk gets."""
     disk = small_disk(size)
     out = disk.path / "cache"
     line = one_line(*run(_prepare(release, out), capsys), "prepare")
-    assert line.startswith(f"{out}") and ": the device is full (No space left on device" in line
+    assert line.startswith(f"{out}: the device is full ({said}")
     assert line.endswith("free space, then run the same command again: it resumes, keeping the images already decoded")
     assert not (out / "manifest.json").exists() and not list(out.glob(".*.tmp"))
     disk.grow()
@@ -548,3 +554,18 @@ def test_a_cache_staged_by_an_older_version_names_the_settings(release, tmp_path
     (out / "prepare.json").write_text("{not json")
     line = one_line(*run(_prepare(release, out), capsys), "prepare")
     assert line.startswith(f"{out / 'prepare.json'}: cannot read the staged settings (")
+
+
+def test_a_study_quotes_the_one_line_of_a_run_that_failed_as_a_user_error(tmp_path):
+    """The study runs train and evaluate as subprocesses: their one line (a full disk, a busy directory, ...) is the
+    study's, not "a run failed, see its log"."""
+    from diffvqa.study import _run_logged
+
+    run_dir = tmp_path / "runs" / "full" / "seed0"
+    with (tmp_path / "seed0.log").open("a") as log:
+        with pytest.raises(UserError) as caught:
+            _run_logged(["train", "--data", str(tmp_path / "nowhere"), "--out", str(run_dir)], log, _env(), run_dir)
+    assert str(caught.value) == (
+        f"{run_dir}: diffvqa train: error: --data {tmp_path / 'nowhere'}: not a prepared cache (no manifest.json); "
+        "run `diffvqa prepare` first (see diffvqa train --help); rerun the study to resume"
+    )
