@@ -116,10 +116,13 @@ def small_disk(tmp_path):
 
 
 @needs_mount
-def test_training_on_a_disk_that_fills_up_during_the_first_checkpoint(phantom_cache, tmp_path, small_disk, capsys):
-    """The first checkpoint (1.9 MB) does not fit in 1.5 MB: one line, the temp dir gone, and once space is freed
-    the same command trains to the weights of a run that never saw the fault."""
-    disk = small_disk("1500k")
+@pytest.mark.parametrize("size", ["500k", "1500k"], ids=["in-the-weights", "in-the-trainer-state"])
+def test_training_on_a_disk_that_fills_up_during_the_first_checkpoint(
+    phantom_cache, tmp_path, small_disk, size, capsys
+):
+    """The first checkpoint (0.6 MB of weights, 1.3 MB of trainer state) does not fit: one line, the temp dir gone,
+    and once space is freed the same command trains to the weights of a run that never saw the fault."""
+    disk = small_disk(size)
     argv = ["train", "--data", phantom_cache, "--out", disk.path / "run", *TINY]
     line = one_line(*run(argv, capsys), "train")
     assert line.startswith(f"{disk.path / 'run'}: the device is full (No space left on device")

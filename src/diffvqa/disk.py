@@ -83,7 +83,9 @@ def is_disk_full(exc: BaseException, path: str | Path | None = None) -> bool:
         return True
     if any(isinstance(e, OSError) and e.errno in FULL_ERRNOS for e in chain):
         return True
-    if path is not None and isinstance(exc, RuntimeError):
+    # out of memory is a RuntimeError too (torch.OutOfMemoryError), and says so by its type
+    out_of_memory = any(c.__name__ == "OutOfMemoryError" for c in type(exc).__mro__)
+    if path is not None and isinstance(exc, RuntimeError) and not out_of_memory:
         try:
             return free_bytes(path) < FULL_MARGIN
         except OSError:
@@ -123,7 +125,7 @@ def writing(
     """Write ``path`` inside the block; a full device becomes a :class:`DiskFullError` naming ``path``.
 
     ``partial``: what the block leaves half-written when it fails (a file, a directory, or a list of them), removed
-    before the error is raised. ``what``: the detail in the message (e.g. "writing the checkpoint of step 20"). Any
+    before the error is raised. ``what``: what the block was doing, for the message (e.g. "appending a record"). Any
     other exception passes untouched, and so does a DiskFullError raised inside (it already names its path).
     """
     items = [partial] if isinstance(partial, (str, Path)) else list(partial or [])
@@ -137,7 +139,8 @@ def writing(
         if isinstance(exc, DiskFullError):  # raised inside: it already names its path
             raise
         cleaned = f"; removed the partial {', '.join(str(i) for i in items)}" if items else ""
-        raise DiskFullError(path, f"{what or _what_failed(exc, Path(path))}{cleaned}", advice) from exc
+        said = _what_failed(exc, Path(path)) + (f" while {what}" if what else "")
+        raise DiskFullError(path, f"{said}{cleaned}", advice) from exc
 
 
 def full_disk_said(

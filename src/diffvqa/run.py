@@ -69,7 +69,7 @@ def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     path = Path(run_dir) / METRICS_LOG
     size = path.stat().st_size if path.is_file() else 0
     try:
-        with writing(path, what="appending to the metrics log"):
+        with writing(path, what="appending a record"):
             with path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
     except BaseException:

@@ -235,7 +235,7 @@ def save_training_checkpoint(
     previous = read_pointer(run_dir, LATEST)
     if previous is not None and previous.is_dir():
         needed = directory_bytes(previous)
-        check_free_space(run_dir, needed, f"the checkpoint of step {step} (as large as {previous.name})")
+        check_free_space(run_dir, needed, f"the checkpoint of step {step}, as large as {previous.name},")
     save_checkpoint(module, tmp)
     state = {
         "step": step,
@@ -392,7 +392,7 @@ def train(
             raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
         if is_main:  # the next checkpoint will take as much room as this one: refuse now, not after an hour
-            check_free_space(run_dir, directory_bytes(latest), f"the next checkpoint (as large as {latest.name})")
+            check_free_space(run_dir, directory_bytes(latest), f"the next checkpoint, as large as {latest.name},")
     elif is_main:
         if read_pointer(run_dir, LATEST) is not None:
             raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")

@@ -292,7 +292,7 @@ def _decode_into(
     if create:
         needed = count * (size * size + 6 * 4 + 1)  # pixels, geometry (int32) and status of every image
         needed -= sum((out / name).stat().st_size for name in (IMAGES, GEOMETRY) if (out / name).is_file())  # replaced
-        check_free_space(out, needed, f"the cache ({count:,} images x {size} x {size} bytes)", RESUME_ADVICE)
+        check_free_space(out, needed, f"the cache, {count:,} images x {size} x {size} bytes,", RESUME_ADVICE)
     # status first on creation: an array file without a status file is recreated, never trusted
     images = _open_array(out / IMAGES, (count, size, size), np.uint8, create)
     geometry = _open_array(out / GEOMETRY, (count, 6), np.int32, create)
@@ -560,7 +560,7 @@ def merge_shards(
     out.mkdir(parents=True, exist_ok=True)
     size, num = common["size"], common["num_images"]
     needed = num * size * size - ((out / IMAGES).stat().st_size if (out / IMAGES).is_file() else 0)  # replaced
-    check_free_space(out, needed, f"the merged cache ({num:,} images x {size} x {size} bytes)")
+    check_free_space(out, needed, f"the merged cache, {num:,} images x {size} x {size} bytes,")
     images = _open_array(out / IMAGES, (num, size, size), np.uint8, create=True)
     geometry = np.zeros((num, 6), np.int32)
     status = np.zeros(num, np.uint8)
