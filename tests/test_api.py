@@ -172,3 +172,22 @@ def test_load_names_what_it_expected(tmp_path):
         diffvqa.load(tmp_path)
     with pytest.raises(UserError, match="device warp: not a device"):
         diffvqa.load(tmp_path, device="warp")
+
+
+def test_the_readme_example_runs_as_written(checkpoint, images, tmp_path, monkeypatch):
+    """README's "From Python" block, verbatim, with its run directory and images made here."""
+    import re
+    import shutil
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"\*\*From Python\*\*.*?```python\n(.*?)```", readme, re.S).group(1)
+    assert 'diffvqa.load("demo_out/run")' in block and "current.png" in block
+    shutil.copytree(checkpoint, tmp_path / "demo_out" / "run")
+    shutil.copy(images["main_path"], tmp_path / "current.png")
+    shutil.copy(images["ref_path"], tmp_path / "prior.png")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README.md (From Python)", "exec"), namespace)
+    answer = namespace["answer"]
+    assert isinstance(answer, diffvqa.Answer) and answer.final and answer.mask.shape == (64, 64)

@@ -190,7 +190,7 @@ HEADER = b"study_id,subject_id,ref_id,question_type,question,answer,split\n"
 ROW = b"53189527,10000032,50414267,abnormality,what abnormalities are seen in this image?,atelectasis,train\n"
 
 PREPARE = [
-    ("no-out", lambda w, t: ["prepare", "--release", w.release], ["the following arguments are required: --out"]),
+    ("no-out", lambda w, t: ["prepare", "--release", w.release], ["--out is required (the cache directory to write)"]),
     ("no-release", lambda w, t: ["prepare", "--out", t / "c"], ["--release is required"]),
     ("release-missing", lambda w, t: _prepare(w, t, release=t / "nowhere"),
      ["nowhere", "mimic_pair_questions.csv: not found"]),

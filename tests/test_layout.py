@@ -64,7 +64,7 @@ def test_the_reference_check_catches_an_outside_document(tmp_path):
 
 # config <- data <- model <- saliency <- metrics <- report/viewer <- commands <- cli
 LAYERS = {"errors": 0, "atomic": 0, "jsonl": 0, "run": 0, "device": 0, "config": 0, "data": 1, "model": 2}
-LAYERS |= {"saliency": 3}
+LAYERS |= {"saliency": 3, "disk": 0, "lock": 0}
 LAYERS |= {"metrics": 4, "report": 5, "viewer": 5, "cli": 7}
 COMMANDS = 6  # train, evaluate, ask, demo, study and the modules kept at older paths
 

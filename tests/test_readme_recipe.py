@@ -1,18 +1,19 @@
 """The README's real-data recipe (steps 1-5 of "Real data"), run as written, on a phantom release.
 
 The commands are parsed out of README.md, so a recipe edit that breaks them fails here. The only changes made to
-them are listed in ``SUBSTITUTIONS`` and ``TRAIN_OVERRIDES``: paths move under a temporary directory, K = 2 CPU
-processes, ``--device cpu``, and ``train`` gets overrides that shrink the model (to match the tiny weights) and the
-run. Step 2's Python block runs verbatim with ``from_pretrained`` answering offline: it returns tiny random models
-of the real architectures (a bottleneck ResNet, GPT-2) and GPT-2's real BPE tokenizer, which ``save_pretrained``
-then writes the way the installed transformers does (``tokenizer.json`` under transformers 5). The second
-tokenizer layout (``vocab.json`` + ``merges.txt``, as older transformers wrote it) is the same run with the saved
-tokenizer replaced by the BPE pair.
+them are listed in ``SUBSTITUTIONS`` and ``TRAIN_OVERRIDES``: paths move under a temporary directory, PhysioNet's
+URL is a local HTTP server that needs no login, K = 2 CPU processes, and ``train`` gets overrides that shrink the
+model (to match the tiny weights) and the run. Step 2's Python block runs verbatim with ``from_pretrained``
+answering offline: it returns tiny random models of the real architectures (a bottleneck ResNet, GPT-2) and GPT-2's
+real BPE tokenizer, which ``save_pretrained`` then writes the way the installed transformers does
+(``tokenizer.json`` under transformers 5). The second tokenizer layout (``vocab.json`` + ``merges.txt``, as older
+transformers wrote it) is the same run with the saved tokenizer replaced by the BPE pair.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -34,8 +35,10 @@ TIMEOUT_S = 600
 SUBSTITUTIONS = [
     ("/data/", "{root}/data/"),
     ("torchrun --nproc_per_node=K", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=2"),
-    ("--device cuda", "--device cpu"),
+    ("https://physionet.org/", "{server}/"),  # a local HTTP server holding the JPG tree under PhysioNet's path
+    ("--user YOUR_PHYSIONET_USER --ask-password ", ""),  # it needs no login (the real one asks for the password)
 ]
+PHYSIONET_JPG_PATH = "files/mimic-cxr-jpg/2.0.0"  # where PhysioNet serves MIMIC-CXR-JPG 2.0.0's root
 # ResNet-50's and GPT-2 small's architectures at toy widths; the tiny weights below have exactly these shapes.
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1]}
 TINY_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -70,9 +73,9 @@ def shell_commands(block: str) -> list[str]:
     return [line.strip() for line in joined.splitlines() if line.strip() and not line.strip().startswith("#")]
 
 
-def _argv(command: str, root: Path) -> list[str]:
+def _argv(command: str, root: Path, server: str = "http://127.0.0.1:0") -> list[str]:
     for old, new in SUBSTITUTIONS:
-        command = command.replace(old, new.format(root=root))
+        command = command.replace(old, new.format(root=root, server=server))
     argv = shlex.split(command)
     if argv[0] == "diffvqa":
         argv = [sys.executable, "-m", "diffvqa.cli", *argv[1:]]
@@ -107,14 +110,31 @@ def _offline_from_pretrained(monkeypatch) -> None:
 
 
 def _release(root: Path) -> None:
-    """A phantom release split the way the README's paths are: CSVs in one directory, the JPG tree in another."""
+    """A phantom release split the way the README's paths are: the CSVs in /data, the JPG tree on the "PhysioNet"
+    server (root/server/files/mimic-cxr-jpg/2.0.0/files/...), from where the recipe downloads what it needs."""
     from diffvqa.data.phantom import simulate
 
     release = root / "data" / "medical-diff-vqa" / "1.0.1"
     simulate(release, pairs=24, seed=5, size=(160, 128), progress=False)
-    images = root / "data" / "mimic-cxr-jpg" / "2.0.0"
-    images.mkdir(parents=True)
-    shutil.move(release / "files", images / "files")
+    served = root / "server" / PHYSIONET_JPG_PATH
+    served.mkdir(parents=True)
+    shutil.move(release / "files", served / "files")
+
+
+@pytest.fixture
+def physionet(tmp_path):
+    """A local HTTP server rooted at tmp_path/server, standing in for https://physionet.org/."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "server").mkdir(exist_ok=True)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "server"))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
 
 
 def _dicoms(root: Path) -> None:
@@ -128,6 +148,8 @@ def test_recipe_is_parsed_as_expected():
     blocks = recipe_blocks()
     assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "bash", "bash"]
     firsts = [shell_commands(body)[0].split()[:2] for lang, body in blocks if lang == "bash"]
+    step1 = [c.split()[0] for c in shell_commands(blocks[0][1])]
+    assert step1 == ["diffvqa", "wget", "diffvqa"]  # list the images, fetch them, prepare them
     assert firsts == [["diffvqa", "prepare"], ["torchrun", "--nproc_per_node=K"], ["diffvqa", "evaluate"],
                       ["diffvqa", "ask"]]  # fmt: skip
     commands = [c for lang, body in blocks if lang == "bash" for c in shell_commands(body)]
@@ -137,7 +159,9 @@ def test_recipe_is_parsed_as_expected():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", ["tokenizer.json", "vocab.json+merges.txt"])
-def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, gpt2_dir):
+def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, gpt2_dir, physionet):
+    if shutil.which("wget") is None and os.environ.get("CI") != "true":
+        pytest.skip("wget is not installed (CI fails instead)")
     root = tmp_path
     _release(root)
     _dicoms(root)
@@ -156,7 +180,7 @@ def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, 
                 pytest.skip(f"this transformers saves the BPE pair, not tokenizer.json: {saved}")
             continue
         for command in shell_commands(body):
-            argv = _argv(command, root)
+            argv = _argv(command, root, physionet)
             result = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=TIMEOUT_S)
             assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
 
@@ -167,5 +191,9 @@ def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, 
     assert model.config.train.autocast == "bf16" and model.config.data.image_size == 224
     metrics = json.loads((root / "runs" / "paper" / "eval-test" / "metrics.json").read_text())
     assert metrics  # evaluate wrote its scores
+    listed = (root / "data" / "difference-images.txt").read_text().splitlines()
+    fetched = sorted(str(p.relative_to(root / "data" / "mimic-cxr-jpg" / "2.0.0")) for p in
+                     (root / "data" / "mimic-cxr-jpg" / "2.0.0").rglob("*.jpg"))  # fmt: skip
+    assert fetched == listed  # wget fetched exactly the listed images, into the MIMIC-CXR-JPG layout
     answer = json.loads((root / "runs" / "paper" / "ask" / "answer.json").read_text())
     assert answer["question"] == "what has changed compared to the reference image?"

@@ -329,3 +329,13 @@ def test_report_of_a_single_pass_evaluation_has_no_preliminary_column(tmp_path):
     page = write_report(tmp_path, metrics, []).read_text()
     assert "Preliminary" not in page and "Blind baseline" not in page and "Mechanisms" not in page
     assert "192 difference questions · test split · single-pass" in page
+
+
+def test_report_of_credentialed_data_warns_at_the_top(tmp_path):
+    metrics = _metrics(1.0, True)
+    page = write_report(tmp_path / "mimic", {**metrics, "run": {"phantom": False}}, []).read_text(encoding="utf-8")
+    warning = page.index('class="warning data-use"')
+    assert warning < page.index("<h2>Answers</h2>")  # above every number
+    assert "PhysioNet Credentialed Health Data Use Agreement" in page
+    phantom = write_report(tmp_path / "phantom", {**metrics, "run": {"phantom": True}}, []).read_text(encoding="utf-8")
+    assert "data-use" not in phantom

@@ -144,3 +144,13 @@ def test_viewer_benchmark_runs():
                          capture_output=True, text=True, check=True, timeout=300)  # fmt: skip
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["questions"] == 16 and result["disk_bytes_per_strip"] > 1000 and result["worker_ms_per_strip"] > 0
+
+
+def test_outputs_of_credentialed_data_carry_the_data_use_warning(tmp_path):
+    phantom = _write(tmp_path / "phantom", [_record(0, "x")], {"run": {"phantom": True}})
+    assert _load(write_viewer(phantom))["data_use"] is None  # no patient data, no warning
+    mimic = _write(tmp_path / "mimic", [_record(0, "x")], {"run": {"phantom": False}})
+    assert "PhysioNet Credentialed Health Data Use Agreement" in _load(write_viewer(mimic))["data_use"]
+    unknown = _write(tmp_path / "old", [_record(0, "x")])  # an evaluation older than the flag: warned
+    assert _load(write_viewer(unknown))["data_use"] is not None
+    assert _load(write_viewer(phantom, mimic))["data_use"] is not None  # one credentialed run is enough

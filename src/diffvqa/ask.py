@@ -77,6 +77,9 @@ def check_inputs(args: argparse.Namespace) -> str:
         raise AskError("not found: " + "; ".join(missing))
     if args.out:
         check_output_dir(args.out)
+    from diffvqa.device import resolve_device  # imports torch: only once the paths are known to be there
+
+    resolve_device(args.device)
     question = " ".join(args.question.split())
     if not question:
         raise AskError("--question is empty; ask e.g. 'what has changed compared to the reference image?'")

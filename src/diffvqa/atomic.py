@@ -5,7 +5,10 @@ file in the same directory, which then replaces the target in one ``os.replace``
 within one file system). Every file diffvqa rewrites in place -- a cache's ``manifest.json`` and ``prepare.json``,
 a run's ``latest``/``best`` pointers and ``metrics.jsonl`` after a resume, the LLM keyword cache -- goes through it.
 
-This module is a leaf: it imports nothing from diffvqa.
+A full device is a :class:`~diffvqa.disk.DiskFullError` naming ``path`` (the temporary file removed, an existing
+target untouched).
+
+This module is a leaf: it imports only :mod:`diffvqa.disk`.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+
+from diffvqa.disk import writing
 
 
 def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> None:
@@ -23,12 +28,13 @@ def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding=encoding)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with writing(path):  # the temporary file is removed below
+        try:
+            if isinstance(data, bytes):
+                tmp.write_bytes(data)
+            else:
+                tmp.write_text(data, encoding=encoding)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise

@@ -27,13 +27,15 @@ from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
 from diffvqa.device import resolve_device
+from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.lock import one_writer
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.metrics.published import COMPARISON_FILE, comparison_markdown
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.provenance import run_info, write_run_info
+from diffvqa.provenance import RUN_INFO_FILE, run_info, write_run_info
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
@@ -169,6 +171,12 @@ def _maybe_to(tensor: torch.Tensor | None, device) -> torch.Tensor | None:
     return None if tensor is None else tensor.to(device)
 
 
+@one_writer("out", "diffvqa evaluate")  # it also removes an --out it created when the evaluation fails
+@full_disk_said(
+    "out",
+    partial=(PREDICTIONS_FILE, EVAL_METRICS_FILE, COMPARISON_FILE, RUN_INFO_FILE, "report.html", "report_images",
+             VIEWER_DIR),
+)  # fmt: skip
 def evaluate(
     checkpoint: str | Path,
     data: str | Path,

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.atomic import write_atomic
+from diffvqa.disk import writing
 
 CONFIG_FILE = "config.json"  # a run's resolved config; a checkpoint directory holds one too
 METRICS_LOG = "metrics.jsonl"
@@ -63,9 +64,19 @@ def write_pointer(run_dir: str | Path, name: str, checkpoint: str | Path) -> Non
 
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
-    """Append one record to ``RUN/metrics.jsonl``."""
-    with (Path(run_dir) / METRICS_LOG).open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one record to ``RUN/metrics.jsonl``; on a full device the log is cut back to its earlier records
+    (no torn line) and the error is a :class:`~diffvqa.disk.DiskFullError`."""
+    path = Path(run_dir) / METRICS_LOG
+    size = path.stat().st_size if path.is_file() else 0
+    try:
+        with writing(path, what="appending a record"):
+            with path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    except BaseException:
+        if path.is_file() and path.stat().st_size > size:
+            with path.open("r+") as f:
+                f.truncate(size)
+        raise
 
 
 def find_metrics_log(path: str | Path) -> Path | None:

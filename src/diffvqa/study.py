@@ -34,7 +34,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
+from diffvqa.lock import one_writer
 from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
 from diffvqa.metrics.intervals import seeds_and_questions_interval
 from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
@@ -83,6 +85,22 @@ def _command(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "diffvqa.cli", *args]
 
 
+def _run_logged(args: list[str], log, env: dict[str, str], run_dir: Path) -> None:
+    """Run ``diffvqa ARGS`` with its output appended to ``log``. A user error of the run (exit 2: a full disk, a
+    directory another process is writing, ...) becomes this study's UserError quoting the run's one line."""
+    try:
+        subprocess.run(_command(args), check=True, stdout=log, stderr=subprocess.STDOUT, env=env)
+    except subprocess.CalledProcessError as exc:
+        if exc.returncode != 2:
+            raise
+        log.flush()
+        lines = Path(log.name).read_text(encoding="utf-8", errors="replace").splitlines()
+        said = next((line for line in reversed(lines) if line.startswith(f"diffvqa {args[0]}: error: ")), None)
+        if said is None:
+            raise
+        raise UserError(f"{run_dir}: {said}; rerun the study to resume") from None
+
+
 def run_one(
     data: Path, eval_data: Path, *, run_dir: Path, preset: str, overrides: list[str], threads: int, log: Path
 ) -> dict[str, Any]:
@@ -97,12 +115,12 @@ def run_one(
             resume = ["--resume"] if (run_dir / LATEST).is_file() else []
             train = ["train", "--data", str(data), "--out", str(run_dir), "--preset", preset, "--no-progress",
                      "--device", "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
-            subprocess.run(_command(train), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+            _run_logged(train, out, env, run_dir)
             finished.write_text("ok\n")
         evaluate = ["evaluate", "--checkpoint", str(run_dir), "--data", str(eval_data), "--out",
                     str(run_dir / EVAL_DIR), "--question-types", "difference", "--no-progress", "--no-report",
                     "--no-viewer"]  # fmt: skip
-        subprocess.run(_command(evaluate), check=True, stdout=out, stderr=subprocess.STDOUT, env=env)
+        _run_logged(evaluate, out, env, run_dir)
     return json.loads(metrics_file.read_text())
 
 
@@ -295,6 +313,8 @@ def plot_study(
     return written
 
 
+@one_writer("out", "diffvqa study")  # the runs under out/runs/ lock their own directories
+@full_disk_said("out")
 def run_study(
     data: Path,
     out: Path,

@@ -33,8 +33,10 @@ from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
+from diffvqa.disk import check_free_space, directory_bytes, full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
+from diffvqa.lock import one_writer
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.model_card import cache_summary, write_model_card
@@ -234,10 +236,16 @@ def validate(
 def save_training_checkpoint(
     run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None, scaler=None
 ) -> Path:
-    """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it."""
+    """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it. Refuses first
+    when the device has less free space than the previous checkpoint took (a full device during the write: the
+    temp dir is removed by :func:`train`'s wrapper, and ``latest`` still names the previous checkpoint)."""
     final = checkpoint_dir(run_dir, step)
     tmp = partial_checkpoint_dir(run_dir, step)
     shutil.rmtree(tmp, ignore_errors=True)
+    previous = read_pointer(run_dir, LATEST)
+    if previous is not None and previous.is_dir():
+        needed = directory_bytes(previous)
+        check_free_space(run_dir, needed, f"the checkpoint of step {step}, as large as {previous.name},")
     save_checkpoint(module, tmp)
     state = {
         "step": step,
@@ -248,12 +256,18 @@ def save_training_checkpoint(
         "best": best or {},
         "grad_scaler": scaler.state_dict() if scaler is not None else {},  # {} unless train.autocast=fp16
     }
-    torch.save(state, tmp / TRAINER_STATE)
+    # through a Python file: torch keeps its OSError (ENOSPC) as the context of its own RuntimeError
+    with (tmp / TRAINER_STATE).open("wb") as f:
+        torch.save(state, f)
     if final.exists():  # rerun of the same step after a resume
         shutil.rmtree(final)
     os.rename(tmp, final)
     write_pointer(run_dir, LATEST, final)
     return final
+
+
+# what save_training_checkpoint writes into trainer_state.pt, and resuming needs
+TRAINER_STATE_KEYS = ("step", "optimizer", "scheduler", "torch_rng", "cuda_rng", "best")
 
 
 # -- logging -----------------------------------------------------------------------------------------------
@@ -394,6 +408,17 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
         raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
 
 
+def _resume_advice(run_dir: Path) -> str:
+    """What to do after a full disk stopped training: which complete checkpoint ``--resume`` continues from."""
+    latest = read_pointer(run_dir, LATEST)
+    if latest is None or not latest.is_dir():
+        return f"free space, then run the same command again (no checkpoint was complete yet in {run_dir})"
+    step = latest.name.removeprefix("step-").lstrip("0") or "0"
+    return f"free space, then rerun with --resume: it continues from {latest} (step {step}); nothing before it is lost"
+
+
+@one_writer("run_dir", "diffvqa train")
+@full_disk_said("run_dir", advice=_resume_advice, partial="checkpoints/.tmp-step-*")
 def train(
     config: Config,
     data: Path,
@@ -426,6 +451,8 @@ def train(
         if latest is None or not latest.is_dir():
             raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
         _check_resume_config(run_dir, config)
+        if is_main:  # the next checkpoint will take as much room as this one: refuse now, not after an hour
+            check_free_space(run_dir, directory_bytes(latest), f"the next checkpoint, as large as {latest.name},")
     elif is_main:
         if read_pointer(run_dir, LATEST) is not None:
             raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
@@ -470,6 +497,13 @@ def train(
                 f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
                 f"from an intact checkpoint (point {run_dir / LATEST} at it) or start a new run"
             ) from exc
+        missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise UserError(
+                f"{latest / TRAINER_STATE}: the trainer state lacks {missing} (it holds "
+                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}); resume from an intact "
+                f"checkpoint (point {run_dir / LATEST} at it) or start a new run"
+            )
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])

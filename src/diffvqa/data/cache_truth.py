@@ -33,6 +33,7 @@ import pandas as pd
 
 from diffvqa.data.images import Geometry
 from diffvqa.data.release import Release
+from diffvqa.disk import preallocate
 
 TRUTH = "truth"
 
@@ -56,6 +57,7 @@ def mask_to_cache_frame(job: MaskJob) -> np.ndarray:
 def _write_masks(path: Path, jobs: list[MaskJob | None], masks: Iterator[np.ndarray], size: int) -> None:
     """A (len(jobs), S, S) uint8 array file: the next of ``masks`` for each job, zeros where a job is None."""
     array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(jobs), size, size))
+    preallocate(path)  # a full device: ENOSPC here instead of a SIGBUS while writing the map
     for i, job in enumerate(jobs):
         if job is not None:
             array[i] = next(masks)

@@ -64,9 +64,12 @@ from diffvqa.data.release import (
     read_release,
     validate_choices,
 )
+from diffvqa.disk import check_free_space, full_disk_said, preallocate, remove
 from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.lock import one_writer
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
+RESUME_ADVICE = "free space, then run the same command again: it resumes, keeping the images already decoded"
 QUESTION_COLUMNS = [c for c in COLUMNS if c not in ("main_path", "ref_path")]
 
 
@@ -142,7 +145,14 @@ def _index_table(release: Release) -> pd.DataFrame:
 
 def _open_array(path: Path, shape: tuple[int, ...], dtype, create: bool) -> np.memmap:
     if create or not path.exists():
-        return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+        try:  # reserve the blocks: a full device is then ENOSPC here, not a SIGBUS in the middle of decoding
+            preallocate(path)
+        except OSError:
+            del array
+            remove(path)
+            raise
+        return array
     array = np.load(path, mmap_mode="r+")
     if array.shape != shape or array.dtype != dtype:
         raise UserError(f"{path}: expected {dtype} {shape}, found {array.dtype} {array.shape}; delete the directory")
@@ -171,10 +181,35 @@ def _staged_if_unchanged(out: Path, settings: dict) -> Release | None:
     needed = (PARAMS, INDEX, READER, READER_QUESTIONS, STATUS)
     if not all((out / name).is_file() for name in needed):
         return None
-    previous = json.loads((out / PARAMS).read_text())
+    previous = _read_params(out)
     if any(previous.get(key) != value for key, value in settings.items()):
         return None
     return _load_staged_release(out)
+
+
+def _read_params(out: Path) -> dict:
+    """The settings an earlier run into ``out`` staged (``prepare.json``); unreadable is a UserError naming it."""
+    try:
+        previous = json.loads((out / PARAMS).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{out / PARAMS}: cannot read the staged settings ({exc}); delete {out} and prepare again"
+        ) from None
+    if not isinstance(previous, dict):
+        raise UserError(f"{out / PARAMS}: expected a JSON object of settings; delete {out} and prepare again")
+    return previous
+
+
+def _describe_change(key: str, previous: dict, value) -> str:
+    """``"key: old -> new"`` when the staged setting differs from this run's, else ``""``. A setting an older
+    diffvqa did not record says so instead of showing ``None``."""
+    if key in previous and previous[key] == value:
+        return ""
+    if key not in previous:
+        return f"{key}: not recorded (staged by an older diffvqa) -> {value!r}"
+    if key == "cache_version":
+        return f"cache_version: {previous[key]!r} (staged by another diffvqa version) -> {value!r}"
+    return f"{key}: {previous[key]!r} -> {value!r}"
 
 
 def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int, int] | None) -> dict:
@@ -197,22 +232,22 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
         "release_files": _release_files(release.release_dir),
     }
     if (out / PARAMS).exists():
-        previous = json.loads((out / PARAMS).read_text())
+        previous = _read_params(out)
         # a touched or rewritten CSV alone is no conflict: the image list's digest decides
-        changed = {k: (previous.get(k), v) for k, v in params.items() if previous.get(k) != v and k != "release_files"}
-        if changed:
+        changed = [_describe_change(k, previous, v) for k, v in params.items() if k != "release_files"]
+        if any(changed):
             raise UserError(
                 f"{out}: holds a cache prepared with other settings or another image list "
-                f"({', '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())}); "
-                "use a new --out directory or delete this one"
+                f"({'; '.join(filter(None, changed))}); use a new --out directory or delete this one"
             )
         if previous.get("release_files") != params["release_files"]:  # same images: the next resume may skip reading
             _write_json(out / PARAMS, params)
     else:
-        (out / INDEX).write_bytes(index_bytes)
+        write_atomic(out / INDEX, index_bytes)
         _write_json(out / PARAMS, params)
-    # The reader's output, so that finalising (here or after a merge) does not depend on re-reading.
-    release.questions.to_csv(out / READER_QUESTIONS, index=False, lineterminator="\n")
+    # The reader's output, so that finalising (here or after a merge) does not depend on re-reading. Atomic: a
+    # resume trusts it whole (_staged_if_unchanged), so a full disk must not leave half of it.
+    write_atomic(out / READER_QUESTIONS, release.questions.to_csv(index=False, lineterminator="\n"))
     reader = release.to_dict() | {"release_dir": params["release_dir"], "images_dir": params["images_dir"]}
     _write_json(out / READER, reader)
     return params
@@ -255,6 +290,10 @@ def _decode_into(
 
     create = not (out / STATUS).exists()
     count = len(rows)
+    if create:
+        needed = count * (size * size + 6 * 4 + 1)  # pixels, geometry (int32) and status of every image
+        needed -= sum((out / name).stat().st_size for name in (IMAGES, GEOMETRY) if (out / name).is_file())  # replaced
+        check_free_space(out, needed, f"the cache, {count:,} images x {size} x {size} bytes,", RESUME_ADVICE)
     # status first on creation: an array file without a status file is recreated, never trusted
     images = _open_array(out / IMAGES, (count, size, size), np.uint8, create)
     geometry = _open_array(out / GEOMETRY, (count, 6), np.int32, create)
@@ -349,7 +388,7 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
         decoded = {d: geometry_from_row(geometry[i], size) for i, d in enumerate(index.dicom_id) if status[i] == DONE}
         imap = functools.partial(_imap, workers=workers, ordered=True)
         truth_summary = write_truth(out, release, decoded, size, imap, progress)
-    questions.to_csv(out / QUESTIONS, index=False, lineterminator="\n")
+    write_atomic(out / QUESTIONS, questions.to_csv(index=False, lineterminator="\n"))
 
     manifest = {
         "cache_version": CACHE_VERSION,
@@ -373,7 +412,7 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
         "reader": release.to_dict(),
         "truth": truth_summary,
     }
-    (out / REPORT).write_text(_report(release, manifest) + "\n")
+    write_atomic(out / REPORT, _report(release, manifest) + "\n")
     _write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -395,6 +434,8 @@ def _report(release: Release, manifest: dict) -> str:
 # public API
 
 
+@one_writer("out", "diffvqa prepare")
+@full_disk_said("out", advice=RESUME_ADVICE)
 def prepare(
     release: str | Path,
     images: str | Path,
@@ -488,6 +529,8 @@ def _raise_on_unreadable(directory: Path) -> None:
         raise UserError(f"unreadable image (strict): {errors[min(bad)][1]}")
 
 
+@one_writer("out", "diffvqa prepare --merge")
+@full_disk_said("out", advice="free space, then run the same command again")
 def merge_shards(
     shard_dirs: Sequence[str | Path], out: str | Path, workers: int = 2, strict: bool = False, progress: bool = True
 ) -> dict:
@@ -517,7 +560,9 @@ def merge_shards(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     size, num = common["size"], common["num_images"]
-    images = np.lib.format.open_memmap(out / IMAGES, mode="w+", dtype=np.uint8, shape=(num, size, size))
+    needed = num * size * size - ((out / IMAGES).stat().st_size if (out / IMAGES).is_file() else 0)  # replaced
+    check_free_space(out, needed, f"the merged cache, {num:,} images x {size} x {size} bytes,")
+    images = _open_array(out / IMAGES, (num, size, size), np.uint8, create=True)
     geometry = np.zeros((num, 6), np.int32)
     status = np.zeros(num, np.uint8)
     errors = []

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from diffvqa.config import Config
@@ -67,7 +67,9 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     state = unwrap_model(model).state_dict()
     tied = _shared_duplicates(state)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}
-    save_file(tensors, str(path), metadata={FORMAT_KEY: str(FORMAT_VERSION)})
+    # serialised here and written by Python: safetensors' own file writer reports a full disk as a SafetensorError
+    # without an errno, and a full disk must be told as one (diffvqa.disk)
+    Path(path).write_bytes(save(tensors, metadata={FORMAT_KEY: str(FORMAT_VERSION)}))
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], int]:

@@ -350,12 +350,13 @@ def published_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | 
     when the run is not comparable with them (the phantom, a subset, another split), with the reasons in its
     summary line."""
     reasons = comparability(metrics)
-    head = "<th>Method</th><th>Venue</th>" + "".join(f"<th>{_esc(COLUMN_LABELS.get(c, c))}</th>" for c in COLUMNS)
+    head = '<th>Method</th><th class="text">Venue</th>'
+    head += "".join(f"<th>{_esc(COLUMN_LABELS.get(c, c))}</th>" for c in COLUMNS)
     ours = [("this run", run_row(metrics))]
     if baseline is not None:
         ours.append(("blind baseline", run_row(baseline)))
     rows = [
-        f'<tr class="ours"><th scope="row">{_esc(name)}</th><td>diffvqa</td>'
+        f'<tr class="ours"><th scope="row">{_esc(name)}</th><td class="text">diffvqa</td>'
         + "".join(f'<td class="num">{_fmt(row[c])}</td>' for c in COLUMNS)
         + "</tr>"
         for name, row in ours
@@ -364,7 +365,7 @@ def published_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] | 
         row = result.row()
         name = result.method + (f" ({result.note})" if result.note else "")
         rows.append(
-            f'<tr><th scope="row">{_esc(name)}</th><td>{_esc(result.venue)}</td>'
+            f'<tr><th scope="row">{_esc(name)}</th><td class="text">{_esc(result.venue)}</td>'
             + "".join(f'<td class="num">{_fmt(row[c])}</td>' for c in COLUMNS)
             + "</tr>"
         )

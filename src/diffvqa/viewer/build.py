@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
+from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.jsonl import read_jsonl
 from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
@@ -175,6 +176,7 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
     }
 
 
+@full_disk_said("eval_dir")
 def write_viewer(
     eval_dir: str | Path, other: str | Path | None = None, out: str | Path | None = None, title: str | None = None
 ) -> Path:

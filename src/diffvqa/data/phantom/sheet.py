@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from diffvqa.data.csv_files import read_csv
 from diffvqa.data.ground_truth import FINDINGS_FILE, GROUND_TRUTH_DIR, PAIRS_FILE
 from diffvqa.data.release import QUESTIONS_FILE, STUDIES_FILE
+from diffvqa.errors import MissingInputError, UserError
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -44,22 +46,23 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
 
     Works on any release; without ``ground_truth/`` the third panel shows the reference alone.
     """
-    import pandas as pd
-
     release, out = Path(release), Path(out)
     if pairs < 1:
-        raise ValueError(f"pairs={pairs!r}: expected a positive integer")
+        raise UserError(f"pairs={pairs!r}: expected a positive integer")
     questions_path = release / QUESTIONS_FILE
     if not questions_path.is_file():
-        raise FileNotFoundError(f"{questions_path}: not found; is {release} a release directory?")
-    q = pd.read_csv(questions_path, dtype=str, keep_default_na=False)
+        raise MissingInputError(f"{questions_path}: not found; is {release} a release directory?")
+    # read_csv: a missing or malformed file is a UserError naming it (pandas' own errors name neither file nor line)
+    q = read_csv(questions_path, ("subject_id", "study_id", "ref_id", "question", "answer"))
     q = q[q.question == "what has changed compared to the reference image?"].drop_duplicates(["study_id", "ref_id"])
-    studies = pd.read_csv(release / STUDIES_FILE, dtype=str, keep_default_na=False).set_index("study_id")
+    studies = read_csv(release / STUDIES_FILE, ("subject_id", "study_id", "dicom_id", "study_date"))
+    studies = studies.set_index("study_id")
     truth = release / GROUND_TRUTH_DIR
     findings = pairs_gt = None
     if (truth / PAIRS_FILE).is_file():
-        findings = pd.read_csv(truth / FINDINGS_FILE, dtype=str, keep_default_na=False)
-        pairs_gt = pd.read_csv(truth / PAIRS_FILE, dtype=str, keep_default_na=False).set_index(["study_id", "ref_id"])
+        findings = read_csv(truth / FINDINGS_FILE, ("study_id", "name", "location", "level", "type"))
+        pairs_gt = read_csv(truth / PAIRS_FILE, ("study_id", "ref_id", "change_mask_file"))
+        pairs_gt = pairs_gt.set_index(["study_id", "ref_id"])
 
     def describe(study_id: str) -> str:
         if findings is None:
@@ -72,10 +75,13 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
         return ", ".join(parts) or "no finding"
 
     def image(study_id: str) -> Image.Image:
+        if study_id not in studies.index:
+            raise UserError(f"{release / STUDIES_FILE}: no row for study_id {study_id} (named in {questions_path})")
         s = studies.loc[study_id]
-        return Image.open(release / f"files/p{s.subject_id[:2]}/p{s.subject_id}/s{study_id}/{s.dicom_id}.jpg").convert(
-            "L"
-        )
+        path = release / f"files/p{s.subject_id[:2]}/p{s.subject_id}/s{study_id}/{s.dicom_id}.jpg"
+        if not path.is_file():
+            raise MissingInputError(f"{path}: not found (the image of study {study_id} in {release / STUDIES_FILE})")
+        return Image.open(path).convert("L")
 
     font = ImageFont.load_default()
     tiles = []
@@ -106,7 +112,7 @@ def contact_sheet(release: str | Path, out: str | Path, pairs: int = 6) -> Path:
             draw.text((4, h + 4 + i * line_h), line, fill=(0, 0, 0), font=font)
         tiles.append(tile)
     if not tiles:
-        raise ValueError(f"{questions_path}: no difference questions to show")
+        raise UserError(f"{questions_path}: no difference questions to show")
     columns = 2 if len(tiles) > 3 else 1
     rows = -(-len(tiles) // columns)
     cell_w, cell_h = max(t.width for t in tiles), max(t.height for t in tiles)

@@ -95,7 +95,7 @@ from diffvqa.data.phantom.plan import LATERAL_KINDS, SPEC, Ids, StudyPlan, Subje
 from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
 from diffvqa.data.phantom.sheet import contact_sheet
 from diffvqa.data.release import QUESTION_COLUMNS, QUESTIONS_FILE, STUDIES_FILE
-from diffvqa.errors import ArgumentParser, command
+from diffvqa.errors import ArgumentParser, UserError, command
 
 CHEXPERT = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
@@ -243,15 +243,15 @@ def _write_csv(path: Path, header, rows, compress: bool = False) -> None:
 
 def _validate(pairs, size, seed) -> tuple[int, tuple[int, int]]:
     if isinstance(pairs, bool) or not isinstance(pairs, (int, np.integer)) or pairs < 1:
-        raise ValueError(f"pairs={pairs!r}: expected a positive integer")
+        raise UserError(f"pairs={pairs!r}: expected a positive integer")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed={seed!r}: expected a non-negative integer")
+        raise UserError(f"seed={seed!r}: expected a non-negative integer")
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):
-        raise ValueError(f"size={size!r}: expected (height, width)") from None
+        raise UserError(f"size={size!r}: expected (height, width)") from None
     if min(height, width) < MIN_SIDE or max(height, width) > 4096:
-        raise ValueError(f"size={size!r}: height and width must be between {MIN_SIDE} and 4096 pixels")
+        raise UserError(f"size={size!r}: height and width must be between {MIN_SIDE} and 4096 pixels")
     return int(pairs), (height, width)
 
 
@@ -286,11 +286,11 @@ def simulate(
     """
     pairs, size = _validate(pairs, size, seed)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise ValueError(f"workers={workers!r}: expected 0 (automatic) or a positive integer")
+        raise UserError(f"workers={workers!r}: expected 0 (automatic) or a positive integer")
     out = Path(out)
     existing = [name for name in OUTPUTS if (out / name).exists()]
     if existing and not overwrite:
-        raise ValueError(f"{out}: already holds a release ({', '.join(existing)}); pass overwrite=True (--overwrite)")
+        raise UserError(f"{out}: already holds a release ({', '.join(existing)}); pass overwrite=True (--overwrite)")
     for name in existing:
         shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
     for sub in ("masks", "changes"):
@@ -427,12 +427,7 @@ def simulate_main(argv: list[str]) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--workers", type=_non_negative, default=0, help="rendering processes (0 = automatic)")
     args = parser.parse_args(argv)
-    try:
-        summary = simulate(
-            args.out, args.pairs, args.seed, tuple(args.size), not args.quiet, args.overwrite, args.workers
-        )
-    except ValueError as error:
-        parser.error(str(error))
+    summary = simulate(args.out, args.pairs, args.seed, tuple(args.size), not args.quiet, args.overwrite, args.workers)
     width = max(map(len, summary))
     for key, value in summary.items():
         print(f"{key:<{width}}  {value}")
@@ -449,10 +444,7 @@ def contact_sheet_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if Path(args.out).suffix.lower() != ".png":
         parser.error(f"--out {args.out!r}: expected a .png file name")
-    try:
-        path = contact_sheet(args.release, args.out, args.pairs)
-    except (ValueError, FileNotFoundError) as error:
-        parser.error(str(error))
+    path = contact_sheet(args.release, args.out, args.pairs)  # a UserError is one line (@command); a bug is not
     print(path)
     return 0
 
