@@ -1,6 +1,6 @@
 """The `paper` config on one GPU: how large a batch fits, pairs/s of training and inference, and the data loader.
 
-    python benchmarks/gpu.py                      # on a CUDA machine: about 3-6 minutes
+    python benchmarks/gpu.py                      # on a CUDA machine: an estimated 4-8 minutes
     python benchmarks/gpu.py --device cpu --quick # the same code paths at toy size (tests/test_gpu_benchmark.py)
 
 What it measures, with the `paper` preset (ResNet-50 + GPT-2 small at S = 224, random weights, GPT-2's BPE, the
@@ -14,7 +14,14 @@ preset's levers: bf16 autocast, channels-last encoder, fused AdamW, TF32, cudnn.
 3. two-pass inference (``two_pass_answer``, as ``diffvqa evaluate`` runs it: no autocast) with answers of a
    realistic length: ``<eos>`` and the other special tokens are suppressed so every pass generates exactly
    ``--answer-tokens`` tokens (difference answers are 20-60 BPE tokens);
-4. the data loader (``PairQADataset`` + ``Collate`` + ``StepBatchSampler`` as in training, pinned memory) reading
+4. the levers for smaller GPUs (issue 17) beside the preset (bf16): float32 (no autocast), fp16 autocast with its
+   gradient scaler (``train.autocast=fp16``), and activation checkpointing of the encoder and decoder
+   (``train.grad_checkpointing``) with bf16 and with fp16. At half the largest batch by default (``--lever-batch``),
+   so that float32, which keeps its activations in 4 bytes, has room too. Each lever gets a fresh model and
+   optimiser, one warm-up step, then the median of ``--repeats`` guided steps and the peak GPU memory of those
+   steps (model and optimiser state included), with both as ratios to the preset's row. One lever after another,
+   not interleaved: each needs its own model in memory;
+5. the data loader (``PairQADataset`` + ``Collate`` + ``StepBatchSampler`` as in training, pinned memory) reading
    a memory-mapped S = 224 cache prepared from a phantom release, with 0 and ``--workers`` worker processes. The
    cache is small and stays in the page cache: this is the loader's CPU cost, not a cold disk's.
 
@@ -26,6 +33,7 @@ one JSON object.
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -46,10 +54,11 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saliency import suppressed  # noqa: E402  (the sibling benchmark's fixed-length generation hook)
 
-from diffvqa.config import Config, load_config  # noqa: E402
+from diffvqa.config import Config, apply_overrides, load_config  # noqa: E402
 from diffvqa.data.dataset import Collate, PairQADataset  # noqa: E402
 from diffvqa.data.text import Tokenizer, load_gpt2_tokenizer  # noqa: E402
 from diffvqa.model.vqa import DiffVQA  # noqa: E402
+from diffvqa.precision import grad_scaler  # noqa: E402
 from diffvqa.saliency.gradcam import keyword_token_mask  # noqa: E402
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer  # noqa: E402
 from diffvqa.saliency.lexicon import lexicon_keyword  # noqa: E402
@@ -147,12 +156,13 @@ class Trainer:
         self.guided = SaliencyGuidedVQA(self.model)
         self.optimizer, _ = make_optimizer(self.guided, config, device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: 1.0)
+        self.scaler = grad_scaler(config, device)  # enabled for train.autocast=fp16 only
 
     def step(self, batch: dict, keyword_mask: torch.Tensor, guided: bool) -> float:
         sync(self.device)
         tic = time.perf_counter()
         micro = [(batch, keyword_mask if guided else None)]
-        train_one_step(self.guided, micro, self.optimizer, self.scheduler, self.config, self.device)
+        train_one_step(self.guided, micro, self.optimizer, self.scheduler, self.config, self.device, self.scaler)
         sync(self.device)
         return time.perf_counter() - tic
 
@@ -256,6 +266,49 @@ def measure_at_largest(trainer: Trainer, tokenizer: Tokenizer, sweep: list[dict]
     raise RuntimeError("every batch that fitted in the sweep ran out of memory when measured again")
 
 
+# The levers for a smaller GPU, each beside the preset (issue 17): name -> config overrides
+LEVERS = {
+    "preset (bf16)": [],
+    "float32": ["train.autocast=none"],
+    "fp16 + scaler": ["train.autocast=fp16"],
+    "bf16 + checkpointing": ["train.grad_checkpointing=true"],
+    "fp16 + checkpointing": ["train.autocast=fp16", "train.grad_checkpointing=true"],
+}
+
+
+def lever_comparison(config: Config, tokenizer: Tokenizer, batch: int, repeats: int, device: torch.device) -> list:
+    """One row per :data:`LEVERS` entry at ``batch``: guided pairs/s (median of ``repeats`` steps after a warm-up),
+    the step's peak memory, and both as ratios to the preset's (first) row. A lever that runs out of memory is a row
+    with ``fits`` false."""
+    rows = []
+    for name, overrides in LEVERS.items():
+        lever_config = apply_overrides(copy.deepcopy(config), overrides)
+        trainer = b = km = None
+        reset_peak(device)
+        try:
+            trainer = Trainer(lever_config, tokenizer, device)
+            b, km = make_batch(tokenizer, batch, lever_config.data.image_size, device)
+            trainer.step(b, km, guided=True)  # warm-up (and cudnn.benchmark's search)
+            reset_peak(device)
+            seconds = statistics.median(trainer.step(b, km, guided=True) for _ in range(repeats))
+            row = {"lever": name, "fits": True, "guided_pairs_per_s": round(batch / seconds, 3),
+                   "peak_gb": peak_gb(device)}  # fmt: skip
+        except RuntimeError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            row = {"lever": name, "fits": False}
+        trainer = b = km = None  # free this lever's model before the next is built
+        gc.collect()
+        rows.append(row)
+    base = rows[0]
+    for row in rows:
+        if row["fits"] and base["fits"]:
+            row["pairs_per_s_ratio"] = round(row["guided_pairs_per_s"] / base["guided_pairs_per_s"], 3)
+            peaks = row["peak_gb"], base["peak_gb"]
+            row["peak_ratio"] = None if None in peaks or not peaks[1] else round(peaks[0] / peaks[1], 3)
+    return rows
+
+
 def prepared_cache(workdir: Path, size: int, pairs: int) -> Path:
     """A phantom release prepared at S = ``size``: the memory-mapped cache training reads."""
     from diffvqa.data.cache_writer import prepare
@@ -303,6 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="toy widths and sizes (a CPU test of the code paths)")
     parser.add_argument("--batches", help="the sweep's batch sizes, ascending (default 8,16,...,256; --quick: 1,2)")
     parser.add_argument("--repeats", type=int, default=5, help="timed steps per kind at the chosen batch")
+    parser.add_argument("--lever-batch", type=int, help="the levers' batch (default: half the largest that fits)")
     parser.add_argument("--answer-tokens", type=int, default=40, help="generated tokens per inference pass")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="loader processes")
     parser.add_argument("--pairs", type=int, default=64, help="phantom pairs in the loader's cache")
@@ -336,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
         steps, infer, largest = measure_at_largest(trainer, tokenizer, sweep, args.repeats)
         del trainer
         reset_peak(device)
+        lever_batch = args.lever_batch or max(1, largest // 2)
+        levers = lever_comparison(config, tokenizer, lever_batch, args.repeats, device)
         cache = prepared_cache(workdir, config.data.image_size, args.pairs)
         loader = {
             k: loader_pairs_per_s(config, tokenizer, cache, largest, k, 3 if args.quick else 20, device)
@@ -362,6 +418,8 @@ def main(argv: list[str] | None = None) -> int:
         "guided_epoch_minutes": round(TRAIN_DIFFERENCE_QUESTIONS / steps["guided_pairs_per_s"] / 60, 1),
         "seconds": round(time.perf_counter() - started, 1),
         "sweep": sweep,
+        "lever_batch": lever_batch,
+        "levers": levers,
     }
     print(f"\nat batch {largest}:")
     print(f"  plain step   {steps['plain_pairs_per_s']:10.1f} pairs/s   peak {gb(steps['plain_peak_gb'])}")
@@ -379,6 +437,17 @@ def main(argv: list[str] | None = None) -> int:
         f"  loader / guided step {summary['loader_over_guided']:.1f}x (goal >= 3); one guided epoch of "
         f"{TRAIN_DIFFERENCE_QUESTIONS:,} pairs: {summary['guided_epoch_minutes']:.1f} min (goal <= 15)"
     )
+    print(f"\nlevers for smaller GPUs, guided step at batch {lever_batch} (ratios to the preset's row):")
+    print(f"{'lever':>22}{'pairs/s':>10}{'ratio':>8}{'peak':>10}{'ratio':>8}")
+    for row in levers:
+        if not row["fits"]:
+            print(f"{row['lever']:>22}{'OOM':>10}")
+            continue
+        ratios = [row.get(k) for k in ("pairs_per_s_ratio", "peak_ratio")]
+        ratios = ["-" if r is None else f"{r:.2f}" for r in ratios]
+        print(
+            f"{row['lever']:>22}{row['guided_pairs_per_s']:>10.1f}{ratios[0]:>8}{gb(row['peak_gb']):>10}{ratios[1]:>8}"
+        )
     print(f"  ({summary['seconds']:.0f} s in all)")
     print(json.dumps(summary))
     return 0

@@ -277,7 +277,7 @@ TRAIN = [
      ["train.batch_size=-4: expected a value >= 1"]),
     ("lr-negative", lambda w, t: _train(w, t, "train.lr=-1e-3"), ["train.lr=-0.001: expected a value > 0"]),
     ("mask-floor-above-one", lambda w, t: _train(w, t, "saliency.mask_floor=2"), ["saliency.mask_floor=2.0"]),
-    ("autocast-unknown", lambda w, t: _train(w, t, "train.autocast=fp16"), ["expected one of none, bf16"]),
+    ("autocast-unknown", lambda w, t: _train(w, t, "train.autocast=fp8"), ["expected one of none, bf16, fp16"]),
     ("width-not-multiple-of-heads", lambda w, t: _train(w, t, "model.decoder_width=65"),
      ["model.decoder_width=65 must be a multiple of model.decoder_heads=2"]),
     ("config-file-missing", lambda w, t: _train(w, t, "--config", t / "run.yaml"), ["--config", "run.yaml: not found"]),

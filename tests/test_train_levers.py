@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 
 import pytest
 import torch
@@ -171,3 +172,36 @@ def test_resume_is_exact_with_channels_last_and_fused_adamw(phantom_cache, tmp_p
     assert main(["--data", str(phantom_cache), "--out", str(tmp_path / "resumed"), "--resume", "--no-progress"]) == 0
     resumed = load_file(str(read_pointer(tmp_path / "resumed", "latest") / "model.safetensors"))
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+
+
+def test_the_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
+    """train.dist_timeout_minutes reaches init_process_group: the other ranks wait at a barrier under that timeout
+    while rank 0 validates and saves. The default (120 min) leaves room for a validation of the paper preset."""
+    import torch.distributed as dist
+
+    from diffvqa import train as train_module
+    from diffvqa.config import load_config
+
+    seen = {}
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kwargs: seen.update(backend=backend, **kwargs))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    threads = torch.get_num_threads()  # setup_distributed shares the cores between the ranks
+    try:
+        assert train_module.setup_distributed("cpu", 7.5) == (1, 2, torch.device("cpu"))
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == {"backend": "gloo", "timeout": timedelta(minutes=7.5)}
+
+    class Reached(Exception):
+        pass
+
+    def reached(device, timeout_minutes):
+        raise Reached(timeout_minutes)
+
+    monkeypatch.setattr(train_module, "setup_distributed", reached)
+    with pytest.raises(Reached) as error:  # train's first act: it passes the config's value
+        train_module.train(load_config("tiny", overrides=["train.dist_timeout_minutes=45"]), tmp_path, run_dir=tmp_path)
+    assert error.value.args == (45.0,)
+    assert load_config("paper").train.dist_timeout_minutes == 120.0

@@ -250,7 +250,9 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0
-    autocast: str = "none"  # none | bf16
+    # none | bf16 | fp16 (diffvqa.precision). fp16 for GPUs without bf16 (V100, T4): a gradient scaler keeps the
+    # small gradients from underflowing, its state saved with the trainer state. CPU runs it too (for the tests).
+    autocast: str = "none"
     eval_every: int = 500
     eval_samples: int = 512  # validation questions scored at each evaluation (0 = the whole split)
     checkpoint_every: int = 500
@@ -268,6 +270,14 @@ class TrainConfig:
     cudnn_benchmark: bool = False  # cuDNN picks the fastest convolution algorithm per shape (fixed S: pays once)
     compile: bool = False  # torch.compile the encoder's ResNet (the decoder's lengths vary: it would recompile)
     ddp_bucket_view: bool = True  # DDP gradient_as_bucket_view: gradients alias the all-reduce buckets (no copy)
+    # Activation checkpointing of the encoder (its stem and each stage) and the decoder (each GPT-2 block): their
+    # activations are recomputed in the backward instead of kept, for a GPU too small for the batch. Same losses and
+    # gradients (tests/test_train_memory_levers.py); slower, as the checkpointed forwards run again in the backward
+    # (pass A's decoder twice: for the Grad-CAM's gradient and for the loss's).
+    grad_checkpointing: bool = False
+    # The process group's timeout (torchrun runs): the other ranks wait at a barrier while rank 0 validates and
+    # saves, so it must outlast one validation of train.eval_samples questions (eval_samples=0: the whole split).
+    dist_timeout_minutes: float = 120.0
 
     RULES: ClassVar[dict[str, Rule]] = {
         "seed": NON_NEGATIVE,
@@ -277,7 +287,7 @@ class TrainConfig:
         "weight_decay": NON_NEGATIVE,
         "warmup_steps": NON_NEGATIVE,
         "grad_clip": POSITIVE,
-        "autocast": Rule(choices=("none", "bf16")),
+        "autocast": Rule(choices=("none", "bf16", "fp16")),
         "eval_every": AT_LEAST_ONE,
         "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split
         "checkpoint_every": AT_LEAST_ONE,
@@ -290,6 +300,8 @@ class TrainConfig:
         "cudnn_benchmark": ANY,
         "compile": ANY,
         "ddp_bucket_view": ANY,
+        "grad_checkpointing": ANY,
+        "dist_timeout_minutes": POSITIVE,
     }
 
 
@@ -396,6 +408,11 @@ def check_together(config: Config, where: str = "config") -> None:
         raise UserError(
             f"{where}: model.decoder_width={m.decoder_width} must be a multiple of model.decoder_heads="
             f"{m.decoder_heads} (each attention head gets width / heads channels)"
+        )
+    if config.train.compile and config.train.grad_checkpointing:
+        raise UserError(
+            f"{where}: train.compile=true and train.grad_checkpointing=true cannot be combined (the checkpointed "
+            "encoder runs its stages one by one, outside the compiled ResNet forward); set one of them to false"
         )
 
 

@@ -1,8 +1,9 @@
 """Training: ``diffvqa train --data CACHE --out RUN [--preset small] [--config FILE] [key=value ...] [--resume]``.
 
 Boring on purpose (torchvision references): AdamW, linear warm-up + cosine decay, gradient clipping, optional
-bf16 autocast, the saliency-guided objective by default, validation CIDEr selecting the best checkpoint, atomic
-checkpoints and exact resume. Runs unchanged under ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
+bf16 or fp16 autocast (:mod:`diffvqa.precision`) and activation checkpointing, the saliency-guided objective by
+default, validation CIDEr selecting the best checkpoint, atomic checkpoints and exact resume. Runs unchanged under
+``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
 
 The run directory (its layout, pointers and metrics log: :mod:`diffvqa.run`) gets a checkpoint at every
 validation and every ``train.checkpoint_every`` steps, each written whole before ``latest`` points at it. Data
@@ -18,7 +19,9 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from diffvqa.lock import one_writer
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.model_card import cache_summary, write_model_card
+from diffvqa.precision import autocast, grad_scaler, precision_notes
 from diffvqa.provenance import run_info, write_run_info
 from diffvqa.run import (
     BEST,
@@ -57,14 +61,16 @@ from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 
 
 # -- distributed -------------------------------------------------------------------------------------------
-def setup_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device); initialises the process group when launched by torchrun."""
+def setup_distributed(device: str, timeout_minutes: float) -> tuple[int, int, torch.device]:
+    """(rank, world size, device); initialises the process group when launched by torchrun, with a timeout of
+    ``timeout_minutes`` (``train.dist_timeout_minutes``: the other ranks wait at a barrier while rank 0 validates)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        backend = "nccl" if device == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
     if device == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -93,8 +99,10 @@ def set_backend_levers(config: Config, device: torch.device) -> list[str]:
 
 
 def apply_model_levers(model: DiffVQA, config: Config) -> None:
-    """``train.channels_last`` and ``train.compile`` on a model already on its device. Both keep parameter names
-    and values, so checkpoints are unchanged (``Module.compile`` compiles in place: no ``_orig_mod.`` keys)."""
+    """``train.channels_last``, ``train.grad_checkpointing`` and ``train.compile`` on a model already on its device.
+    Each keeps parameter names and values, so checkpoints are unchanged (``Module.compile`` compiles in place: no
+    ``_orig_mod.`` keys)."""
+    model.set_grad_checkpointing(config.train.grad_checkpointing)
     if config.train.channels_last:
         model.encoder.to(memory_format=torch.channels_last)
     if config.train.compile:
@@ -226,7 +234,7 @@ def validate(
 
 # -- checkpoints -------------------------------------------------------------------------------------------
 def save_training_checkpoint(
-    run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None
+    run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None, scaler=None
 ) -> Path:
     """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it. Refuses first
     when the device has less free space than the previous checkpoint took (a full device during the write: the
@@ -246,6 +254,7 @@ def save_training_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "best": best or {},
+        "grad_scaler": scaler.state_dict() if scaler is not None else {},  # {} unless train.autocast=fp16
     }
     # through a Python file: torch keeps its OSError (ENOSPC) as the context of its own RuntimeError
     with (tmp / TRAINER_STATE).open("wb") as f:
@@ -326,14 +335,21 @@ def train_one_step(
     scheduler,
     config: Config,
     device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """One optimiser step over ``train.grad_accum`` micro-batches ``(batch, keyword_mask)``: per micro-batch one
     forward of the top-level module and one backward of its loss / k, then clip and step. ``keyword_mask=None``
-    runs a micro-batch single-pass (a step before ``saliency.start_step``, or the saliency loop off).
+    runs a micro-batch single-pass (a step before ``saliency.start_step``, or the saliency loop off). ``scaler``
+    (:func:`diffvqa.precision.grad_scaler`, required for ``train.autocast=fp16``) scales each backward; the
+    gradients are unscaled before clipping, and a step with non-finite gradients is skipped by the scaler.
 
     The mean of k micro-batch losses equals one big batch's loss when the micro-batches hold equally many answer
     tokens (each loss is a mean over its own tokens) and nothing couples samples (BatchNorm in train mode does);
     otherwise the update differs slightly, as it does between DDP ranks."""
+    if scaler is None:
+        if config.train.autocast == "fp16":
+            raise ValueError("train.autocast=fp16 needs a gradient scaler: pass diffvqa.precision.grad_scaler(...)")
+        scaler = torch.amp.GradScaler(device.type, enabled=False)  # every call passes through
     optimizer.zero_grad(set_to_none=True)
     k = len(micro_batches)
     sums: dict[str, float] = {}
@@ -344,25 +360,39 @@ def train_one_step(
         # DDP all-reduces during backward; the first k-1 micro-batches only accumulate locally
         sync = i == k - 1 or not isinstance(guided, nn.parallel.DistributedDataParallel)
         with contextlib.nullcontext() if sync else guided.no_sync():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.autocast == "bf16"):
+            with autocast(config, device):
                 out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
                              batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
                              main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
             if not torch.isfinite(out.loss):
                 terms = {name: v.item() for name, v in out.losses.items()}
                 raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
-            (out.loss / k).backward()
+            scaler.scale(out.loss / k).backward()
         for name, value in {"loss": out.loss, **{f"loss/{n}": v for n, v in out.losses.items()}}.items():
             sums[name] = sums.get(name, 0.0) + value.item() / k
+    scaler.unscale_(optimizer)  # clip the true gradients
     grad_norm = nn.utils.clip_grad_norm_(guided.parameters(), config.train.grad_clip)
-    optimizer.step()
-    scheduler.step()
-    return {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+    scaler.step(optimizer)  # skipped when a gradient is not finite (fp16 only)
+    scaler.update()
+    with warnings.catch_warnings():
+        # After a step the scaler skipped, torch warns that the scheduler stepped before the optimizer. The schedule
+        # counts steps, skipped ones too, so this is intended.
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
+        scheduler.step()
+    record = {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+    if scaler.is_enabled():
+        record["grad_scale"] = scaler.get_scale()  # the scale the next step uses
+    return record
 
 
 def _build_model(config: Config, data: Path) -> DiffVQA:
     tokenizer = build_tokenizer(config.model.tokenizer, texts(data, "train"), config.model.tokenizer_path)
     return DiffVQA(config, tokenizer)
+
+
+# Keys a resumed run may change: extending the run, and the process group's timeout (a runtime setting: a resumed
+# job that timed out at a barrier must be able to raise it).
+RESUME_MAY_CHANGE = {("train", "steps"), ("train", "dist_timeout_minutes")}
 
 
 def _check_resume_config(run_dir: Path, config: Config) -> None:
@@ -372,7 +402,7 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
         f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
         for group in current
         for key in current[group]
-        if saved[group].get(key) != current[group][key] and (group, key) != ("train", "steps")
+        if saved[group].get(key) != current[group][key] and (group, key) not in RESUME_MAY_CHANGE
     ]
     if changed:
         raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
@@ -406,7 +436,7 @@ def train(
     check_pretrained(config)
     if config.train.report_to == "tensorboard":
         tensorboard_writer()  # missing package: fail before anything is built or written
-    rank, world, dev = setup_distributed(device)
+    rank, world, dev = setup_distributed(device, config.train.dist_timeout_minutes)
     is_main = rank == 0
     run_dir = Path(run_dir)
     cache = ImageCache(data)  # checked before anything is built or written
@@ -441,7 +471,7 @@ def train(
         load_weights(model, latest / WEIGHTS_FILE)
     else:
         model = _build_model(config, data)
-    notes = set_backend_levers(config, dev)
+    notes = set_backend_levers(config, dev) + precision_notes(config, dev)
     model.to(dev).train()
     apply_model_levers(model, config)
     guided: nn.Module = SaliencyGuidedVQA(model)
@@ -458,6 +488,7 @@ def train(
     t = config.train
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, t.warmup_steps, t.steps))
     start_step, best = 0, {}
+    scaler = grad_scaler(config, dev)
     if resume:
         try:
             state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
@@ -479,6 +510,8 @@ def train(
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         start_step, best = state["step"], state["best"]
+        if state.get("grad_scaler"):  # an fp16 run's scale and growth tracker (absent before this key existed)
+            scaler.load_state_dict(state["grad_scaler"])
     if is_main:
         clean_after_interruption(run_dir, start_step)
         info = run_info(world_size=world, device=str(dev), argv=command)
@@ -520,7 +553,7 @@ def train(
         micro_batches.append((_to(batch, dev), keyword_mask))
         if len(micro_batches) < t.grad_accum:
             continue
-        record = train_one_step(guided, micro_batches, optimizer, scheduler, config, dev)
+        record = train_one_step(guided, micro_batches, optimizer, scheduler, config, dev, scaler)
         step += 1
         pairs += sum(len(b["answer"]) for b, _ in micro_batches) * world
         micro_batches = []
@@ -559,7 +592,7 @@ def train(
                     )
                 if not warming_up and scores["CIDEr"] > best.get("CIDEr", -math.inf):
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
-            path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best)
+            path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best, scaler)
             write_model_card(path, config, step=step, data=data_summary, validation=scores, best=best)
             if improved:
                 write_pointer(run_dir, BEST, path)
@@ -600,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         if not saved.is_file():
             parser.error(f"--resume: {saved} not found")
         config = Config.load(saved)
-        apply_overrides(config, args.overrides)  # only train.steps may differ from the saved run (to extend it)
+        apply_overrides(config, args.overrides)  # only RESUME_MAY_CHANGE may differ from the saved run
     else:
         config = load_config(args.preset, args.config, args.overrides)
     check_output_dir(args.out)

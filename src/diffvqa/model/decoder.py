@@ -142,6 +142,15 @@ class AnswerDecoder(nn.Module):
             self.gpt2 = GPT2LMHeadModel(wanted)
         self.max_positions = wanted.n_positions
 
+    def set_checkpointing(self, enabled: bool) -> None:
+        """Activation checkpointing of every GPT-2 block while training with autograd on (``train.grad_checkpointing``;
+        generation and evaluation run as before). Non-reentrant: the Grad-CAM's ``autograd.grad`` w.r.t. the feature
+        maps works, and its retained graph can be walked again by the loss's backward."""
+        if enabled:
+            self.gpt2.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            self.gpt2.activation_checkpointing_disable()
+
     # -- sequence assembly ----------------------------------------------------------------------------------
     def text_batch(
         self,
@@ -192,7 +201,10 @@ class AnswerDecoder(nn.Module):
         prefix_mask = text.mask.new_ones(b, length - text.ids.shape[1])
         attention_mask = torch.cat([prefix_mask, text.mask], dim=1)
         positions = torch.arange(length, device=embeds.device).expand(b, -1)
-        out = self.gpt2.transformer(inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions)
+        # use_cache=False: nothing reads a cache of this pass (and checkpointed blocks would refuse it with a warning)
+        out = self.gpt2.transformer(
+            inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, use_cache=False
+        )
         return out.last_hidden_state
 
     def scored_logits(

@@ -11,15 +11,25 @@ evaluation. So every BatchNorm layer keeps a second set (buffers ``masked_runnin
 set; everything else (weights, affine parameters) is shared. In train mode both passes normalise with their batch
 statistics, exactly as before; only what evaluation uses differs. The two sets start equal (a pretrained ResNet's
 statistics are copied into both).
+
+**Activation checkpointing** (``train.grad_checkpointing``): in training, the stem and each stage run under
+``torch.utils.checkpoint`` (non-reentrant: ``autograd.grad`` w.r.t. the feature maps works, and a retained graph
+can be walked twice — the Grad-CAM's backward, then the loss's), so their inner activations are recomputed in the
+backward rather than kept. The recompute runs each BatchNorm in train mode a second time, which would update its
+running statistics twice — and, after :func:`masked_statistics` has swapped the sets back, the wrong set: so the
+recompute restores them (:func:`statistics_kept`). Outputs and gradients are those of the plain forward.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 from transformers import ResNetConfig, ResNetModel
 
 from diffvqa.config import ModelConfig
@@ -81,6 +91,26 @@ def masked_statistics(norms: list[nn.Module], enabled: bool = True) -> Iterator[
         swap()
 
 
+@contextlib.contextmanager
+def statistics_kept(module: nn.Module) -> Iterator[None]:
+    """The running statistics of ``module``'s BatchNorm layers (whichever set is in place) are as they were on entry
+    when the block exits, exceptions included (the checkpoint's early stop of a recompute raises one)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(norm, {name: norm._buffers[name].clone() for name in STATISTICS}) for norm in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, buffers in saved:
+                for name, value in buffers.items():
+                    norm._buffers[name].copy_(value)
+
+
+def _recompute_contexts(module: nn.Module) -> tuple[contextlib.AbstractContextManager, ...]:
+    """``checkpoint``'s context_fn: nothing around the forward, :func:`statistics_kept` around the recompute."""
+    return contextlib.nullcontext(), statistics_kept(module)
+
+
 def feature_stride(config: ModelConfig) -> int:
     """Input pixels per feature-map cell: the stem divides by 4, every stage after the first by 2."""
     return 4 * 2 ** (len(config.encoder_depths) - 1)
@@ -118,6 +148,7 @@ class ImageEncoder(nn.Module):
             self.resnet = ResNetModel(wanted)
         self.out_channels = wanted.hidden_sizes[-1]
         self._norms = add_masked_statistics(self.resnet)  # after loading: pretrained statistics start both sets
+        self.checkpointing = False  # train.grad_checkpointing (module docstring); a run setting, not saved
 
     def normalize(self, images: Tensor) -> Tensor:
         """(N, 1, S, S) in [0, 1] -> (N, channels, S, S) normalised; the gray channel repeated for 3-channel nets."""
@@ -128,4 +159,15 @@ class ImageEncoder(nn.Module):
         """(N, 1, S, S) in [0, 1] -> feature maps (N, C, h, w). ``masked``: the images are the masked pass's, so
         BatchNorm uses (and in training updates) the masked pass's running statistics (module docstring)."""
         with masked_statistics(self._norms, masked):
-            return self.resnet(pixel_values=self.normalize(images)).last_hidden_state
+            pixels = self.normalize(images)
+            if self.checkpointing and self.training and torch.is_grad_enabled():
+                return self._checkpointed(pixels)
+            return self.resnet(pixel_values=pixels).last_hidden_state
+
+    def _checkpointed(self, pixels: Tensor) -> Tensor:
+        """The ResNet's forward (stem, then the stages; ``ResNetModel`` adds only the unused pooling) with each
+        piece checkpointed -> (N, C, h, w)."""
+        x = pixels
+        for piece in (self.resnet.embedder, *self.resnet.encoder.stages):
+            x = checkpoint(piece, x, use_reentrant=False, context_fn=functools.partial(_recompute_contexts, piece))
+        return x

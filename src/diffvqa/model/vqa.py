@@ -69,6 +69,12 @@ class DiffVQA(nn.Module):
         self.prefix = PrefixProjection(self.encoder.out_channels, m.decoder_width, (grid, grid), m.prefix_pool)
         self.decoder = AnswerDecoder(m, tokenizer, load_pretrained=load_pretrained)
 
+    def set_grad_checkpointing(self, enabled: bool) -> None:
+        """``train.grad_checkpointing``: activation checkpointing of the encoder's stages and the decoder's blocks,
+        in training only. Parameters and buffers are unchanged, so checkpoints are too."""
+        self.encoder.checkpointing = enabled
+        self.decoder.set_checkpointing(enabled)
+
     def inputs(self, main: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
         """The images the model sees: zeros in the blind (question-only) baseline."""
         if self.config.model.blind:

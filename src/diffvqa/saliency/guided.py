@@ -132,6 +132,7 @@ class SaliencyGuidedVQA(nn.Module):
         )
         if cam_only:
             loss_a = loss_a.detach()
+            del hidden_a, score  # pass A's decoder graph goes now (an fp16 CAM kept it for a possible retry)
         mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
         features_b = model.encode(
             apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True
