@@ -379,7 +379,11 @@ def train_one_step(
         # counts steps, skipped ones too, so this is intended.
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before", UserWarning)
         scheduler.step()
-    record = {**sums, "grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+    norm = float(grad_norm)
+    # An fp16 step whose gradients overflowed was skipped: its norm is not a number JSON can hold (metrics.jsonl)
+    record = {**sums, "grad_norm": norm if math.isfinite(norm) else None, "lr": scheduler.get_last_lr()[0]}
+    if not math.isfinite(norm):
+        record["step_skipped"] = True  # the scaler skipped the update and lowered its scale
     if scaler.is_enabled():
         record["grad_scale"] = scaler.get_scale()  # the scale the next step uses
     return record
@@ -390,9 +394,15 @@ def _build_model(config: Config, data: Path) -> DiffVQA:
     return DiffVQA(config, tokenizer)
 
 
-# Keys a resumed run may change: extending the run, and the process group's timeout (a runtime setting: a resumed
-# job that timed out at a barrier must be able to raise it).
-RESUME_MAY_CHANGE = {("train", "steps"), ("train", "dist_timeout_minutes")}
+# Keys a resumed run may change: extending the run; the process group's timeout (a resumed job that timed out at a
+# barrier must be able to raise it); activation checkpointing (same numbers, less memory: a run that ran out of
+# memory resumes with it); where the curves are reported.
+RESUME_MAY_CHANGE = {
+    ("train", "steps"),
+    ("train", "dist_timeout_minutes"),
+    ("train", "grad_checkpointing"),
+    ("train", "report_to"),
+}
 
 
 def _check_resume_config(run_dir: Path, config: Config) -> None:
