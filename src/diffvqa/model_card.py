@@ -9,28 +9,25 @@ fall under its agreement.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from diffvqa.atomic import write_atomic
 from diffvqa.config import Config
+from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.data_use import DATA_USE_WARNING
 
 MODEL_CARD_FILE = "README.md"
 
 
-def cache_summary(data: str | Path) -> dict[str, Any]:
-    """What the card says about the training data, read from the prepared cache's manifest."""
-    data = Path(data)
-    try:
-        manifest = json.loads((data / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        manifest = {}
+def cache_summary(cache: ImageCache) -> dict[str, Any]:
+    """What the card says about the training data: the prepared cache's manifest, and whether it is the phantom
+    (only the phantom writes ground truth into its cache, as ``evaluate`` tells it)."""
+    manifest = cache.manifest
     return {
-        "cache": str(data),
-        "phantom": bool(manifest.get("truth")),  # only the phantom's caches carry ground truth
+        "cache": str(cache.directory),
+        "phantom": cache.has_truth,
         "release": (manifest.get("source") or {}).get("release_dir"),
         "images": manifest.get("num_images"),
         "pairs": manifest.get("num_pairs"),

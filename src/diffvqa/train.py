@@ -33,8 +33,9 @@ from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
+from diffvqa.device import AUTO, resolve_device
 from diffvqa.disk import check_free_space, directory_bytes, full_disk_said
-from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_device, check_output_dir, command
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
 from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.lock import one_writer
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
@@ -66,8 +67,8 @@ def setup_distributed(device: str, timeout_minutes: float) -> tuple[int, int, to
     ``timeout_minutes`` (``train.dist_timeout_minutes``: the other ranks wait at a barrier while rank 0 validates)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == AUTO:
+        device = resolve_device(device).type
     if world > 1 and not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=timedelta(minutes=timeout_minutes))
@@ -540,7 +541,7 @@ def train(
         generator=torch.Generator().manual_seed(t.seed),
     )
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
-    data_summary = cache_summary(data)  # for each checkpoint's model card
+    data_summary = cache_summary(cache)  # for each checkpoint's model card
     log = MetricsLog(run_dir, enabled=is_main, report_to=t.report_to)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = None
@@ -647,8 +648,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         config = load_config(args.preset, args.config, args.overrides)
     check_output_dir(args.out)
-    if args.device != "auto":
-        check_device(args.device)
+    resolve_device(args.device)  # an unusable --device: one line before anything is read
     if args.stop_after is not None and args.stop_after < 1:
         parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
     run = train(

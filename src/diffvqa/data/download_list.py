@@ -1,9 +1,10 @@
 """Which MIMIC-CXR-JPG images a selection of Medical-Diff-VQA questions needs: ``diffvqa prepare --list-images``.
 
-MIMIC-CXR-JPG 2.0.0 holds 377,110 JPEGs (about 570 GB on PhysioNet's project page, ≈ 1.5 MB each); the difference
-questions need fewer than half of them. Only the two CSVs of the release are read (no image is opened), so the list
-can be written before anything is downloaded. Each line is a path relative to the MIMIC-CXR-JPG root
-(``files/p10/p10000032/s50414267/<dicom_id>.jpg``), which is also its path under the PhysioNet download URL::
+MIMIC-CXR-JPG 2.0.0 holds 377,110 JPEGs (about 570 GB on PhysioNet's project page, ≈ 1.5 MB each); a selection of
+questions needs only some of them, and this lists which. Only the two CSVs of the release are read (no image is
+opened), so the list can be written before anything is downloaded. Each line is a path relative to the
+MIMIC-CXR-JPG root (``files/p10/p10000032/s50414267/<dicom_id>.jpg``), which is also its path under the PhysioNet
+download URL::
 
     wget -N -c -x -nH --cut-dirs=3 --user USER --ask-password \\
         -B https://physionet.org/files/mimic-cxr-jpg/2.0.0/ -i images.txt -P /data/mimic-cxr-jpg
@@ -18,16 +19,12 @@ from pathlib import Path
 
 from diffvqa.atomic import write_atomic
 from diffvqa.data.release import image_relpath, read_release
+from diffvqa.disk import format_bytes
 
 MIMIC_CXR_JPG_IMAGES = 377_110
 MIMIC_CXR_JPG_BYTES = 570.3e9  # the total PhysioNet gives for MIMIC-CXR-JPG 2.0.0
 MEAN_JPEG_BYTES = MIMIC_CXR_JPG_BYTES / MIMIC_CXR_JPG_IMAGES
 PHYSIONET_JPG_URL = "https://physionet.org/files/mimic-cxr-jpg/2.0.0/"
-
-
-def readable_size(count: float) -> str:
-    """Bytes as MB below a gigabyte, else GB (decimal units, as PhysioNet gives sizes)."""
-    return f"{count / 1e6:,.1f} MB" if count < 1e9 else f"{count / 1e9:,.1f} GB"
 
 
 @dataclass
@@ -47,14 +44,14 @@ class ImageList:
         lines = [
             f"{len(self.paths):,} images ({share:.1%} of MIMIC-CXR-JPG's {MIMIC_CXR_JPG_IMAGES:,}) for "
             f"{self.questions:,} questions on {self.pairs:,} pairs, listed in {destination}",
-            f"estimated download: {readable_size(self.estimated_bytes)} (≈ {MEAN_JPEG_BYTES / 1e6:.2f} MB a JPEG, "
+            f"estimated download: {format_bytes(self.estimated_bytes)} (≈ {MEAN_JPEG_BYTES / 1e6:.2f} MB a JPEG, "
             "MIMIC-CXR-JPG's mean)",
         ]
         if self.present:
             missing = len(self.paths) - self.present
             lines.append(
-                f"already on disk: {self.present:,} ({readable_size(self.present_bytes)}); still to fetch: {missing:,} "
-                f"(≈ {readable_size(missing * MEAN_JPEG_BYTES)})"
+                f"already on disk: {self.present:,} ({format_bytes(self.present_bytes)}); still to fetch: {missing:,} "
+                f"(≈ {format_bytes(missing * MEAN_JPEG_BYTES)})"
             )
         return "\n".join(lines)
 
