@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffvqa.data.dataset import pad_token_ids
 from diffvqa.data.images import Geometry, gray_float, load_image, resize_pad
 from diffvqa.device import resolve_device
 from diffvqa.errors import UserError
@@ -187,7 +188,7 @@ class Pipeline:
             for i, (m, r) in enumerate(zip(mains, refs, strict=True))
         ]
         notes: list[list[str]] = []
-        encoded = []
+        texts: list[str] = []  # the questions, whitespace collapsed
         for i, text in enumerate(questions):
             if not isinstance(text, str) or not " ".join(text.split()):
                 raise UserError(
@@ -198,7 +199,7 @@ class Pipeline:
             ids, row_notes = encode_question(model.tokenizer, text, config.data.max_question_tokens)
             if not ids:
                 raise UserError(f"question[{i}] {text!r} gives no tokens")
-            encoded.append((text, ids))
+            texts.append(text)
             notes.append(row_notes)
         if keywords is not None:
             bad = [k for k in keywords if not isinstance(k, str)]
@@ -206,12 +207,10 @@ class Pipeline:
                 raise UserError(f"keyword {bad[0]!r}: expected a string (a finding, e.g. 'pleural effusion')")
             keywords = [" ".join(k.split()) for k in keywords]
 
-        longest = max(len(ids) for _, ids in encoded)
-        question_ids = torch.zeros(len(encoded), longest, dtype=torch.long, device=device)
-        question_mask = torch.zeros_like(question_ids)
-        for row, (_, ids) in enumerate(encoded):
-            question_ids[row, : len(ids)] = torch.tensor(ids)
-            question_mask[row, : len(ids)] = 1
+        # padded exactly as evaluation's batches are (Collate): <pad> after each question, truncated to the limit
+        question_ids, question_mask = (
+            t.to(device) for t in pad_token_ids(model.tokenizer, texts, config.data.max_question_tokens)
+        )
         stack = lambda k: torch.from_numpy(np.stack([pair[k][0] for pair in fitted]))[:, None].to(device)  # noqa: E731
         boxes = [
             torch.tensor([pair[k][1].content_box() for pair in fitted], dtype=torch.long, device=device) for k in (0, 1)
@@ -222,7 +221,7 @@ class Pipeline:
             stack(1),
             question_ids,
             question_mask,
-            [text for text, _ in encoded],
+            texts,
             self.keyword_fn() if keywords is None and not self.single_pass else _no_keyword,
             single_pass=self.single_pass,
             main_box=boxes[0],
@@ -230,7 +229,7 @@ class Pipeline:
             keywords=None if self.single_pass else keywords,
         )
         answers = []
-        for row, (text, _) in enumerate(encoded):
+        for row, text in enumerate(texts):
             cam_text = None if result.cam_texts is None else result.cam_texts[row]
             row_notes = notes[row]
             if keywords is not None and not self.single_pass and keywords[row] and cam_text != result.preliminary[row]:
