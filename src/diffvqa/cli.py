@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "config": ("diffvqa.config", "config_main", "print a preset's resolved config (with overrides), as train uses it"),
+    "pretrain": ("diffvqa.pretrain", "main", "pretrain the encoder on finding labels (for model.encoder_pretrained)"),
     "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
     "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),

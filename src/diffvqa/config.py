@@ -158,6 +158,11 @@ class ModelConfig:
     # Average-pool the feature maps by this factor before the prefix projection: fewer prefix tokens (the decoder's
     # cost grows with them) while Grad-CAM keeps the encoder's full-resolution maps. 1 = one token per cell.
     prefix_pool: int = 1
+    # A linear multi-label head on the encoder's pooled feature maps (model/findings.py), predicting this label set
+    # (chexpert | negbio | findings; "" = none). Loaded from model.encoder_pretrained when that directory was written
+    # by `diffvqa pretrain` with the same labels. It serves saliency.cam_source=classifier and
+    # train.finding_loss_weight; the answer never reads it.
+    finding_head: str = ""
     # --- ablation ---
     blind: bool = False  # question-only baseline: both images replaced by zeros (training and inference)
 
@@ -187,6 +192,7 @@ class ModelConfig:
         "require_pretrained": ANY,
         "tokenizer_path": ANY,
         "prefix_pool": AT_LEAST_ONE,
+        "finding_head": Rule(choices=("", "chexpert", "negbio", "findings")),
         "blind": ANY,
     }
 
@@ -210,6 +216,10 @@ class SaliencyConfig:
     # encoder (the paper's: the encoder's last feature maps) | prefix (the model.prefix_pool-pooled cells the decoder
     # reads: a coarser grid, the block average of the encoder-grid CAM before its ReLU)
     cam_grid: str = "encoder"
+    # decoder (the paper's: the gradient of the keyword's score through GPT-2) | classifier (a departure: the
+    # gradient of the finding head's logit for the keyword's label -- its class activation map; a keyword the
+    # head has no label for falls back to the decoder's map). Needs model.finding_head.
+    cam_source: str = "decoder"
     keyword_source: str = "lexicon"  # lexicon | llm | truth
     llm_base_url: str = "http://127.0.0.1:11434/v1"
     llm_model: str = "llama3:70b"
@@ -229,6 +239,7 @@ class SaliencyConfig:
         "cam_target": Rule(choices=("log_prob", "logit")),
         "cam_normalize": Rule(choices=("image", "pair")),
         "cam_grid": Rule(choices=("encoder", "prefix")),
+        "cam_source": Rule(choices=("decoder", "classifier")),
         "keyword_source": Rule(choices=("lexicon", "llm", "truth")),
         "llm_base_url": Rule(pattern=r"https?://\S+", what="an http(s):// URL such as http://127.0.0.1:11434/v1"),
         "llm_model": Rule(pattern=r"\S.*", what="a model name (not empty)"),
@@ -250,6 +261,13 @@ class TrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     grad_clip: float = 1.0
+    # The encoder's learning rate is lr x this (0 freezes it): a pretrained encoder fine-tuned gently keeps more of
+    # what it learned from the finding labels.
+    encoder_lr_scale: float = 1.0
+    # Weight of the finding head's multi-label loss (masked BCE on both images' labels, pretrain.uncertain policy)
+    # added to the answer loss: keeps the encoder's channels finding-specific. Needs model.finding_head and a cache
+    # with those labels.
+    finding_loss_weight: float = 0.0
     # none | bf16 | fp16 (diffvqa.precision). fp16 for GPUs without bf16 (V100, T4): a gradient scaler keeps the
     # small gradients from underflowing, its state saved with the trainer state. CPU runs it too (for the tests).
     autocast: str = "none"
@@ -287,6 +305,8 @@ class TrainConfig:
         "weight_decay": NON_NEGATIVE,
         "warmup_steps": NON_NEGATIVE,
         "grad_clip": POSITIVE,
+        "encoder_lr_scale": NON_NEGATIVE,
+        "finding_loss_weight": NON_NEGATIVE,
         "autocast": Rule(choices=("none", "bf16", "fp16")),
         "eval_every": AT_LEAST_ONE,
         "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split
@@ -306,11 +326,40 @@ class TrainConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """Pretraining the encoder on finding labels (``diffvqa pretrain``, :mod:`diffvqa.model.findings`). The loop's
+    other settings (seed, autocast, grad_clip, log_every, report_to, ...) are the ``train`` group's."""
+
+    labels: str = "chexpert"  # chexpert | negbio (MIMIC-CXR-JPG's 14 observations) | findings (the 30 answer names)
+    # What an uncertain (-1) label trains as: ignore (masked; the default: no guess enters the loss), ones, zeros
+    # (U-Ignore / U-Ones / U-Zeros of the CheXpert paper, which found U-Ones best for atelectasis and edema).
+    uncertain: str = "ignore"
+    steps: int = 600
+    batch_size: int = 48
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 30
+    eval_every: int = 200  # held-out AUROC (validation images) at these steps; the best checkpoint is kept
+
+    RULES: ClassVar[dict[str, Rule]] = {
+        "labels": Rule(choices=("chexpert", "negbio", "findings")),
+        "uncertain": Rule(choices=("ignore", "ones", "zeros")),
+        "steps": AT_LEAST_ONE,
+        "batch_size": AT_LEAST_ONE,
+        "lr": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_steps": NON_NEGATIVE,
+        "eval_every": AT_LEAST_ONE,
+    }
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     saliency: SaliencyConfig = field(default_factory=SaliencyConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -408,6 +457,13 @@ def check_together(config: Config, where: str = "config") -> None:
         raise UserError(
             f"{where}: model.decoder_width={m.decoder_width} must be a multiple of model.decoder_heads="
             f"{m.decoder_heads} (each attention head gets width / heads channels)"
+        )
+    needs_head = [key for key, on in (("saliency.cam_source=classifier", config.saliency.cam_source == "classifier"),
+                                      ("train.finding_loss_weight > 0", config.train.finding_loss_weight > 0)) if on]
+    if needs_head and not m.finding_head:
+        raise UserError(
+            f"{where}: {' and '.join(needs_head)} need a finding head: set model.finding_head to the label set the "
+            "pretrained encoder was trained on (chexpert, negbio or findings; `diffvqa pretrain` writes it)"
         )
     if config.train.compile and config.train.grad_checkpointing:
         raise UserError(

@@ -56,7 +56,7 @@ from diffvqa.run import (
     read_pointer,
     write_pointer,
 )
-from diffvqa.saliency.gradcam import keyword_token_mask
+from diffvqa.saliency.gradcam import keyword_label_indices, keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 
@@ -111,19 +111,35 @@ def apply_model_levers(model: DiffVQA, config: Config) -> None:
 
 
 def make_optimizer(module: nn.Module, config: Config, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
-    """AdamW with weight decay on matrices only (not biases, norms, or the token/position embeddings); fused
-    when ``train.fused_adamw`` and the device has the kernel. Returns the optimiser and any note."""
-    decay, no_decay = [], []
+    """AdamW with weight decay on matrices only (not biases, norms, or the token/position embeddings); the encoder's
+    parameters at ``train.lr * train.encoder_lr_scale`` (0: frozen); fused when ``train.fused_adamw`` and the
+    device has the kernel. Frozen parameters (``requires_grad`` False) are left out. Returns the optimiser and any
+    note."""
+    scale = config.train.encoder_lr_scale
+    groups: dict[tuple[bool, bool], list] = {(d, e): [] for d in (True, False) for e in (True, False)}
     for name, p in module.named_parameters():
-        (decay if p.ndim >= 2 and "wte" not in name and "wpe" not in name else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": config.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decays = p.ndim >= 2 and "wte" not in name and "wpe" not in name
+        # a group of its own only when its rate differs: scale 1 keeps the two groups (and the checkpoints) as before
+        in_encoder = scale != 1.0 and ".encoder.resnet." in f".{name}"
+        if in_encoder and scale == 0:
+            p.requires_grad_(False)  # frozen: no gradient is computed for it at all
+            continue
+        groups[(decays, in_encoder)].append(p)
+    groups = [
+        {"params": params, "weight_decay": config.train.weight_decay if decays else 0.0,
+         "lr": config.train.lr * (scale if in_encoder else 1.0)}  # fmt: skip
+        for (decays, in_encoder), params in groups.items()
+        if params
+    ]
     if config.train.fused_adamw:
         try:
-            return torch.optim.AdamW(groups, lr=config.train.lr, fused=True), []
+            return torch.optim.AdamW(groups, fused=True), []
         except RuntimeError as exc:  # no fused kernel for this device type
             note = f"train.fused_adamw=true has no effect on {device.type} ({exc})"
-            return torch.optim.AdamW(groups, lr=config.train.lr), [note]
-    return torch.optim.AdamW(groups, lr=config.train.lr), []
+            return torch.optim.AdamW(groups), [note]
+    return torch.optim.AdamW(groups), []
 
 
 # -- data order --------------------------------------------------------------------------------------------
@@ -329,6 +345,18 @@ def _to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def _finding_targets(batch: dict[str, Any], config: Config) -> dict[str, Any]:
+    """The auxiliary finding loss's inputs for the training forward: targets and mask (2B, K), main images first."""
+    if config.train.finding_loss_weight == 0 or "finding_targets" not in batch:
+        return {}
+    targets, mask = batch["finding_targets"], batch["finding_mask"]  # (B, 2, K)
+    return {
+        "finding_targets": torch.cat([targets[:, 0], targets[:, 1]]),
+        "finding_mask": torch.cat([mask[:, 0], mask[:, 1]]),
+        "finding_weight": config.train.finding_loss_weight,
+    }
+
+
 def train_one_step(
     guided: nn.Module,
     micro_batches: list[tuple[dict[str, Any], torch.Tensor | None]],
@@ -364,7 +392,8 @@ def train_one_step(
             with autocast(config, device):
                 out = guided(batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
                              batch["answer_ids"], batch["answer_mask"], keyword_mask, guided=is_guided,
-                             main_box=batch.get("main_box"), ref_box=batch.get("ref_box"))  # fmt: skip
+                             main_box=batch.get("main_box"), ref_box=batch.get("ref_box"),
+                             keyword_labels=batch.get("keyword_labels"), **_finding_targets(batch, config))  # fmt: skip
             if not torch.isfinite(out.loss):
                 terms = {name: v.item() for name, v in out.losses.items()}
                 raise FloatingPointError(f"non-finite loss {out.loss.item()} (terms: {terms})")
@@ -452,6 +481,8 @@ def train(
     run_dir = Path(run_dir)
     cache = ImageCache(data)  # checked before anything is built or written
     cache.check_size(config.data.image_size)
+    if config.train.finding_loss_weight > 0:  # the auxiliary loss's labels: missing ones said before anything is written
+        cache.labels().values(config.model.finding_head)
     if config.saliency.enabled and config.saliency.keyword_source == "truth" and not cache.has_truth:
         raise UserError(
             f"{data}: saliency.keyword_source=truth needs ground-truth keywords, which only a phantom cache has; "
@@ -483,6 +514,8 @@ def train(
     else:
         model = _build_model(config, data)
     notes = set_backend_levers(config, dev) + precision_notes(config, dev)
+    if model.finding_head is not None:  # trained only by the auxiliary loss; else a fixed map (cam_source)
+        model.finding_head.requires_grad_(config.train.finding_loss_weight > 0)
     model.to(dev).train()
     apply_model_levers(model, config)
     guided: nn.Module = SaliencyGuidedVQA(model)
@@ -528,7 +561,8 @@ def train(
         info = run_info(world_size=world, device=str(dev), argv=command)
         write_run_info(run_dir, {**info, "start_step": start_step})
 
-    train_set = PairQADataset(data, "train", config.data.question_types)
+    finding_labels = (config.model.finding_head, config.pretrain.uncertain) if t.finding_loss_weight > 0 else None
+    train_set = PairQADataset(data, "train", config.data.question_types, labels=finding_labels)
     val_set = PairQADataset(data, "val", config.data.question_types) if is_main else None
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
     sampler = StepBatchSampler(len(train_set), t.batch_size, t.steps, t.seed, start_step, rank, world, t.grad_accum)
@@ -561,6 +595,8 @@ def train(
             keywords = batch_keywords(batch, config.saliency.keyword_source, keyword_fn)
             keyword_mask = keyword_token_mask(model.tokenizer, batch["answer"], keywords, batch["answer_ids"])
             keyword_mask = keyword_mask.to(dev, non_blocking=True)
+            if config.saliency.cam_source == "classifier":
+                batch["keyword_labels"] = keyword_label_indices(model, keywords)
         micro_batches.append((_to(batch, dev), keyword_mask))
         if len(micro_batches) < t.grad_accum:
             continue

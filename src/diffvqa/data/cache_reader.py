@@ -15,6 +15,8 @@ Cache directory layout (``S`` = size, ``N`` = images)::
     unreadable.tsv          row, dicom_id, error for each unreadable image
     prepare.json            the settings and the image list's digest, written first (resume/merge checks)
     reader.json, reader_questions.csv   the reader's counts and table, staged for finalising (and merging)
+    labels/                 finding labels per image, when prepare found label files
+                            (layout: :mod:`diffvqa.data.cache_labels`)
     truth/                  phantom releases only: theta_true, change masks (per pair, and per changed finding
                             and side) and finding masks in the cache frames
                             (layout and conventions: :mod:`diffvqa.data.cache_truth`)
@@ -29,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.data.cache_labels import CacheLabels
 from diffvqa.data.cache_truth import CacheTruth
 from diffvqa.data.images import Geometry
 from diffvqa.errors import UserError
@@ -108,6 +111,7 @@ class ImageCache:
         self._images: np.ndarray | None = None
         self._truth: CacheTruth | None = None  # the ground-truth tables and memory maps, loaded on first use
         self.has_truth = CacheTruth.exists(self.directory)  # asked per sample: look once
+        self.has_labels = CacheLabels.exists(self.directory)
 
     def __len__(self) -> int:
         return len(self.dicom_ids)
@@ -179,3 +183,16 @@ class ImageCache:
     def findings(self, dicom_id: str) -> list[dict]:
         """The ground-truth findings of an image (phantom caches; [] otherwise; :meth:`.CacheTruth.findings`)."""
         return self._load_truth().findings(dicom_id) if self.has_truth else []
+
+    def labels(self) -> CacheLabels:
+        """The cache's finding labels (:mod:`diffvqa.data.cache_labels`); a UserError naming the files to give
+        ``prepare`` when it has none."""
+        if not self.has_labels:
+            from diffvqa.data.labels import LABEL_SETS
+
+            files = ", ".join(file for file, _ in LABEL_SETS.values())
+            raise UserError(
+                f"{self.directory}: this cache has no finding labels; prepare it again with the label files ({files}) "
+                "beside the images or the release, or in a directory named by `diffvqa prepare --labels DIR`"
+            )
+        return CacheLabels(self.directory)

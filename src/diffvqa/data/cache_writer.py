@@ -53,7 +53,10 @@ from diffvqa.data.cache_reader import (
     geometry_from_row,
     read_questions_csv,
 )
+from diffvqa.data.cache_labels import report_lines as label_report_lines
+from diffvqa.data.cache_labels import write_labels
 from diffvqa.data.cache_truth import write_truth
+from diffvqa.data.labels import find_label_files
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import (
     COLUMNS,
@@ -212,7 +215,9 @@ def _describe_change(key: str, previous: dict, value) -> str:
     return f"{key}: {previous[key]!r} -> {value!r}"
 
 
-def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int, int] | None) -> dict:
+def _stage(
+    out: Path, release: Release, size: int, draft: bool, shard: tuple[int, int] | None, labels_dir: str | None = None
+) -> dict:
     """Write (or check, when resuming) the index, settings and reader output. -> the settings."""
     out.mkdir(parents=True, exist_ok=True)
     index = _index_table(release)
@@ -231,6 +236,8 @@ def _stage(out: Path, release: Release, size: int, draft: bool, shard: tuple[int
         "keep_duplicates": release.keep_duplicates,
         "release_files": _release_files(release.release_dir),
     }
+    if labels_dir is not None:  # recorded only when given: caches staged before --labels existed resume unchanged
+        params["labels_dir"] = labels_dir
     if (out / PARAMS).exists():
         previous = _read_params(out)
         # a touched or rewritten CSV alone is no conflict: the image list's digest decides
@@ -389,6 +396,9 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
         imap = functools.partial(_imap, workers=workers, ordered=True)
         truth_summary = write_truth(out, release, decoded, size, imap, progress)
     write_atomic(out / QUESTIONS, questions.to_csv(index=False, lineterminator="\n"))
+    # finding labels (CheXpert / NegBio beside the images, all_diseases.json beside the questions, or --labels)
+    label_files = find_label_files(params.get("labels_dir"), params["images_dir"], params["release_dir"])
+    labels_summary = write_labels(out, index, label_files)
 
     manifest = {
         "cache_version": CACHE_VERSION,
@@ -411,6 +421,7 @@ def _finalise(out: Path, release: Release, strict: bool, workers: int, progress:
         "skipped": dict(release.skipped),
         "reader": release.to_dict(),
         "truth": truth_summary,
+        "labels": labels_summary,
     }
     write_atomic(out / REPORT, _report(release, manifest) + "\n")
     _write_json(out / MANIFEST, manifest)
@@ -427,6 +438,7 @@ def _report(release: Release, manifest: dict) -> str:
             f"  ground truth: {t['pairs_with_truth']:,}/{t['pairs']:,} pairs, {t['findings']:,} findings, "
             f"{t['questions_with_keyword']:,} question keywords"
         )
+    lines.extend(label_report_lines(manifest.get("labels") or {}))
     return "\n".join(lines)
 
 
@@ -450,6 +462,7 @@ def prepare(
     chunk_size: int = 16,
     keep_bad_chronology: bool = False,
     keep_duplicates: bool = False,
+    labels: str | Path | None = None,
 ) -> dict:
     """Decode every image a release needs into a cache directory (layout in the module docstring).
 
@@ -470,6 +483,8 @@ def prepare(
         chunk_size: images per work item.
         keep_bad_chronology: keep difference questions whose reference is not earlier than the main (counted).
         keep_duplicates: keep exact repeats of an earlier question row (by default counted and dropped).
+        labels: a directory holding finding-label files (:mod:`diffvqa.data.labels`), looked in before ``images``
+            and ``release``.
 
     Returns:
         The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
@@ -491,6 +506,8 @@ def prepare(
         "keep_duplicates": keep_duplicates,
         "release_files": _release_files(Path(release)),
     }
+    if labels is not None:
+        settings["labels_dir"] = str(Path(labels).resolve())
     # Resuming with nothing changed: the staged reader output stands (reading MIMIC's CSVs again takes longer
     # than the rest of finding the place). Strict runs always re-read, to stop at the first bad row.
     if strict or _staged_if_unchanged(out, settings) is None:
@@ -506,7 +523,7 @@ def prepare(
             counts = ", ".join(f"{k} {v}" for k, v in reader.counts.items())
             where = Path(release) / QUESTIONS_FILE
             raise UserError(f"{where}: no question survived reading ({counts}); nothing to prepare")
-        params = _stage(out, reader, size, draft, shard)
+        params = _stage(out, reader, size, draft, shard, settings.get("labels_dir"))
     else:
         params = json.loads((out / PARAMS).read_text())
     index = pd.read_csv(out / INDEX, dtype=str, keep_default_na=False)
@@ -632,6 +649,12 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep-duplicates", action="store_true", help="keep exact repeats of a question row")
     parser.add_argument(
+        "--labels",
+        type=Path,
+        help="directory with finding-label files (mimic-cxr-2.0.0-chexpert.csv.gz, mimic-cxr-2.0.0-negbio.csv.gz, "
+        "all_diseases.json) when they are neither beside the images nor beside the release",
+    )
+    parser.add_argument(
         "--no-draft", action="store_true", help="decode JPEGs at full size (slower; ~0.1 gray level apart)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -689,4 +712,5 @@ def _run(args: argparse.Namespace) -> dict:
         draft=not args.no_draft,
         keep_bad_chronology=args.keep_bad_chronology,
         keep_duplicates=args.keep_duplicates,
+        labels=args.labels,
     )

@@ -17,6 +17,7 @@ import torch
 
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.cache_reader import ImageCache
+from diffvqa.data.labels import targets as label_targets
 from diffvqa.data.regions import question_region, question_side
 from diffvqa.data.release import SPLITS, validate_choices
 
@@ -70,7 +71,13 @@ class PairQADataset(torch.utils.data.Dataset):
     Safe with DataLoader workers: the cache opens its memory map lazily in each worker.
     """
 
-    def __init__(self, cache_dir: str | Path, split: str | None, question_types: Sequence[str] | None = None):
+    def __init__(
+        self,
+        cache_dir: str | Path,
+        split: str | None,
+        question_types: Sequence[str] | None = None,
+        labels: tuple[str, str] | None = None,
+    ):
         self.cache = ImageCache(cache_dir)
         self.split = validate_choices(split, SPLITS, "split")[0] if split is not None else None
         self.question_types = validate_choices(question_types, QUESTION_TYPES, "question type(s)")
@@ -86,6 +93,13 @@ class PairQADataset(torch.utils.data.Dataset):
         # strings change (the answers of the whole release repeat a few thousand texts).
         self._columns = {k: _Column(q[k]) for k in ("question", "answer", "question_type", *ID_KEYS)}
         self._keywords = _Column(q.truth_keyword) if "truth_keyword" in q.columns else None
+        # (label set, uncertain policy): each image's finding-label targets and mask (the auxiliary finding loss)
+        self._labels = None
+        if labels is not None:
+            label_set, uncertain = labels
+            cache_labels = self.cache.labels()
+            target, mask = label_targets(cache_labels.values(label_set), cache_labels.names(label_set), uncertain)
+            self._labels = (torch.from_numpy(target), torch.from_numpy(mask))
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -108,6 +122,9 @@ class PairQADataset(torch.utils.data.Dataset):
             "question_type": self._columns["question_type"][i],
             "ids": ids,
         }
+        if self._labels is not None:  # (2, K): main image, reference image
+            rows = [self.cache.row[ids["main_dicom_id"]], self.cache.row[ids["ref_dicom_id"]]]
+            sample["finding_targets"], sample["finding_mask"] = (t[rows] for t in self._labels)
         truth = self.cache.pair_truth(ids["study_id"], ids["ref_id"]) if self._keywords is not None else None
         if truth is not None:
             regions = self.cache.pair_regions(ids["study_id"], ids["ref_id"])
@@ -156,7 +173,8 @@ class Collate:
     Batch keys: ``main``, ``ref`` (B, 1, S, S); ``main_box``, ``ref_box`` (B, 4) long; ``question``, ``answer``,
     ``question_type``: lists of str; ``ids``: dict of lists (same keys as a sample's ``ids``); ``truth``:
     dict(``theta`` (B, 2, 3), ``change_mask`` (B, 1, S, S), ``changes`` (list of B lists, not stacked), ``side``,
-    ``keyword`` (lists of str), ``per_finding`` (list of bool)) when every sample has ground truth, else None.
+    ``keyword`` (lists of str), ``per_finding`` (list of bool)) when every sample has ground truth, else None;
+    ``finding_targets``, ``finding_mask`` (B, 2, K) float (main, reference) when the dataset reads labels.
     With a tokenizer also ``question_ids``, ``question_mask`` (B, Lq) and ``answer_ids``, ``answer_mask``
     (B, La): LongTensors right-padded with ``tokenizer.pad_id`` to the longest in the batch, truncated to
     ``max_question_tokens`` / ``max_answer_tokens``; masks are 1 on real tokens. No special tokens are added
@@ -189,6 +207,9 @@ class Collate:
             "ids": {k: [s["ids"][k] for s in samples] for k in samples[0]["ids"]},
             "truth": None,
         }
+        if all("finding_targets" in s for s in samples):  # (B, 2, K): main, reference
+            batch["finding_targets"] = torch.stack([s["finding_targets"] for s in samples])
+            batch["finding_mask"] = torch.stack([s["finding_mask"] for s in samples])
         if all("truth" in s for s in samples):
             batch["truth"] = {
                 "theta": torch.stack([s["truth"]["theta"] for s in samples]),

@@ -32,7 +32,15 @@ from diffvqa.metrics.pointing import (
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.gradcam import cam_pool, gate_cams, keyword_gradcam, keyword_token_mask
+from diffvqa.saliency.gradcam import (
+    cam_pool,
+    classifier_cams,
+    gate_cams,
+    keyword_gradcam,
+    keyword_label_indices,
+    keyword_token_mask,
+    merge_cams,
+)
 from diffvqa.saliency.guided import TwoPassResult, cam_gate
 from diffvqa.saliency.mask import registered_difference, shared_mask
 
@@ -160,6 +168,11 @@ class MechanismTally:
                                             keyword_mask, cfg.cam_eps, cfg.cam_method, content,
                                             normalize=cfg.cam_normalize, target=cfg.cam_target,
                                             pool=self.pool)  # fmt: skip
+        if cfg.cam_source == "classifier":  # the head's map where the keyword has a label, as inference makes it
+            labels = keyword_label_indices(model, keywords)
+            cams = classifier_cams(model, features, labels, cfg.cam_eps, cfg.cam_method, content,
+                                   normalize=cfg.cam_normalize, pool=self.pool)  # fmt: skip
+            cam_main, cam_ref = merge_cams(cams, (cam_main, cam_ref), labels >= 0)
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)

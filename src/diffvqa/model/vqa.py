@@ -19,6 +19,7 @@ from diffvqa.errors import UserError
 from diffvqa.model.align import Aligner, AlignOutput, identity_theta
 from diffvqa.model.decoder import AnswerDecoder, Generation, PrefixProjection, TextBatch
 from diffvqa.model.encoder import ImageEncoder, feature_stride
+from diffvqa.model.findings import FindingHead, load_head
 
 
 @dataclass
@@ -68,6 +69,11 @@ class DiffVQA(nn.Module):
         self.encoder = ImageEncoder(m, load_pretrained=load_pretrained)
         self.prefix = PrefixProjection(self.encoder.out_channels, m.decoder_width, (grid, grid), m.prefix_pool)
         self.decoder = AnswerDecoder(m, tokenizer, load_pretrained=load_pretrained)
+        # model.finding_head: the pretrained classifier's head, for saliency.cam_source=classifier and the
+        # auxiliary finding loss (train.finding_loss_weight); the answer never reads it
+        self.finding_head = FindingHead(self.encoder.out_channels, m.finding_head) if m.finding_head else None
+        if self.finding_head is not None and load_pretrained and m.encoder_pretrained:
+            load_head(self.finding_head, m.encoder_pretrained)
 
     def set_grad_checkpointing(self, enabled: bool) -> None:
         """``train.grad_checkpointing``: activation checkpointing of the encoder's stages and the decoder's blocks,

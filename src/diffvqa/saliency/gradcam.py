@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from diffvqa.data.labels import keyword_label
 from diffvqa.data.text import Tokenizer
 from diffvqa.model.decoder import IGNORE, Prompt, TextBatch
 from diffvqa.model.vqa import DiffVQA
@@ -336,3 +337,51 @@ def keyword_gradcam_from_prompt(
         score = torch.zeros(b, device=hidden.device).index_add(0, sel_rows, scores)
         return cams_from_score(features, score, model.image_size, eps, retain_graph=False, method=method,
                                content=content, gate=gate, normalize=normalize, pool=pool)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------------------------
+# saliency.cam_source=classifier: the finding head's logit instead of the decoder's keyword score
+
+
+def keyword_label_indices(model: DiffVQA, keywords: list[str]) -> Tensor:
+    """Each keyword's label in the model's finding head -> (B,) long; -1 where the head has none (no keyword, or a
+    finding its label set does not cover: :func:`diffvqa.data.labels.keyword_label`)."""
+    head = model.finding_head
+    if head is None:
+        raise ValueError("saliency.cam_source=classifier needs model.finding_head")
+    labels = [keyword_label(k, head.label_set) if k else None for k in keywords]
+    return torch.tensor([head.index(label) if label is not None else -1 for label in labels], dtype=torch.long)
+
+
+def classifier_cams(
+    model: DiffVQA,
+    features: Tensor,
+    labels: Tensor,
+    eps: float = 1e-6,
+    method: str = "gradcam",
+    content: Tensor | None = None,
+    gate: Tensor | None = None,
+    normalize: str = "image",
+    pool: int = 1,
+) -> tuple[Tensor, Tensor]:
+    """Grad-CAM of the finding head's logit for each row's label on both images: features (2B, C, h, w), main
+    images first; labels (B,) long (rows with -1 score label 0: the caller replaces their maps). The same maps as
+    :func:`cams_from_score` makes from a decoder score, with the head's logit as the score (for ``gradcam``: the
+    class activation map, :mod:`diffvqa.model.findings`). Works under ``torch.no_grad()``; touches no parameter."""
+    b = labels.shape[0]
+    index = labels.clamp(min=0).to(features.device).repeat(2)  # (2B,): each image scores its row's label
+    with torch.enable_grad():
+        leaf = features.detach().requires_grad_(True)
+        logits = model.finding_head(leaf).float()  # (2B, K)
+        own = logits.gather(1, index[:, None]).squeeze(1)
+        score = own[:b] + own[b:]  # each image's gradient comes from its own logit only
+        return cams_from_score(leaf, score, model.image_size, eps, retain_graph=False, method=method,
+                               content=content, gate=gate, normalize=normalize, pool=pool)  # fmt: skip
+
+
+def merge_cams(
+    chosen: tuple[Tensor, Tensor], fallback: tuple[Tensor, Tensor], use_chosen: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Per row, the ``chosen`` maps where ``use_chosen`` (B,) bool, else the ``fallback`` maps (each (B, 1, S, S))."""
+    keep = use_chosen.to(chosen[0].device)[:, None, None, None]
+    return torch.where(keep, chosen[0], fallback[0]), torch.where(keep, chosen[1], fallback[1])

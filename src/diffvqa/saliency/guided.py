@@ -20,13 +20,17 @@ from torch import Tensor, nn
 from diffvqa.data.dataset import pad_token_ids
 from diffvqa.model.align import AlignOutput
 from diffvqa.model.content import box_masks
+from diffvqa.model.findings import finding_loss
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import (
     cam_pool,
     cams_from_score,
+    classifier_cams,
     keyword_gradcam_from_prompt,
+    keyword_label_indices,
     keyword_log_prob,
     keyword_token_mask,
+    merge_cams,
     score_selection,
 )
 from diffvqa.saliency.keywords import KeywordFn
@@ -37,7 +41,9 @@ from diffvqa.saliency.mask import apply_mask, guard_empty, registered_difference
 @dataclass
 class GuidedOutput:
     loss: Tensor  # scalar: L_B + λ_A L_A + L_reg + w_sim L_sim (or the single-pass loss)
-    losses: dict[str, Tensor]  # unweighted terms: answer_masked, answer_unmasked, registration, alignment_similarity
+    # unweighted terms: answer_masked, answer_unmasked, registration, alignment_similarity (+ findings: the finding
+    # head's loss, with train.finding_loss_weight)
+    losses: dict[str, Tensor]
     theta: Tensor  # (B, 2, 3)
     mask: Tensor | None  # (B, 1, S, S) shared mask M; None in single-pass mode
     empty_mask: Tensor | None  # (B,) bool: rows whose M was all zero and fell back to all ones
@@ -85,10 +91,14 @@ class SaliencyGuidedVQA(nn.Module):
     def forward(
         self, main: Tensor, ref: Tensor, question_ids: Tensor, question_mask: Tensor, answer_ids: Tensor,
         answer_mask: Tensor, keyword_mask: Tensor, guided: bool = True, main_box: Tensor | None = None,
-        ref_box: Tensor | None = None,
+        ref_box: Tensor | None = None, keyword_labels: Tensor | None = None, finding_targets: Tensor | None = None,
+        finding_mask: Tensor | None = None, finding_weight: float = 0.0,
     ) -> GuidedOutput:  # fmt: skip
         """``guided=False`` runs this step single-pass (``saliency.start_step``); every parameter is still used.
-        ``main_box``/``ref_box`` (B, 4): each image's content box (``diffvqa.model.content``); None: whole frame."""
+        ``main_box``/``ref_box`` (B, 4): each image's content box (``diffvqa.model.content``); None: whole frame.
+        ``keyword_labels`` (B,) long: each keyword's finding-head label, -1 none (``saliency.cam_source=classifier``).
+        ``finding_targets``/``finding_mask`` (2B, K), main images first: the finding head's loss, weighted by
+        ``finding_weight`` (``train.finding_loss_weight``)."""
         model = self.model
         cfg = model.config.saliency
         enabled = cfg.enabled and guided
@@ -108,16 +118,22 @@ class SaliencyGuidedVQA(nn.Module):
             features_a = model.encode(aligned.aligned, ref)
         loss_a, hidden_a = model.decode_loss(features_a, text)
         alignment = aligned.reg_loss + similarity_weight * aligned.similarity_loss
+        extra: dict[str, Tensor] = {}
+        if finding_targets is not None and finding_weight > 0:  # on pass A's (unmasked) feature maps
+            extra["findings"] = finding_loss(model.finding_head(features_a), finding_targets, finding_mask)
+            alignment = alignment + finding_weight * extra["findings"]
         if not enabled:
             losses = {
                 "answer_unmasked": loss_a,
                 "registration": aligned.reg_loss,
                 "alignment_similarity": aligned.similarity_loss,
+                **extra,
             }
             return GuidedOutput(loss_a + alignment, losses, aligned.theta, None, None)
 
         select = score_selection(text, question_mask, keyword_mask)
         score = keyword_log_prob(model.decoder, hidden_a, text, select, cfg.cam_target)
+        gate = cam_gate(cfg.cam_method, aligned.aligned, ref, content)
         cam_main, cam_ref = cams_from_score(
             features_a,
             score,
@@ -126,10 +142,16 @@ class SaliencyGuidedVQA(nn.Module):
             retain_graph=not cam_only,
             method=cfg.cam_method,
             content=content,
-            gate=cam_gate(cfg.cam_method, aligned.aligned, ref, content),
+            gate=gate,
             normalize=cfg.cam_normalize,
             pool=cam_pool(model.config),
         )
+        if cfg.cam_source == "classifier":  # the head's map where the keyword has a label, the decoder's elsewhere
+            if keyword_labels is None:
+                raise ValueError("saliency.cam_source=classifier: pass keyword_labels (B,) to the training forward")
+            cams = classifier_cams(model, features_a, keyword_labels, cfg.cam_eps, cfg.cam_method, content, gate,
+                                   cfg.cam_normalize, cam_pool(model.config))  # fmt: skip
+            cam_main, cam_ref = merge_cams(cams, (cam_main, cam_ref), keyword_labels >= 0)
         if cam_only:
             loss_a = loss_a.detach()
             del hidden_a, score  # pass A's decoder graph goes now (an fp16 CAM kept it for a possible retry)
@@ -143,6 +165,7 @@ class SaliencyGuidedVQA(nn.Module):
             "answer_unmasked": loss_a,
             "registration": aligned.reg_loss,
             "alignment_similarity": aligned.similarity_loss,
+            **extra,
         }
         loss = loss_b + cfg.unmasked_loss_weight * loss_a + alignment
         return GuidedOutput(loss, losses, aligned.theta, mask, empty)
@@ -220,21 +243,30 @@ def two_pass_answer(
     limit = model.config.data.max_answer_tokens
     answer_ids, answer_mask = (t.to(main.device) for t in pad_token_ids(model.tokenizer, cam_texts, limit))
     keyword_mask = keyword_token_mask(model.tokenizer, cam_texts, keywords, answer_ids)
-    cam_main, cam_ref = keyword_gradcam_from_prompt(
-        model,
-        leaf,
-        generation.prompt,
-        answer_ids,
-        answer_mask,
-        keyword_mask,
-        cfg.cam_eps,
-        cfg.cam_method,
-        content,
-        cam_gate(cfg.cam_method, aligned.aligned, ref, content),
-        cfg.cam_normalize,
-        cfg.cam_target,
-        cam_pool(model.config),
-    )
+    gate = cam_gate(cfg.cam_method, aligned.aligned, ref, content)
+    labels = keyword_label_indices(model, keywords) if cfg.cam_source == "classifier" else None
+    if labels is not None:  # the head's map where the keyword has a label (module docstring of gradcam)
+        cams = classifier_cams(model, features, labels, cfg.cam_eps, cfg.cam_method, content, gate,
+                               cfg.cam_normalize, cam_pool(model.config))  # fmt: skip
+    if labels is None or bool((labels < 0).any()):
+        decoder_cams = keyword_gradcam_from_prompt(
+            model,
+            leaf,
+            generation.prompt,
+            answer_ids,
+            answer_mask,
+            keyword_mask,
+            cfg.cam_eps,
+            cfg.cam_method,
+            content,
+            gate,
+            cfg.cam_normalize,
+            cfg.cam_target,
+            cam_pool(model.config),
+        )
+        cams = decoder_cams if labels is None else merge_cams(cams, decoder_cams, labels >= 0)
+    generation = None  # the prompt's graph goes now (unused when every keyword had a label)
+    cam_main, cam_ref = cams
     mask, empty = guard_empty(shared_mask(cam_main, cam_ref, cfg.mask))
     masked = model.encode(
         apply_mask(aligned.aligned, mask, cfg.mask_floor), apply_mask(ref, mask, cfg.mask_floor), masked=True

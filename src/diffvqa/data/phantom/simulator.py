@@ -90,18 +90,17 @@ from diffvqa.data.ground_truth import (
 )
 from diffvqa.data.phantom.anatomy import render_static
 from diffvqa.data.phantom.findings import render_canonical
+from diffvqa.data.labels import CHEXPERT_FILE, NEGBIO_FILE, OBSERVATIONS
+from diffvqa.data.labels import FINDINGS_FILE as DISEASES_FILE
 from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, make_canvas
-from diffvqa.data.phantom.plan import LATERAL_KINDS, SPEC, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
+from diffvqa.data.phantom.label_files import observation_values, write_label_files
+from diffvqa.data.phantom.plan import LATERAL_KINDS, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
 from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
 from diffvqa.data.phantom.sheet import contact_sheet
 from diffvqa.data.release import QUESTION_COLUMNS, QUESTIONS_FILE, STUDIES_FILE
 from diffvqa.errors import ArgumentParser, UserError, command
 
-CHEXPERT = (
-    "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture", "Lung Lesion",
-    "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
-)  # fmt: skip
-STUDY_COLUMNS = ("subject_id", "study_id", *CHEXPERT, "dicom_id", "view", "split", "study_date", "study_order")
+STUDY_COLUMNS = ("subject_id", "study_id", *OBSERVATIONS, "dicom_id", "view", "split", "study_date", "study_order")
 METADATA_COLUMNS = (
     "dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns",
     "StudyDate", "StudyTime", "ProcedureCodeSequence_CodeMeaning", "ViewCodeSequence_CodeMeaning",
@@ -255,7 +254,10 @@ def _validate(pairs, size, seed) -> tuple[int, tuple[int, int]]:
     return int(pairs), (height, width)
 
 
-OUTPUTS = (QUESTIONS_FILE, STUDIES_FILE, "mimic-cxr-2.0.0-metadata.csv.gz", "files", GROUND_TRUTH_DIR)
+OUTPUTS = (
+    QUESTIONS_FILE, STUDIES_FILE, "mimic-cxr-2.0.0-metadata.csv.gz", CHEXPERT_FILE, NEGBIO_FILE, DISEASES_FILE, "files",
+    GROUND_TRUTH_DIR,
+)  # fmt: skip
 
 
 def simulate(
@@ -323,8 +325,9 @@ def simulate(
         rng = np.random.default_rng(plan.qa_seed)
         for k, study in enumerate(plan.studies):
             present = plan.present(k)
-            labels = {c for lesion, _ in present for c in SPEC[lesion.name].chexpert}
-            chexpert = ["1.0" if c in labels or (c == "No Finding" and not labels) else "" for c in CHEXPERT]
+            # mimic_all's reference-only CheXpert columns: the values of the phantom's CheXpert file
+            values = observation_values(plan, k, np.random.default_rng([seed, 17, 0, study.study_id]))
+            chexpert = [values[c] for c in OBSERVATIONS]
             view = "postero-anterior" if study.view == "PA" else "antero-posterior"
             mimic_split = {"val": "validate"}.get(plan.split, plan.split)
             studies.append((plan.subject_id, study.study_id, *chexpert, study.dicom_id, view, mimic_split,
@@ -365,6 +368,7 @@ def simulate(
     _write_csv(truth / PAIRS_FILE, PAIRS_COLUMNS, pair_rows)
     _write_csv(truth / CHANGES_FILE, CHANGES_COLUMNS, change_rows)
     _write_csv(truth / KEYWORDS_FILE, KEYWORD_COLUMNS, keywords)
+    write_label_files(out, plans, seed)
     by_type: dict[str, int] = {}
     for row in questions:
         by_type[row[3]] = by_type.get(row[3], 0) + 1
