@@ -8,32 +8,38 @@ What the files hold (MIMIC-CXR-JPG 2.0.0; checked against public readers of the 
   the wild order the columns differently, so columns are read by name. Images join through
   ``mimic-cxr-2.0.0-metadata.csv.gz`` (or a prepared cache's ``images.csv``) on (``subject_id``, ``study_id``).
 * ``all_diseases.json`` (Medical-Diff-VQA): the per-study findings the question generator extracted from each
-  report, in the answers' own 30-name vocabulary. Its format is documented only by the public code that reads
-  it: a JSON list of per-study objects with ``study_id`` and ``entity``, a mapping of finding name -> its
-  attributes (location, level, type). Accepted here: that list, or an object keyed by study id; ``entity`` as a
-  mapping or a list of names. A finding it lists is positive; one it does not list, negative; a study it lacks,
+  report, in the answers' official names. Its format is documented only by the code that writes it (the
+  dataset's ``question_gen.py``, ``gen_disease_json``): a JSON list of per-study objects with ``study_id`` (a
+  string of digits), ``subject_id``, ``entity`` (finding name -> its attributes: ``entity_name``, ``location``,
+  ``type``, ``level`` as lists of words or null, ...) and ``no_entity`` (the names the report negates; not used
+  here). Accepted here: that list, or an object keyed by study id whose values are such records or directly the
+  entity; ``entity`` as a mapping or a list of names. A finding it lists is positive; one it does not list,
+  negative (the generator's own reading: the "abnormality" answers list exactly ``entity``); a study it lacks,
   unlabelled.
 
 Each label set becomes, per study, a vector over its names (:data:`LABEL_NAMES`) of ``1``, ``0``, ``-1`` or NaN
-(blank), read by :func:`read_label_file`. A malformed file, a study the file lacks and a value outside
-{1, 0, -1, blank} are counted skips, reported by reason and by column (:class:`LabelTable`), never a crash.
+(blank), read by :func:`read_label_file`. A file that cannot be read at all (missing column, corrupt gzip, not
+UTF-8, not JSON) is reported in one line; a malformed row, a value outside {1, 0, -1, blank} (per column) and a
+study the file lacks (:mod:`diffvqa.data.cache_labels`) are counted skips, reported by reason
+(:class:`LabelTable`); none is a crash. Gzip is recognised by its content, and :func:`find_label_files` also
+takes a gunzipped copy (``mimic-cxr-2.0.0-chexpert.csv``).
 
 Training targets from these values (:func:`targets`): the uncertain policy ``ignore`` (default), ``ones`` or
 ``zeros`` (Irvin et al. 2019, "U-Ignore / U-Ones / U-Zeros"); a blank is masked, unless the study's No Finding is
 1, which says every other observation is negative.
 
 The keyword of an answer is one of the 30 official finding names; :data:`FINDING_OBSERVATIONS` maps each to the
-CheXpert observations whose report mentions cover it (first = the one the keyword's classifier map uses). Eleven
+CheXpert observations whose report mentions cover it (first = the one the keyword's classifier map uses). Fourteen
 names have none (aortic tortuosity, hernia, scoliosis, emphysema, ...): the 14 observations say nothing about
 them.
 """
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import json
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +66,12 @@ FINDINGS = (
     "pneumomediastinum", "air collection",
 )  # fmt: skip
 
+# The official names no CheXpert observation covers: the 14 observations say nothing about them.
+NO_OBSERVATION = (
+    "hernia", "tortuosity of the descending aorta", "scoliosis", "gastric distention", "hypoxemia",
+    "hypertensive heart disease", "hematoma", "tortuosity of the thoracic aorta", "contusion", "emphysema",
+    "calcification", "thymoma", "pneumomediastinum", "air collection",
+)  # fmt: skip
 # Official finding name -> the CheXpert observations a report naming it is labelled with (the CheXpert labeler's
 # mention phrases: vascular/hilar congestion and heart failure are Edema mentions; a blunted costophrenic angle is
 # an effusion's; Lung Opacity is the parent of edema, consolidation, pneumonia and atelectasis). The first
@@ -81,14 +93,7 @@ FINDING_OBSERVATIONS: dict[str, tuple[str, ...]] = {
     "fracture": ("Fracture",),
     "granuloma": ("Lung Lesion",),
     "pleural thickening": ("Pleural Other",),
-    **{
-        name: ()
-        for name in (
-            "hernia", "tortuosity of the descending aorta", "scoliosis", "gastric distention", "hypoxemia",
-            "hypertensive heart disease", "hematoma", "tortuosity of the thoracic aorta", "contusion", "emphysema",
-            "calcification", "thymoma", "pneumomediastinum", "air collection",
-        )  # fmt: skip
-    },
+    **{name: () for name in NO_OBSERVATION},
 }
 
 CHEXPERT_FILE = "mimic-cxr-2.0.0-chexpert.csv.gz"
@@ -102,7 +107,7 @@ LABEL_SETS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 LABEL_NAMES = {name: names for name, (_, names) in LABEL_SETS.items()}
 UNCERTAIN_POLICIES = ("ignore", "ones", "zeros")
-VALUES = {"1.0": 1.0, "1": 1.0, "0.0": 0.0, "0": 0.0, "-1.0": -1.0, "-1": -1.0, "": math.nan}
+LABEL_VALUES = (1.0, 0.0, -1.0)  # positive, negative, uncertain; blank = not mentioned
 
 
 def keyword_label(keyword: str, label_set: str) -> str | None:
@@ -147,19 +152,29 @@ def _count(table: LabelTable, reason: str, count: int) -> None:
         table.skipped[reason] += count
 
 
-def _csv_text(path: Path) -> str:
+def _text(path: Path) -> str:
+    """A label file's text; gzip is recognised by its magic bytes, not the name (a gunzipped copy often keeps
+    ``.gz``, or loses it). A UTF-8 byte-order mark (a spreadsheet's export) is dropped."""
     data = path.read_bytes()
-    if path.suffix == ".gz":
+    if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
-    return data.decode("utf-8")
+    return data.decode("utf-8-sig")
 
 
 def _read_observation_csv(table: LabelTable) -> None:
-    """CheXpert / NegBio: columns by name; values outside {1, 0, -1, blank} counted per column and left blank."""
-    frame = pd.read_csv(io.StringIO(_csv_text(table.path)), dtype=str, keep_default_na=False)
-    missing = [c for c in ("subject_id", "study_id", *table.names) if c not in frame.columns]
+    """CheXpert / NegBio: columns by name; a row with a wrong number of fields is skipped and a value outside
+    {1, 0, -1, blank} is left blank, each counted (the latter per column)."""
+    rows = [row for row in csv.reader(io.StringIO(_text(table.path))) if row]  # blank lines: nothing
+    if not rows:
+        raise UserError("empty file (no header)")
+    header = [name.strip() for name in rows[0]]
+    missing = [c for c in ("subject_id", "study_id", *table.names) if c not in header]
     if missing:
-        raise UserError(f"missing column(s) {missing} (it has {list(frame.columns)})")
+        raise UserError(f"missing column(s) {missing} (it has {header})")
+    ragged = [row for row in rows[1:] if len(row) != len(header)]
+    _count(table, f"row with a wrong number of fields (the header has {len(header)})", len(ragged))
+    frame = pd.DataFrame([row for row in rows[1:] if len(row) == len(header)], columns=header, dtype=str)
+    frame = frame.loc[:, ~frame.columns.duplicated()]  # a repeated column name: its first column counts
     ids = pd.to_numeric(frame.study_id.str.strip(), errors="coerce")
     bad_id = ids.isna() | (ids % 1 != 0)
     _count(table, "study_id not an integer", int(bad_id.sum()))
@@ -170,18 +185,21 @@ def _read_observation_csv(table: LabelTable) -> None:
     values = np.full((len(frame), len(table.names)), np.nan, np.float32)
     for j, name in enumerate(table.names):
         column = frame[name].str.strip()
-        parsed = column.map(VALUES)
-        out_of_range = parsed.isna() & (column != "")
-        _count(table, f"value out of range in {name}", int(out_of_range.sum()))
-        values[:, j] = parsed.astype(np.float32).to_numpy()  # out of range: NaN, as if not mentioned
+        parsed = pd.to_numeric(column, errors="coerce")  # "1.0", "1", "1.00" alike
+        valid = parsed.isin(LABEL_VALUES)
+        _count(table, f"value out of range in {name}", int((~valid & (column != "")).sum()))
+        values[:, j] = parsed.where(valid).to_numpy(np.float32)  # out of range: NaN, as if not mentioned
     table.study_ids, table.values = ids.to_numpy(np.int64), values
 
 
 def _read_findings_json(table: LabelTable) -> None:
     """all_diseases.json: per study the findings its report names (module docstring)."""
-    loaded = json.loads(_csv_text(table.path))
-    if isinstance(loaded, dict):
-        records = [{"study_id": key, **(v if isinstance(v, dict) else {"entity": v})} for key, v in loaded.items()]
+    loaded = json.loads(_text(table.path))
+    if isinstance(loaded, dict):  # study id -> its record, or directly its entity (a mapping or a list of names)
+        records = [
+            {"study_id": key, **v} if isinstance(v, dict) and "entity" in v else {"study_id": key, "entity": v}
+            for key, v in loaded.items()
+        ]
     elif isinstance(loaded, list):
         records = loaded
     else:
@@ -200,11 +218,14 @@ def _read_findings_json(table: LabelTable) -> None:
         if study in seen:
             table.skipped["duplicate study (first row kept)"] += 1
             continue
-        entity = record.get("entity", {})
-        names = list(entity) if isinstance(entity, (dict, list)) else None
-        if names is None:
+        if "entity" not in record:  # not "no findings": the generator writes an empty mapping for those
+            table.skipped["record without entity"] += 1
+            continue
+        entity = record["entity"]
+        if not isinstance(entity, (dict, list)):
             table.skipped["entity neither a mapping nor a list"] += 1
             continue
+        names = list(entity)
         row = np.zeros(len(table.names), np.float32)  # a finding the report does not name is negative
         for name in names:
             name = str(name).strip().lower()
@@ -230,8 +251,8 @@ def read_label_file(label_set: str, path: str | Path) -> LabelTable:
             _read_findings_json(table)
         else:
             _read_observation_csv(table)
-    except (OSError, UnicodeDecodeError, ValueError, EOFError, pd.errors.ParserError, UserError) as exc:
-        # gzip.BadGzipFile is an OSError; json.JSONDecodeError a ValueError
+    except (OSError, UnicodeDecodeError, ValueError, EOFError, csv.Error, UserError) as exc:
+        # gzip.BadGzipFile is an OSError, a truncated gzip an EOFError; json.JSONDecodeError a ValueError
         table.problem = one_line(exc)
         table.study_ids = np.zeros(0, np.int64)
         table.values = np.zeros((0, len(table.names)), np.float32)
@@ -239,14 +260,16 @@ def read_label_file(label_set: str, path: str | Path) -> LabelTable:
 
 
 def find_label_files(*directories: str | Path | None) -> dict[str, Path]:
-    """label set -> its file, looked for in ``directories`` in order (the first that holds it wins)."""
+    """label set -> its file, looked for in ``directories`` in order (the first that holds it wins; in one
+    directory the ``.gz`` file before a gunzipped copy of it)."""
     found: dict[str, Path] = {}
     for directory in directories:
         if directory is None:
             continue
         for label_set, (file, _) in LABEL_SETS.items():
-            path = Path(directory) / file
-            if label_set not in found and path.is_file():
+            names = (file, file.removesuffix(".gz")) if file.endswith(".gz") else (file,)
+            path = next((Path(directory) / n for n in names if (Path(directory) / n).is_file()), None)
+            if label_set not in found and path is not None:
                 found[label_set] = path
     return found
 
