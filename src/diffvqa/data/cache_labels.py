@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.atomic import write_atomic
 from diffvqa.data.labels import LABEL_SETS, read_label_file
-from diffvqa.errors import UserError
+from diffvqa.errors import UserError, one_line
 
 LABELS = "labels"
 LABELS_MANIFEST = "labels.json"
@@ -32,7 +33,13 @@ def write_labels(out: Path, index: pd.DataFrame, files: dict[str, Path]) -> dict
     """
     directory = out / LABELS
     summary: dict[str, dict] = {}
+    # An earlier finalise of this cache may have left labels the files no longer give (moved, or unreadable
+    # now): remove them, labels.json first, so a cache never reads labels of files it was not given.
+    for stale in (LABELS_MANIFEST, *(f"{label_set}.npy" for label_set in LABEL_SETS)):
+        (directory / stale).unlink(missing_ok=True)
     if not files:
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
         return summary
     directory.mkdir(parents=True, exist_ok=True)
     studies = index.study_id.astype(np.int64).to_numpy()
@@ -55,7 +62,8 @@ def write_labels(out: Path, index: pd.DataFrame, files: dict[str, Path]) -> dict
             "positives": {n: int((values[:, j] == 1).sum()) for j, n in enumerate(table.names)},
         }
         summary[label_set] = entry
-    (directory / LABELS_MANIFEST).write_text(json.dumps(summary, indent=2) + "\n")
+    # last and atomic: labels.json is what marks the labels complete (CacheLabels.exists)
+    write_atomic(directory / LABELS_MANIFEST, json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -81,7 +89,12 @@ class CacheLabels:
     def __init__(self, cache_dir: str | Path):
         self.directory = Path(cache_dir) / LABELS
         manifest = self.directory / LABELS_MANIFEST
-        self.summary: dict = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        try:
+            self.summary: dict = json.loads(manifest.read_text()) if manifest.is_file() else {}
+        except (OSError, UnicodeDecodeError, ValueError) as exc:  # the user's files, not a bug here
+            raise UserError(
+                f"{manifest}: unreadable ({one_line(exc)}); prepare the cache again into a new --out directory"
+            ) from exc
         self.sets = [s for s, e in self.summary.items() if not e.get("problem")]
 
     @staticmethod
@@ -95,10 +108,18 @@ class CacheLabels:
         """(N, K) float32 in images.csv order; a UserError naming what the cache has when the set is absent."""
         if label_set not in self.sets:
             have = ", ".join(self.sets) or "none"
+            entry = self.summary.get(label_set) or {}
+            why = f"; {entry['file']} was not read: {entry['problem']}" if entry.get("problem") else ""
             files = ", ".join(file for file, _ in LABEL_SETS.values())
             raise UserError(
-                f"{self.directory.parent}: no {label_set!r} labels in this cache (it has: {have}); prepare it again "
-                f"with the label files beside the release or images, or name their directory with --labels "
+                f"{self.directory.parent}: no {label_set!r} labels in this cache (it has: {have}{why}); prepare it "
+                f"again with the label files beside the release or images, or name their directory with --labels "
                 f"({files})"
             )
-        return np.load(self.directory / f"{label_set}.npy")
+        path = self.directory / f"{label_set}.npy"
+        try:
+            return np.load(path)
+        except (OSError, ValueError) as exc:
+            raise UserError(
+                f"{path}: unreadable ({one_line(exc)}); prepare the cache again into a new --out directory"
+            ) from exc
