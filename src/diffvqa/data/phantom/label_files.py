@@ -10,12 +10,16 @@ Per study, from what the study shows (its findings) and what the subject's previ
   No Finding is ``1.0`` when nothing is positive or uncertain; everything else is blank (not mentioned). The two
   labelers draw their hedges independently, so they disagree where real CheXpert and NegBio labels mostly do: on
   uncertainty.
-* ``all_diseases.json`` — per study its present findings by official name, with location, level and type.
+* ``all_diseases.json`` — per study (the generator's record: ``study_id`` and ``subject_id`` as strings,
+  ``entity``, ``no_entity``) its present findings by official name, each with its location, level and type, and
+  in ``no_entity`` the findings of the previous study that are gone (the generator reads a "has resolved"
+  sentence as a negation).
 
-A phantom finding no observation covers (hilar congestion is an Edema mention; tortuous aortas, hernia, gastric
-distention, emphysema, scoliosis and calcification have none) leaves the 14 columns untouched: a study showing only
-such findings reads No Finding = 1, as the CheXpert labeler would read its report. ``all_diseases.json`` names every
-finding. The hedges are drawn from their own random stream, so the images and questions of a seed do not change.
+Vascular and hilar congestion are Edema mentions, as heart failure is. The seven phantom findings no observation
+covers (calcification, both tortuous aortas, hernia, gastric distention, emphysema, scoliosis) leave the 14
+columns untouched: a study showing only such findings reads No Finding = 1, as the CheXpert labeler would read its
+report; ``all_diseases.json`` names every finding. The hedges are drawn from their own random stream, so the
+images and questions of a seed do not change.
 """
 
 from __future__ import annotations
@@ -28,7 +32,15 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvqa.data.labels import CHEXPERT_FILE, FINDING_OBSERVATIONS, FINDINGS_FILE, NEGBIO_FILE, NO_FINDING, OBSERVATIONS
+from diffvqa.data.labels import (
+    CHEXPERT_FILE,
+    FINDING_OBSERVATIONS,
+    FINDINGS_FILE,
+    NEGBIO_FILE,
+    NO_FINDING,
+    OBSERVATIONS,
+)
+from diffvqa.data.phantom.findings import Lesion
 from diffvqa.data.phantom.plan import SubjectPlan
 
 HEDGED = 0.3  # probability that a finding at its lowest level is reported uncertain
@@ -56,6 +68,26 @@ def observation_values(plan: SubjectPlan, k: int, rng: np.random.Generator) -> d
     return {o: values.get(o, "") for o in OBSERVATIONS}
 
 
+def _attributes(lesion: Lesion, level: int) -> dict:
+    """A finding's entry in ``entity``, keyed as the dataset's generator writes it: each attribute a list of
+    phrases (its consumers join them with spaces) or null."""
+
+    def phrases(text: str) -> list[str] | None:
+        return [text] if text else None
+
+    return {
+        "entity_name": lesion.name,
+        "location": phrases(lesion.location),
+        "type": phrases(lesion.type),
+        "level": phrases(lesion.levels[level] if level >= 0 else ""),
+        "post_location": None,
+        "location2": None,
+        "type2": None,
+        "level2": None,
+        "post_location2": None,
+    }
+
+
 def write_label_files(out: Path, plans: list[SubjectPlan], seed: int) -> dict[str, int]:
     """Write the three label files into the release directory ``out``; returns row counts per file."""
     rows: dict[str, list[list]] = {file: [] for file in LABELERS}
@@ -66,17 +98,17 @@ def write_label_files(out: Path, plans: list[SubjectPlan], seed: int) -> dict[st
                 rng = np.random.default_rng([seed, 17, j, study.study_id])  # its own stream (module docstring)
                 values = observation_values(plan, k, rng)
                 rows[file].append([plan.subject_id, study.study_id, *(values[o] for o in OBSERVATIONS)])
-            entity = {
-                lesion.name: {
-                    "location": lesion.location,
-                    "level": lesion.levels[level] if level >= 0 else "",
-                    "type": lesion.type,
-                }
-                for lesion, level in plan.present(k)
-            }
+            present = plan.present(k)
+            entity = {lesion.name: _attributes(lesion, level) for lesion, level in present}
+            names = set(entity)
+            gone = [lesion.name for lesion, _ in (plan.present(k - 1) if k else []) if lesion.name not in names]
             diseases.append(
-                {"study_id": str(study.study_id), "subject_id": str(plan.subject_id), "dicom_id": study.dicom_id,
-                 "view": study.view, "entity": entity}  # fmt: skip
+                {
+                    "study_id": str(study.study_id),
+                    "subject_id": str(plan.subject_id),
+                    "entity": entity,
+                    "no_entity": gone,
+                }
             )
     for file, table in rows.items():
         text = io.StringIO()
