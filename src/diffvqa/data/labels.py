@@ -40,6 +40,7 @@ import csv
 import gzip
 import io
 import json
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,8 +252,9 @@ def read_label_file(label_set: str, path: str | Path) -> LabelTable:
             _read_findings_json(table)
         else:
             _read_observation_csv(table)
-    except (OSError, UnicodeDecodeError, ValueError, EOFError, csv.Error, UserError) as exc:
-        # gzip.BadGzipFile is an OSError, a truncated gzip an EOFError; json.JSONDecodeError a ValueError
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, csv.Error, UserError) as exc:
+        # a bad gzip header: gzip.BadGzipFile, an OSError; a corrupt body: zlib.error; a truncated one: EOFError;
+        # json.JSONDecodeError is a ValueError
         table.problem = one_line(exc)
         table.study_ids = np.zeros(0, np.int64)
         table.values = np.zeros((0, len(table.names)), np.float32)
