@@ -316,11 +316,14 @@ def pretrain(
     *,
     run_dir: Path,
     resume: bool = False,
+    stop_after: int | None = None,
     device: str = "auto",
     progress: bool = True,
     command: list[str] | None = None,
-) -> dict[str, Any]:
-    """Pretrain and return the metrics (also ``pretrain_metrics.json``); the encoder goes to ``run_dir/encoder``."""
+) -> dict[str, Any] | None:
+    """Pretrain and return the metrics (also ``pretrain_metrics.json``); the encoder goes to ``run_dir/encoder``.
+    ``stop_after``: end this invocation after that many steps, at a checkpoint (``--resume`` continues); returns
+    None then."""
     p, t = config.pretrain, config.train
     if t.report_to == "tensorboard":
         tensorboard_writer()
@@ -383,8 +386,12 @@ def pretrain(
         from tqdm import tqdm
 
         bar = tqdm(total=p.steps, initial=start, desc="pretrain", unit="step", dynamic_ncols=True)
-    step, tic = start, time.perf_counter()
+    end = p.steps if stop_after is None else min(p.steps, start + stop_after)
+    step, busy, seen = start, 0.0, 0  # images/s counts training time only (not validation or saving)
     for batch in loader:
+        if step >= end:
+            break
+        tic = time.perf_counter()
         with autocast(config, dev):
             logits, _ = classifier(batch["image"].to(dev))
         loss = finding_loss(logits, batch["target"].to(dev), batch["mask"].to(dev))
@@ -396,15 +403,15 @@ def pretrain(
         optimizer.step()
         scheduler.step()
         step += 1
+        busy, seen = busy + time.perf_counter() - tic, seen + len(batch["image"])
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         if step % t.log_every == 0 or step == p.steps:
-            rate = t.log_every * p.batch_size / max(time.perf_counter() - tic, 1e-9)
             log.write({"step": step, "loss": loss.item(), "grad_norm": grad_norm, "lr": scheduler.get_last_lr()[0],
-                       "images_per_s": rate})  # fmt: skip
-            tic = time.perf_counter()
-        if step % p.eval_every == 0 or step == p.steps:
+                       "images_per_s": seen / max(busy, 1e-9)})  # fmt: skip
+            busy, seen = 0.0, 0
+        if step % p.eval_every == 0 or step == p.steps:  # validate, then checkpoint
             scores = label_aurocs(predict_labels(classifier, val_set, p.batch_size, dev), val_set,
                                   classifier.head.names, intervals=False)  # fmt: skip
             log.write({"step": step, "val/mean_auroc": scores["mean_auroc"]})
@@ -417,9 +424,14 @@ def pretrain(
             if improved:
                 write_pointer(run_dir, BEST, path)
             prune_checkpoints(run_dir)
+        elif step == end:  # stopped early (stop_after): a checkpoint to resume from
+            _save(run_dir, classifier, optimizer, scheduler, step, best)
+            prune_checkpoints(run_dir)
     if bar is not None:
         bar.close()
     log.close()
+    if step < p.steps:
+        return None
     return finish(config, cache, run_dir, classifier, images, shared, dev)
 
 
@@ -466,10 +478,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
     parser.add_argument("--config", type=Path, help="a YAML file of config overrides")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    parser.add_argument("--stop-after", type=int, help="stop this invocation after N steps (resume later)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. pretrain.labels=findings")
     args = parser.parse_args(argv)
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
     if not (args.data / "manifest.json").is_file():
         parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
     if args.resume:
@@ -481,8 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.preset, args.config, args.overrides)
     check_output_dir(args.out)
     resolve_device(args.device)
-    metrics = pretrain(config, args.data, run_dir=args.out, resume=args.resume, device=args.device,
-                       progress=not args.no_progress, command=["diffvqa", "pretrain", *argv])  # fmt: skip
+    metrics = pretrain(config, args.data, run_dir=args.out, resume=args.resume, stop_after=args.stop_after,
+                       device=args.device, progress=not args.no_progress,
+                       command=["diffvqa", "pretrain", *argv])  # fmt: skip
+    if metrics is None:
+        print(f"stopped at a checkpoint in {args.out}; continue with --resume")
+        return 0
     print((args.out / SUMMARY_FILE).read_text())
     print(f"encoder: {args.out / ENCODER_DIR}  (train with model.encoder_pretrained={args.out / ENCODER_DIR} "
           f"model.finding_head={metrics['labels']})")  # fmt: skip

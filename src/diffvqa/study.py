@@ -28,6 +28,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,13 @@ from diffvqa.lock import one_writer
 from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
 from diffvqa.metrics.intervals import seeds_and_questions_interval
 from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
+
+# Variants that start from a pretrained encoder name it {pretrained}: the study pretrains one per seed first
+# (`diffvqa pretrain`, same train.seed) into DIR/pretrain/seed<k> and puts its encoder directory there; {labels} is
+# the label set it was pretrained on (pretrain.labels).
+PRETRAINED = "{pretrained}"
+FROM_PRETRAINED = [f"model.encoder_pretrained={PRETRAINED}"]
+WITH_HEAD = [*FROM_PRETRAINED, "model.finding_head={labels}"]
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -55,6 +63,32 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "floor_05": ("a stronger mask: floor 0.5 instead of the preset's", ["saliency.mask_floor=0.5"]),
     "late_guidance": ("the saliency loop in the last 200 of 1,100 steps only", ["saliency.start_step=900"]),
     "blind": ("question only: both images replaced by zeros", ["model.blind=true", "saliency.enabled=false"]),
+    "pretrained": ("the method on an encoder pretrained on finding labels", FROM_PRETRAINED),
+    "pretrained_single_pass": ("no saliency loop, pretrained encoder", [*FROM_PRETRAINED, "saliency.enabled=false"]),
+    "pretrained_truth_keyword": (
+        "pretrained, keywords from the phantom's truth instead of the lexicon",
+        [*FROM_PRETRAINED, "saliency.keyword_source=truth"],
+    ),
+    "pretrained_classifier_cam": (
+        "pretrained, the keyword's map from the finding head's logit (saliency.cam_source=classifier)",
+        [*WITH_HEAD, "saliency.cam_source=classifier"],
+    ),
+    "pretrained_finding_loss": (
+        "pretrained, the finding head's loss kept during VQA training (train.finding_loss_weight=1)",
+        [*WITH_HEAD, "train.finding_loss_weight=1"],
+    ),
+    "pretrained_classifier_cam_finding_loss": (
+        "pretrained, classifier map and the finding loss kept",
+        [*WITH_HEAD, "saliency.cam_source=classifier", "train.finding_loss_weight=1"],
+    ),
+    "pretrained_low_encoder_lr": (
+        "pretrained, the encoder fine-tuned at a tenth of the rate (train.encoder_lr_scale=0.1)",
+        [*FROM_PRETRAINED, "train.encoder_lr_scale=0.1"],
+    ),
+    "pretrained_classifier_cam_low_encoder_lr": (
+        "pretrained, classifier map, encoder at a tenth of the rate",
+        [*WITH_HEAD, "saliency.cam_source=classifier", "train.encoder_lr_scale=0.1"],
+    ),
 }
 
 # (column, path into metrics.json): the headline numbers the study tabulates
@@ -122,6 +156,23 @@ def run_one(
                     "--no-viewer"]  # fmt: skip
         _run_logged(evaluate, out, env, run_dir)
     return json.loads(metrics_file.read_text())
+
+
+def pretrain_one(data: Path, run_dir: Path, *, preset: str, overrides: list[str], threads: int, log: Path) -> Path:
+    """Pretrain (or resume, or reuse) the encoder of one seed; returns its encoder directory."""
+    from diffvqa.pretrain import ENCODER_DIR
+
+    encoder = run_dir / ENCODER_DIR
+    if (encoder / "config.json").is_file():
+        return encoder
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    resume = ["--resume"] if (run_dir / LATEST).is_file() else []
+    args = ["pretrain", "--data", str(data), "--out", str(run_dir), "--preset", preset, "--no-progress", "--device",
+            "cpu", *resume, *([] if resume else overrides)]  # fmt: skip
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        _run_logged(args, out, env, run_dir)
+    return encoder
 
 
 def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
@@ -344,6 +395,18 @@ def run_study(
     runs = {v: {s: out / "runs" / v / f"seed{s}" for s in range(seeds)} for v in variants}
     jobs_list = [(v, s) for s in range(seeds) for v in variants]
     started = time.perf_counter()
+    from diffvqa.config import load_config
+
+    labels = load_config(preset, overrides=list(overrides)).pretrain.labels
+    seed_locks = {s: threading.Lock() for s in range(seeds)}  # one pretraining per seed, whichever job needs it first
+
+    def pretrained(seed: int) -> str:
+        with seed_locks[seed]:
+            pretrain_dir = out / "pretrain" / f"seed{seed}"
+            settings = [*overrides, f"train.seed={seed}"]
+            log = out / "pretrain" / f"seed{seed}.log"
+            encoder = pretrain_one(Path(data), pretrain_dir, preset=preset, overrides=settings, threads=threads, log=log)
+        return str(encoder)
 
     def work(job: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:
         variant, seed = job
@@ -351,6 +414,9 @@ def run_study(
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log = run_dir.parent / f"seed{seed}.log"
         settings = [*base, *VARIANTS[variant][1], f"train.seed={seed}"]
+        if any(PRETRAINED in o for o in settings) and not (run_dir / EVAL_DIR / EVAL_METRICS_FILE).is_file():
+            encoder = pretrained(seed)
+            settings = [o.replace(PRETRAINED, encoder).replace("{labels}", labels) for o in settings]
         tic = time.perf_counter()
         metrics = run_one(
             Path(data), eval_data, run_dir=run_dir, preset=preset, overrides=settings, threads=threads, log=log
