@@ -175,7 +175,9 @@ def _read_observation_csv(table: LabelTable) -> None:
     ragged = [row for row in rows[1:] if len(row) != len(header)]
     _count(table, f"row with a wrong number of fields (the header has {len(header)})", len(ragged))
     frame = pd.DataFrame([row for row in rows[1:] if len(row) == len(header)], columns=header, dtype=str)
-    frame = frame.loc[:, ~frame.columns.duplicated()]  # a repeated column name: its first column counts
+    for name in sorted({c for c in header if header.count(c) > 1}):  # the first of a repeated column is read
+        _count(table, f"column {name} repeated (its first read)", header.count(name) - 1)
+    frame = frame.loc[:, ~frame.columns.duplicated()]
     ids = pd.to_numeric(frame.study_id.str.strip(), errors="coerce")
     bad_id = ids.isna() | (ids % 1 != 0)
     _count(table, "study_id not an integer", int(bad_id.sum()))
