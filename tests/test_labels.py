@@ -163,8 +163,8 @@ def _empty(path):
     "spoil, says",
     [
         (_missing_column, "missing column(s) ['Edema']"),
-        (_corrupt_gzip, ""),
-        (_truncated_gzip, ""),
+        (_corrupt_gzip, "a damaged gzip file"),
+        (_truncated_gzip, "a damaged gzip file"),
         (_not_utf8, "utf-8"),
         (_empty, "empty"),
     ],

@@ -158,7 +158,10 @@ def _text(path: Path) -> str:
     ``.gz``, or loses it). A UTF-8 byte-order mark (a spreadsheet's export) is dropped."""
     data = path.read_bytes()
     if data[:2] == b"\x1f\x8b":
-        data = gzip.decompress(data)
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as exc:  # a bad header, a truncated or a corrupt body
+            raise UserError(f"a damaged gzip file ({exc})") from exc
     return data.decode("utf-8-sig")
 
 
@@ -254,9 +257,8 @@ def read_label_file(label_set: str, path: str | Path) -> LabelTable:
             _read_findings_json(table)
         else:
             _read_observation_csv(table)
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, csv.Error, UserError) as exc:
-        # a bad gzip header: gzip.BadGzipFile, an OSError; a corrupt body: zlib.error; a truncated one: EOFError;
-        # json.JSONDecodeError is a ValueError
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error, UserError) as exc:
+        # OSError: unreadable; json.JSONDecodeError is a ValueError
         table.problem = one_line(exc)
         table.study_ids = np.zeros(0, np.int64)
         table.values = np.zeros((0, len(table.names)), np.float32)
