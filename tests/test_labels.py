@@ -606,3 +606,26 @@ def test_prepare_without_label_files_and_stale_labels(small_release, tmp_path):
     labelled = prepare(release, release, tmp_path / "cache2", labels=elsewhere, **kwargs)  # the library's --labels
     assert set(labelled["labels"]) == {"chexpert", "negbio", "findings"}
     assert ImageCache(tmp_path / "cache2").labels().values("findings").shape == (len(cache), 30)
+
+
+def test_labels_option_is_checked_where_it_enters_and_may_be_added_to_a_prepared_cache(small_release, tmp_path):
+    from diffvqa.data.cache_writer import prepare
+    from diffvqa.errors import MissingInputError
+
+    release = _copy_release(small_release, tmp_path / "release", with_labels=False)
+    kwargs = dict(size=32, workers=1, progress=False)
+    with pytest.raises(MissingInputError, match="not a directory"):
+        prepare(release, release, tmp_path / "c0", labels=tmp_path / "nowhere", **kwargs)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MissingInputError, match="holds none of the label files"):
+        prepare(release, release, tmp_path / "c0", labels=empty, **kwargs)
+    assert not (tmp_path / "c0").exists()  # refused before anything was written
+
+    cache_dir = tmp_path / "cache"
+    assert prepare(release, release, cache_dir, **kwargs)["labels"] == {}
+    images = (cache_dir / "images.u8.npy").stat().st_mtime_ns
+    # the labels arrive later: the same cache takes them without decoding its images again
+    manifest = prepare(release, release, cache_dir, labels=small_release, **kwargs)
+    assert set(manifest["labels"]) == {"chexpert", "negbio", "findings"}
+    assert (cache_dir / "images.u8.npy").stat().st_mtime_ns == images

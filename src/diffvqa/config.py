@@ -332,7 +332,8 @@ class PretrainConfig:
 
     labels: str = "chexpert"  # chexpert | negbio (MIMIC-CXR-JPG's 14 observations) | findings (the 30 answer names)
     # What an uncertain (-1) label trains as: ignore (masked; the default: no guess enters the loss), ones, zeros
-    # (U-Ignore / U-Ones / U-Zeros of the CheXpert paper, which found U-Ones best for atelectasis and edema).
+    # (U-Ignore / U-Ones / U-Zeros of the CheXpert paper, which found different policies useful for different
+    # observations).
     uncertain: str = "ignore"
     steps: int = 600
     batch_size: int = 48

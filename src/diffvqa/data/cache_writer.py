@@ -56,7 +56,7 @@ from diffvqa.data.cache_reader import (
 from diffvqa.data.cache_labels import report_lines as label_report_lines
 from diffvqa.data.cache_labels import write_labels
 from diffvqa.data.cache_truth import write_truth
-from diffvqa.data.labels import find_label_files
+from diffvqa.data.labels import LABEL_SETS, find_label_files
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
 from diffvqa.data.release import (
     COLUMNS,
@@ -68,7 +68,7 @@ from diffvqa.data.release import (
     validate_choices,
 )
 from diffvqa.disk import check_free_space, full_disk_said, preallocate, remove
-from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
 from diffvqa.lock import one_writer
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
@@ -241,13 +241,14 @@ def _stage(
     if (out / PARAMS).exists():
         previous = _read_params(out)
         # a touched or rewritten CSV alone is no conflict: the image list's digest decides
-        changed = [_describe_change(k, previous, v) for k, v in params.items() if k != "release_files"]
+        # labels do not change the images: a cache may gain or change its label directory on a rerun
+        changed = [_describe_change(k, previous, v) for k, v in params.items() if k not in ("release_files", "labels_dir")]
         if any(changed):
             raise UserError(
                 f"{out}: holds a cache prepared with other settings or another image list "
                 f"({'; '.join(filter(None, changed))}); use a new --out directory or delete this one"
             )
-        if previous.get("release_files") != params["release_files"]:  # same images: the next resume may skip reading
+        if any(previous.get(k) != params.get(k) for k in ("release_files", "labels_dir")):  # same images: recorded
             _write_json(out / PARAMS, params)
     else:
         write_atomic(out / INDEX, index_bytes)
@@ -507,6 +508,12 @@ def prepare(
         "release_files": _release_files(Path(release)),
     }
     if labels is not None:
+        found = find_label_files(labels)
+        if not found:
+            raise MissingInputError(
+                f"--labels {labels}: " + ("not a directory" if not Path(labels).is_dir() else "holds none of the label "
+                "files") + f"; expected {', '.join(file for file, _ in LABEL_SETS.values())} there"
+            )
         settings["labels_dir"] = str(Path(labels).resolve())
     # Resuming with nothing changed: the staged reader output stands (reading MIMIC's CSVs again takes longer
     # than the rest of finding the place). Strict runs always re-read, to stop at the first bad row.
