@@ -25,13 +25,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "config": ("diffvqa.config", "config_main", "print a preset's resolved config (with overrides), as train uses it"),
-    "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
-    "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
+    "train": ("diffvqa.commands.train", "main", "train a model on a prepared cache"),
+    "evaluate": ("diffvqa.commands.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),
     "plot": ("diffvqa.report.curves", "main", "plot training curves of one or more runs (PNG and SVG)"),
-    "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
-    "study": ("diffvqa.study", "main", "ablation grid x seeds on a prepared cache: study.md, study.json, plots"),
-    "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),
+    "ask": ("diffvqa.commands.ask", "main", "answer one question about a main/reference image pair"),
+    "study": (
+        "diffvqa.commands.study",
+        "main",
+        "ablation grid x seeds on a prepared cache: study.md, study.json, plots",
+    ),
+    "demo": ("diffvqa.commands.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),
 }
 
 

@@ -241,7 +241,7 @@ class SaliencyConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop (``diffvqa.train``)."""
+    """The training loop (``diffvqa.commands.train``)."""
 
     seed: int = 0
     steps: int = 2000

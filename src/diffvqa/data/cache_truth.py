@@ -33,7 +33,7 @@ import pandas as pd
 
 from diffvqa.data.images import Geometry
 from diffvqa.data.release import Release
-from diffvqa.disk import preallocate
+from diffvqa.files.disk import preallocate
 
 TRUTH = "truth"
 

@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffvqa.atomic import write_atomic
 from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.cache_reader import (
     CACHE_VERSION,
@@ -64,9 +63,10 @@ from diffvqa.data.release import (
     read_release,
     validate_choices,
 )
-from diffvqa.disk import check_free_space, full_disk_said, preallocate, remove
 from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.files.atomic import write_atomic
+from diffvqa.files.disk import check_free_space, full_disk_said, preallocate, remove
+from diffvqa.files.lock import one_writer
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 RESUME_ADVICE = "free space, then run the same command again: it resumes, keeping the images already decoded"

@@ -22,11 +22,11 @@ import numpy as np
 from PIL import Image
 
 from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
+from diffvqa.files.run import VIEWER_DIR
 from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
 from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
 from diffvqa.metrics.published import COLUMN_LABELS, COLUMNS, PUBLISHED, comparability, run_row
 from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
-from diffvqa.run import VIEWER_DIR
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report_images"
@@ -551,8 +551,8 @@ def _viewer_link(out_dir: Path) -> str:
 
 def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
     """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
+    from diffvqa.files.run import find_metrics_log
     from diffvqa.report.curves import plot_runs
-    from diffvqa.run import find_metrics_log
 
     log = None if training_run is None else find_metrics_log(training_run)
     if log is None:

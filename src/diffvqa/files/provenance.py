@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffvqa.atomic import write_atomic
+from diffvqa.files.atomic import write_atomic
 
 RUN_INFO_FILE = "run_info.json"
 _SOURCE = Path(__file__).resolve().parent

@@ -11,7 +11,7 @@ A training run (``diffvqa train --out RUN``)::
     RUN/latest, RUN/best                one line each: the checkpoint directory they point to, relative to RUN
 
 A checkpoint directory is written under a temporary name and renamed when complete, and the pointers are
-replaced atomically (:func:`diffvqa.atomic.write_atomic`), so a crash never leaves a half-written checkpoint as
+replaced atomically (:func:`diffvqa.files.atomic.write_atomic`), so a crash never leaves a half-written checkpoint as
 the latest. Only the checkpoints ``latest`` and ``best`` point to are kept (:func:`prune_checkpoints`).
 
 An evaluation (``diffvqa evaluate --out DIR``) writes ``DIR/predictions.jsonl`` (:data:`PREDICTIONS_FILE`),
@@ -26,8 +26,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from diffvqa.atomic import write_atomic
-from diffvqa.disk import writing
+from diffvqa.files.atomic import write_atomic
+from diffvqa.files.disk import writing
 
 CONFIG_FILE = "config.json"  # a run's resolved config; a checkpoint directory holds one too
 METRICS_LOG = "metrics.jsonl"
@@ -65,7 +65,7 @@ def write_pointer(run_dir: str | Path, name: str, checkpoint: str | Path) -> Non
 
 def append_metrics(run_dir: str | Path, record: dict[str, Any]) -> None:
     """Append one record to ``RUN/metrics.jsonl``; on a full device the log is cut back to its earlier records
-    (no torn line) and the error is a :class:`~diffvqa.disk.DiskFullError`."""
+    (no torn line) and the error is a :class:`~diffvqa.files.disk.DiskFullError`."""
     path = Path(run_dir) / METRICS_LOG
     size = path.stat().st_size if path.is_file() else 0
     try:

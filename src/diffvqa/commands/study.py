@@ -34,12 +34,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
 from diffvqa.metrics.intervals import seeds_and_questions_interval
-from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 
 # variant -> (what it tests, its config overrides on top of the preset and the study's own overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -144,7 +144,7 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 def _per_question(run_dir: Path) -> dict[tuple, dict[str, float]]:
     """question key -> per-answer CIDEr-D of the final (``cider``) and preliminary answers, from the run's
     eval/predictions.jsonl (difference questions)."""
-    from diffvqa.jsonl import read_jsonl
+    from diffvqa.files.jsonl import read_jsonl
 
     rows = {}
     for _, r in read_jsonl(run_dir / EVAL_DIR / PREDICTIONS_FILE):

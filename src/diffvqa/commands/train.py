@@ -5,7 +5,7 @@ bf16 or fp16 autocast (:mod:`diffvqa.precision`) and activation checkpointing, t
 default, validation CIDEr selecting the best checkpoint, atomic checkpoints and exact resume. Runs unchanged under
 ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
 
-The run directory (its layout, pointers and metrics log: :mod:`diffvqa.run`) gets a checkpoint at every
+The run directory (its layout, pointers and metrics log: :mod:`diffvqa.files.run`) gets a checkpoint at every
 validation and every ``train.checkpoint_every`` steps, each written whole before ``latest`` points at it. Data
 order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
 optimiser and scheduler an uninterrupted run would have had.
@@ -29,21 +29,18 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffvqa.commands.evaluate import evenly_spaced, predict
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.device import AUTO, resolve_device
-from diffvqa.disk import check_free_space, directory_bytes, full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.evaluate import evenly_spaced, predict
-from diffvqa.lock import one_writer
-from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
-from diffvqa.model.vqa import DiffVQA
-from diffvqa.model_card import cache_summary, write_model_card
-from diffvqa.precision import autocast, grad_scaler, precision_notes
-from diffvqa.provenance import run_info, write_run_info
-from diffvqa.run import (
+from diffvqa.files.disk import check_free_space, directory_bytes, full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.model_card import cache_summary, write_model_card
+from diffvqa.files.provenance import run_info, write_run_info
+from diffvqa.files.run import (
     BEST,
     CONFIG_FILE,
     LATEST,
@@ -56,6 +53,9 @@ from diffvqa.run import (
     read_pointer,
     write_pointer,
 )
+from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
+from diffvqa.model.vqa import DiffVQA
+from diffvqa.precision import autocast, grad_scaler, precision_notes
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
