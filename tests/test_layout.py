@@ -65,7 +65,7 @@ def test_the_reference_check_catches_an_outside_document(tmp_path):
 
 # errors <- config <- files <- data <- model <- saliency <- metrics <- report/viewer <- commands <- cli: a module may
 # import its own layer and earlier ones. Every top-level module and package has a layer here.
-LAYERS = {"errors": 0, "device": 1, "config": 1, "precision": 2, "files": 2, "data": 3}
+LAYERS = {"version": 0, "errors": 0, "device": 1, "config": 1, "precision": 2, "files": 2, "data": 3}
 LAYERS |= {"files.model_card": 4}  # a checkpoint's card describes the prepared cache it was trained on: after data
 LAYERS |= {"model": 5, "saliency": 6, "metrics": 7, "report": 8, "viewer": 8, "api": 8, "commands": 9, "cli": 10}
 TOP_LEVEL_MODULES = 8  # __init__ included: cli, config, errors, api, device, precision, ...
@@ -73,8 +73,8 @@ TOP_LEVEL_MODULES = 8  # __init__ included: cli, config, errors, api, device, pr
 
 def _layer(module: str, importing: bool = False) -> int:
     parts = module.split(".")
-    if len(parts) == 1:  # imported, the package root is its leaf __version__; importing, it is the public facade
-        return LAYERS["cli"] if importing else 0
+    if len(parts) == 1:  # the package root is the public facade (diffvqa.load); the version is diffvqa.version's
+        return LAYERS["cli"]
     for name in (".".join(parts[1:3]), parts[1]):
         if name in LAYERS:
             return LAYERS[name]

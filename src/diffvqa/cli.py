@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from diffvqa import __version__
+        from diffvqa.version import __version__
 
         print(f"diffvqa {__version__}")
         return 0

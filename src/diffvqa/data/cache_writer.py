@@ -110,7 +110,7 @@ def _imap(function, jobs: list, workers: int, ordered: bool = False) -> Iterable
 
 
 def _versions() -> dict[str, str]:
-    from diffvqa import __version__
+    from diffvqa.version import __version__
 
     versions = {"diffvqa": __version__}
     for package in ("numpy", "pillow", "pydicom"):
