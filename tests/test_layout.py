@@ -63,6 +63,42 @@ def test_the_reference_check_catches_an_outside_document(tmp_path):
     assert not any("docs/data.md" in m for m in missing)  # a document the repository holds
 
 
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # a Markdown link or picture: [text](target)
+
+
+def _anchors(document: Path) -> set[str]:
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", document.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def _broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        name, _, fragment = target.partition("#")
+        document = (path.parent / name).resolve() if name else path
+        if not document.exists():
+            broken.append(f"{path.name}: {target} (no such file)")
+        elif fragment and document.suffix == ".md" and fragment not in _anchors(document):
+            broken.append(f"{path.name}: {target} (no such heading)")
+    return broken
+
+
+def test_every_link_of_the_readme_and_the_docs_resolves():
+    """Relative links and pictures name files that exist, and a #fragment names a heading of its document."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert [broken for path in documents for broken in _broken_links(path)] == []
+
+
+def test_the_link_check_catches_a_missing_file_and_a_missing_heading(tmp_path):
+    (tmp_path / "a.md").write_text("# A heading: with (punctuation)\n")
+    probe = tmp_path / "probe.md"
+    probe.write_text("[ok](a.md#a-heading-with-punctuation) [file](b.md) [heading](a.md#nothing) [web](https://x.org)")
+    assert _broken_links(probe) == ["probe.md: b.md (no such file)", "probe.md: a.md#nothing (no such heading)"]
+
+
 # errors <- config <- files <- data <- model <- saliency <- metrics <- report/viewer <- commands <- cli: a module may
 # import its own layer and earlier ones. Every top-level module and package has a layer here.
 LAYERS = {"version": 0, "errors": 0, "device": 1, "config": 1, "precision": 2, "files": 2, "data": 3}
