@@ -7,9 +7,8 @@ default, validation CIDEr selecting the best checkpoint, atomic checkpoints and 
 
 The run directory (its layout, pointers, metrics log and checkpoints: :class:`diffvqa.files.run.RunDir`, which the
 loop calls) gets a checkpoint at every validation and every ``train.checkpoint_every`` steps, each written whole
-before ``latest`` points at it. Data
-order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
-optimiser and scheduler an uninterrupted run would have had.
+before ``latest`` points at it. Data order is a pure function of (seed, step), so ``--resume`` continues with
+exactly the batches, RNG states, optimiser and scheduler an uninterrupted run would have had.
 """
 
 from __future__ import annotations
