@@ -20,8 +20,8 @@ import json
 import torch
 from torch import nn
 
+from diffvqa.commands.evaluate import evenly_spaced, predict
 from diffvqa.data.dataset import Collate, PairQADataset
-from diffvqa.evaluate import evenly_spaced, predict
 from diffvqa.metrics import caption_scores
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.saliency.guided import two_pass_answer

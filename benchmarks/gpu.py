@@ -7,7 +7,7 @@ What it measures, with the `paper` preset (ResNet-50 + GPT-2 small at S = 224, r
 preset's levers: bf16 autocast, channels-last encoder, fused AdamW, TF32, cudnn.benchmark):
 
 1. a batch sweep (8, 16, 32, ...): the largest batch whose saliency-guided training step fits in GPU memory (an
-   out-of-memory error ends the sweep; the cache is emptied before going on). The steps are ``diffvqa.train``'s
+   out-of-memory error ends the sweep; the cache is emptied before going on). The steps are ``diffvqa.commands.train``'s
    own ``train_one_step``, optimiser and levers, so this is what ``diffvqa train`` runs;
 2. at that batch: pairs/s of a plain (single-pass) step and of a guided step, median of interleaved steps, and
    the peak GPU memory of each;
@@ -54,6 +54,13 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from saliency import suppressed  # noqa: E402  (the sibling benchmark's fixed-length generation hook)
 
+from diffvqa.commands.train import (  # noqa: E402
+    StepBatchSampler,
+    apply_model_levers,
+    make_optimizer,
+    set_backend_levers,
+    train_one_step,
+)
 from diffvqa.config import Config, apply_overrides, load_config  # noqa: E402
 from diffvqa.data.dataset import Collate, PairQADataset  # noqa: E402
 from diffvqa.data.text import Tokenizer, load_gpt2_tokenizer  # noqa: E402
@@ -62,13 +69,6 @@ from diffvqa.precision import grad_scaler  # noqa: E402
 from diffvqa.saliency.gradcam import keyword_token_mask  # noqa: E402
 from diffvqa.saliency.guided import SaliencyGuidedVQA, two_pass_answer  # noqa: E402
 from diffvqa.saliency.lexicon import lexicon_keyword  # noqa: E402
-from diffvqa.train import (  # noqa: E402
-    StepBatchSampler,
-    apply_model_levers,
-    make_optimizer,
-    set_backend_levers,
-    train_one_step,
-)
 
 TRAIN_DIFFERENCE_QUESTIONS = 131_556  # Medical-Diff-VQA v1.0.1, training split, difference questions
 # Release-style questions and answers; the batch cycles through them (difference answers dominate, as they do in

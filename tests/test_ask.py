@@ -10,7 +10,7 @@ import torch
 from conftest import write_dicom
 from PIL import Image
 
-from diffvqa.ask import PNG_FILES, main
+from diffvqa.commands.ask import PNG_FILES, main
 
 QUESTION = "what has changed compared to the reference image?"
 TEXTS = [
@@ -204,7 +204,7 @@ def test_keyword_forces_the_cam_and_is_recorded(checkpoint, tmp_path, capsys):
 
 
 def test_device_defaults_to_auto():
-    from diffvqa.ask import build_parser
+    from diffvqa.commands.ask import build_parser
 
     args = build_parser().parse_args(["--checkpoint", "c", "--main", "m", "--ref", "r", "--question", "q"])
     assert args.device == "auto"

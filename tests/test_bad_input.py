@@ -461,12 +461,12 @@ def test_debug_shows_the_traceback_of_a_user_error(world, tmp_path, capsys, monk
 def test_a_bug_keeps_its_traceback(world, tmp_path, monkeypatch):
     """Only UserError is reported as one line: any other exception -- a ValueError from deep inside included --
     propagates (Python prints it with its traceback)."""
-    import diffvqa.train
+    import diffvqa.commands.train
 
     def broken(*args, **kwargs):
         raise ValueError("an internal invariant failed")
 
-    monkeypatch.setattr(diffvqa.train, "train", broken)
+    monkeypatch.setattr(diffvqa.commands.train, "train", broken)
     with pytest.raises(ValueError, match="internal invariant"):
         cli_main([str(a) for a in _train(world, tmp_path)])
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from diffvqa.cli import main as cli_main
+from diffvqa.files.run import find_metrics_log
 from diffvqa.report.curves import curve_keys, group_of, plot_runs, read_log
-from diffvqa.run import find_metrics_log
 
 
 def _run(path, scale, extra=True):

@@ -1,6 +1,6 @@
 import pytest
 
-from diffvqa.demo import main
+from diffvqa.commands.demo import main
 
 
 @pytest.mark.slow

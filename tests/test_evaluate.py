@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from diffvqa.evaluate import evaluate, evenly_spaced, fixed_point_prior, format_table, main
-from diffvqa.train import main as train_main
+from diffvqa.commands.evaluate import evaluate, evenly_spaced, fixed_point_prior, format_table, main
+from diffvqa.commands.train import main as train_main
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 
 from diffvqa.cli import main as cli_main
 from diffvqa.errors import UserError
-from diffvqa.run import read_pointer
+from diffvqa.files.run import read_pointer
 
 TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8", "train.steps=4", "train.checkpoint_every=2"]
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -189,7 +189,7 @@ def test_training_checkpoint_write_failing_with_enospc(phantom_cache, tmp_path, 
 def test_a_runtime_error_is_a_full_disk_only_when_the_disk_is_full(phantom_cache, tmp_path, monkeypatch, capsys):
     """torch's C++ writer given a path loses the errno ("unexpected pos ..."): the free space decides, not the
     message. With space left, the same RuntimeError is a bug and keeps its traceback."""
-    import diffvqa.disk
+    import diffvqa.files.disk
 
     out = tmp_path / "run"
     assert run(["train", "--data", phantom_cache, "--out", out, *TINY, "--stop-after", "2"], capsys)[0] == 0
@@ -207,7 +207,9 @@ def test_a_runtime_error_is_a_full_disk_only_when_the_disk_is_full(phantom_cache
         torn_save(obj, f)
 
     real = shutil.disk_usage
-    monkeypatch.setattr(diffvqa.disk.shutil, "disk_usage", lambda p: real(p)._replace(free=4096) if full else real(p))
+    monkeypatch.setattr(
+        diffvqa.files.disk.shutil, "disk_usage", lambda p: real(p)._replace(free=4096) if full else real(p)
+    )
     monkeypatch.setattr(torch, "save", filling_save)
     line = one_line(
         *run(["train", "--data", phantom_cache, "--out", out, "--resume", "--no-progress"], capsys), "train"
@@ -259,10 +261,10 @@ def test_prepare_on_a_disk_that_fills_up_resumes_to_the_same_cache(release, tmp_
 
 def test_prepare_refuses_a_cache_that_cannot_fit_with_the_numbers(release, tmp_path, monkeypatch, capsys):
     """N x S x S bytes are known before decoding starts: with less free, refuse and say both numbers."""
-    import diffvqa.disk
+    import diffvqa.files.disk
 
     real = shutil.disk_usage
-    monkeypatch.setattr(diffvqa.disk.shutil, "disk_usage", lambda p: real(p)._replace(free=100_000))
+    monkeypatch.setattr(diffvqa.files.disk.shutil, "disk_usage", lambda p: real(p)._replace(free=100_000))
     out = tmp_path / "cache"
     line = one_line(*run(_prepare(release, out), capsys), "prepare")
     assert line == (
@@ -280,8 +282,8 @@ def test_prepare_refuses_a_cache_that_cannot_fit_with_the_numbers(release, tmp_p
 
 @needs_mount
 def test_a_metrics_record_that_does_not_fit_leaves_no_torn_line(small_disk):
-    from diffvqa.disk import DiskFullError
-    from diffvqa.run import append_metrics
+    from diffvqa.files.disk import DiskFullError
+    from diffvqa.files.run import append_metrics
 
     disk = small_disk("64k")
     append_metrics(disk.path, {"step": 1, "loss": 1.0})
@@ -361,7 +363,9 @@ def _wait_for_lock(directory: Path, process: subprocess.Popen, timeout: float = 
 
 def _hold_lock(directory: Path, command: str = "holder") -> subprocess.Popen:
     """A process that takes ``directory``'s lock and sleeps until killed."""
-    code = f"import time; from diffvqa.lock import output_lock\nwith output_lock({str(directory)!r}, {command!r}):\n"
+    code = (
+        f"import time; from diffvqa.files.lock import output_lock\nwith output_lock({str(directory)!r}, {command!r}):\n"
+    )
     process = subprocess.Popen(_python(code + "    time.sleep(600)"), env=_env())
     _wait_for_lock(directory, process)
     return process
@@ -384,7 +388,7 @@ def test_two_trainings_into_one_directory_the_second_is_refused_naming_the_first
         first.kill()
         first.wait()
     # SIGKILL left the lock file naming a dead process: it blocks nobody
-    from diffvqa.lock import output_lock
+    from diffvqa.files.lock import output_lock
 
     assert (out / ".lock").read_text().startswith(f"{first.pid} ")
     with output_lock(out, "after the kill"):
@@ -410,7 +414,7 @@ def test_every_writer_takes_the_lock(command, phantom_cache, release, tmp_path, 
 
 
 def test_the_lock_is_reentrant_and_nested_directories_do_not_block(tmp_path):
-    from diffvqa.lock import output_lock
+    from diffvqa.files.lock import output_lock
 
     with output_lock(tmp_path / "a", "outer") as a:
         with output_lock(a, "the same process again"):  # e.g. a script holding --out that calls train()
@@ -421,9 +425,9 @@ def test_the_lock_is_reentrant_and_nested_directories_do_not_block(tmp_path):
 
 
 def test_a_library_call_inside_the_lock_of_its_own_directory(phantom_cache, tmp_path):
+    from diffvqa.commands.train import train
     from diffvqa.config import load_config
-    from diffvqa.lock import output_lock
-    from diffvqa.train import train
+    from diffvqa.files.lock import output_lock
 
     config = load_config("tiny", overrides=["train.steps=1", "train.eval_samples=4"])
     with output_lock(tmp_path / "run", "a user's script"):
@@ -434,7 +438,7 @@ def test_a_library_call_inside_the_lock_of_its_own_directory(phantom_cache, tmp_
 def test_ranks_other_than_zero_do_not_lock(tmp_path, monkeypatch):
     """Under torchrun rank 0 locks for the job; another rank of the same job writing into the same --out must not
     be turned away (the two-process torchrun test in test_train.py runs this for real)."""
-    from diffvqa.lock import output_lock
+    from diffvqa.files.lock import output_lock
 
     holder = _hold_lock(tmp_path / "run", "rank 0")
     try:
@@ -488,7 +492,7 @@ def test_contact_sheet_reports_user_errors_and_keeps_the_traceback_of_a_bug(rele
 
 
 def test_demo_reports_user_errors_and_keeps_the_traceback_of_a_bug(tmp_path, monkeypatch, capsys):
-    import diffvqa.demo
+    import diffvqa.commands.demo
 
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "x").write_text("")
@@ -498,7 +502,7 @@ def test_demo_reports_user_errors_and_keeps_the_traceback_of_a_bug(tmp_path, mon
     def bug(*args, **kwargs):
         raise ValueError("an internal invariant failed")
 
-    monkeypatch.setattr(diffvqa.demo, "run_demo", bug)
+    monkeypatch.setattr(diffvqa.commands.demo, "run_demo", bug)
     with pytest.raises(ValueError, match="internal invariant"):
         cli_main(["demo", "--out", str(tmp_path / "new")])
 
@@ -562,7 +566,7 @@ def test_a_cache_staged_by_an_older_version_names_the_settings(release, tmp_path
 def test_a_study_quotes_the_one_line_of_a_run_that_failed_as_a_user_error(tmp_path):
     """The study runs train and evaluate as subprocesses: their one line (a full disk, a busy directory, ...) is the
     study's, not "a run failed, see its log"."""
-    from diffvqa.study import _run_logged
+    from diffvqa.commands.study import _run_logged
 
     run_dir = tmp_path / "runs" / "full" / "seed0"
     with (tmp_path / "seed0.log").open("a") as log:

@@ -75,9 +75,7 @@ def test_finding_loss_is_masked():
     logits = torch.tensor([[2.0, -1.0], [0.0, 5.0]])
     targets = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     mask = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
-        torch.tensor([2.0, 5.0]), torch.tensor([1.0, 1.0])
-    )
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(torch.tensor([2.0, 5.0]), torch.tensor([1.0, 1.0]))
     torch.testing.assert_close(finding_loss(logits, targets, mask), expected)
     assert finding_loss(logits, targets, torch.zeros_like(mask)).item() == 0.0
 
@@ -103,7 +101,9 @@ def test_pretrained_encoder_loads_unchanged_and_carries_its_head(tiny_config, to
 
     with pytest.raises(UserError, match="model.finding_head=findings"):
         load_head(FindingHead(classifier.encoder.out_channels, "chexpert"), directory)
-    wrong = apply_overrides(tiny_config, [f"model.encoder_pretrained={directory}", "model.encoder_hidden_sizes=[8,16,64]"])
+    wrong = apply_overrides(
+        tiny_config, [f"model.encoder_pretrained={directory}", "model.encoder_hidden_sizes=[8,16,64]"]
+    )
     with pytest.raises(UserError, match="hidden_sizes"):
         DiffVQA(wrong, tokenizer)
 

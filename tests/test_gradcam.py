@@ -297,7 +297,7 @@ def test_the_prefix_grid_cam_is_the_block_average_placed_on_the_pooled_cells():
     hot[0, 0, 1, 2] = 1.0
     up = upsample_cells(hot, 128, pool=2)  # feature stride 16: pooled cell (1, 2) centred at pixel (40, 72)
     assert up[0, 0, 40, 72] == 1.0 and up.flatten().argmax().item() == 40 * 128 + 72
-    from diffvqa.scoring import grid_ceiling
+    from diffvqa.metrics.pointing import grid_ceiling
 
     region = torch.zeros(1, 128, 128)
     region[0, 38:43, 70:75] = 1  # holds the pooled cell's centre (40, 72) but no feature-cell centre (16 i)

@@ -1,10 +1,11 @@
-"""The house's layout: documents the code and docs cite exist in the repository; imports flow one way; the modules
-kept at older import paths still re-export their code."""
+"""The house's layout: documents the code and docs cite exist in the repository; imports flow one way; a module that
+moved is imported from where it lives, not from its old path."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import re
 from pathlib import Path
 
@@ -62,21 +63,58 @@ def test_the_reference_check_catches_an_outside_document(tmp_path):
     assert not any("docs/data.md" in m for m in missing)  # a document the repository holds
 
 
-# config <- data <- model <- saliency <- metrics <- report/viewer <- commands <- cli
-LAYERS = {"errors": 0, "atomic": 0, "jsonl": 0, "run": 0, "device": 0, "config": 0, "data": 1, "model": 2}
-LAYERS |= {"saliency": 3, "disk": 0, "lock": 0}
-LAYERS |= {"metrics": 4, "report": 5, "viewer": 5, "cli": 7}
-COMMANDS = 6  # train, evaluate, ask, demo, study and the modules kept at older paths
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")  # a Markdown link or picture: [text](target)
 
 
-FACADE = "diffvqa"  # the package itself: re-exports the API (diffvqa.load) lazily, on first attribute access
+def _anchors(document: Path) -> set[str]:
+    """The anchors GitHub gives a document's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.+)$", document.read_text(encoding="utf-8"), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-") for heading in headings}
+
+
+def _broken_links(path: Path) -> list[str]:
+    broken = []
+    for target in LINK.findall(path.read_text(encoding="utf-8")):
+        if re.match(r"[a-z]+:", target):  # https:, mailto:
+            continue
+        name, _, fragment = target.partition("#")
+        document = (path.parent / name).resolve() if name else path
+        if not document.exists():
+            broken.append(f"{path.name}: {target} (no such file)")
+        elif fragment and document.suffix == ".md" and fragment not in _anchors(document):
+            broken.append(f"{path.name}: {target} (no such heading)")
+    return broken
+
+
+def test_every_link_of_the_readme_and_the_docs_resolves():
+    """Relative links and pictures name files that exist, and a #fragment names a heading of its document."""
+    documents = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    assert [broken for path in documents for broken in _broken_links(path)] == []
+
+
+def test_the_link_check_catches_a_missing_file_and_a_missing_heading(tmp_path):
+    (tmp_path / "a.md").write_text("# A heading: with (punctuation)\n")
+    probe = tmp_path / "probe.md"
+    probe.write_text("[ok](a.md#a-heading-with-punctuation) [file](b.md) [heading](a.md#nothing) [web](https://x.org)")
+    assert _broken_links(probe) == ["probe.md: b.md (no such file)", "probe.md: a.md#nothing (no such heading)"]
+
+
+# errors <- config <- files <- data <- model <- saliency <- metrics <- report/viewer <- commands <- cli: a module may
+# import its own layer and earlier ones. Every top-level module and package has a layer here.
+LAYERS = {"version": 0, "errors": 0, "device": 1, "config": 1, "precision": 2, "files": 2, "data": 3}
+LAYERS |= {"files.model_card": 4}  # a checkpoint's card describes the prepared cache it was trained on: after data
+LAYERS |= {"model": 5, "saliency": 6, "metrics": 7, "report": 8, "viewer": 8, "api": 8, "commands": 9, "cli": 10}
+TOP_LEVEL_MODULES = 8  # __init__ included: cli, config, errors, api, device, precision, ...
 
 
 def _layer(module: str, importing: bool = False) -> int:
     parts = module.split(".")
-    if len(parts) == 1:  # imported, the package root is its leaf __version__; importing, it is the public facade
-        return LAYERS["cli"] if importing else 0
-    return LAYERS.get(parts[1], COMMANDS)
+    if len(parts) == 1:  # the package root is the public facade (diffvqa.load); the version is diffvqa.version's
+        return LAYERS["cli"]
+    for name in (".".join(parts[1:3]), parts[1]):
+        if name in LAYERS:
+            return LAYERS[name]
+    raise AssertionError(f"{module} has no layer in tests/test_layout.py: LAYERS")
 
 
 def _module(path: Path) -> str:
@@ -100,26 +138,28 @@ def test_imports_flow_one_way():
     assert backwards == []
 
 
-# old import path -> (new module, names users may import from the old path)
+def test_the_top_level_holds_few_modules_and_every_room_has_a_layer():
+    modules = sorted(p.stem for p in SRC.glob("*.py"))
+    assert len(modules) <= TOP_LEVEL_MODULES, modules
+    rooms = sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file())
+    assert [name for name in modules + rooms if name != "__init__" and name not in LAYERS] == []
+
+
+# modules that moved, at the import paths they had: a module has one name, where it lives (no aliases)
 MOVED = {
-    "diffvqa.scoring": ("diffvqa.metrics.pointing", ["pointing_scores", "keyword_conditioning", "best_fixed_point"]),
-    "diffvqa.mechanisms": ("diffvqa.metrics.mechanisms", ["MechanismTally"]),
-    "diffvqa.intervals": ("diffvqa.metrics.intervals", ["paired_interval", "clustered_interval", "Interval"]),
-    "diffvqa.meteor_nltk": ("diffvqa.metrics.meteor_nltk", ["meteor_nltk", "meteor_nltk_sentences"]),
-    "diffvqa.metrics": ("diffvqa.metrics.captions", ["caption_scores", "evaluate_answers", "normalize_answer"]),
-    "diffvqa.visualize": ("diffvqa.report.drawing", ["heat_overlay", "panel", "CONTOUR_COLOR"]),
-    "diffvqa.plot": ("diffvqa.report.curves", ["plot_runs", "read_log", "main"]),
-    "diffvqa.report": ("diffvqa.report.page", ["write_report", "metrics_table"]),
-    "diffvqa.data.cache": ("diffvqa.data.cache_writer", ["prepare", "merge_shards", "prepare_main"]),
-    "diffvqa.data.image_cache": ("diffvqa.data.cache_reader", ["ImageCache", "read_questions_csv", "MANIFEST"]),
-    "diffvqa.data.release": ("diffvqa.data.ground_truth", ["read_ground_truth", "GroundTruth", "read_changes"]),
-    "diffvqa.saliency.keywords": ("diffvqa.saliency.llm", ["LLMKeywords", "parse_reply", "BadReply"]),
+    "diffvqa.scoring": "diffvqa.metrics.pointing",
+    "diffvqa.mechanisms": "diffvqa.metrics.mechanisms",
+    "diffvqa.intervals": "diffvqa.metrics.intervals",
+    "diffvqa.meteor_nltk": "diffvqa.metrics.meteor_nltk",
+    "diffvqa.visualize": "diffvqa.report.drawing",
+    "diffvqa.plot": "diffvqa.report.curves",
+    "diffvqa.data.cache": "diffvqa.data.cache_writer",
+    "diffvqa.data.image_cache": "diffvqa.data.cache_reader",
 }
 
 
 @pytest.mark.parametrize("old", sorted(MOVED))
-def test_old_import_paths_re_export_the_moved_code(old):
-    new, names = MOVED[old]
-    old_module, new_module = importlib.import_module(old), importlib.import_module(new)
-    for name in names:
-        assert getattr(old_module, name) is getattr(new_module, name), name
+def test_a_moved_module_is_imported_from_where_it_lives(old):
+    assert importlib.util.find_spec(MOVED[old]) is not None
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(old)

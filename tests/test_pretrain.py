@@ -9,11 +9,19 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from diffvqa.commands.pretrain import (
+    ENCODER_DIR,
+    METRICS_FILE,
+    SUMMARY_FILE,
+    LabelledImages,
+    main,
+    pretrain,
+    split_images,
+)
 from diffvqa.config import apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.errors import UserError
 from diffvqa.metrics.auroc import auroc, auroc_interval
-from diffvqa.pretrain import ENCODER_DIR, METRICS_FILE, SUMMARY_FILE, LabelledImages, main, pretrain, split_images
 
 QUICK = ["pretrain.steps=6", "pretrain.eval_every=3", "pretrain.batch_size=8", "pretrain.labels=findings"]
 
@@ -85,7 +93,9 @@ def test_pretrain_trains_on_train_images_only_and_writes_what_it_promises(phanto
     from diffvqa.data.text import build_word_tokenizer
     from diffvqa.model.vqa import DiffVQA
 
-    vqa_config = apply_overrides(load_config("tiny"), [f"model.encoder_pretrained={encoder}", "model.finding_head=findings"])
+    vqa_config = apply_overrides(
+        load_config("tiny"), [f"model.encoder_pretrained={encoder}", "model.finding_head=findings"]
+    )
     model = DiffVQA(vqa_config, build_word_tokenizer(["a b"]))
     weights = load_file(str(encoder / "finding_head.safetensors"))
     torch.testing.assert_close(model.finding_head.linear.weight, weights["linear.weight"])

@@ -11,10 +11,10 @@ import pytest
 import torch
 from conftest import run_torchrun
 
+from diffvqa.commands.train import check_pretrained, main
 from diffvqa.config import load_config
+from diffvqa.files.provenance import RUN_INFO_FILE, git_state, write_run_info
 from diffvqa.model.checkpoint import read_pointer
-from diffvqa.provenance import RUN_INFO_FILE, git_state, write_run_info
-from diffvqa.train import check_pretrained, main
 
 TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8"]
 
@@ -83,7 +83,7 @@ def test_every_checkpoint_has_a_model_card(trained):
 
 
 def test_a_model_card_of_credentialed_data_carries_the_warning():
-    from diffvqa.model_card import model_card
+    from diffvqa.files.model_card import model_card
 
     card = model_card(load_config("tiny"), step=5, data={"cache": "/data/cache224", "phantom": False, "pairs": 10})
     assert "> **Data use.** Made from MIMIC-CXR data" in card and "PhysioNet" in card

@@ -339,3 +339,34 @@ def test_report_of_credentialed_data_warns_at_the_top(tmp_path):
     assert "PhysioNet Credentialed Health Data Use Agreement" in page
     phantom = write_report(tmp_path / "phantom", {**metrics, "run": {"phantom": True}}, []).read_text(encoding="utf-8")
     assert "data-use" not in phantom
+
+
+def test_a_copied_report_still_reads_right(tmp_path):
+    """Copied away from its run (the demo's lies in a temporary directory), the report names no path of the machine
+    that wrote it: the training curves say which run and steps they show, the docs are named, not linked, and
+    every link and picture is relative and comes with the copy."""
+    import json
+
+    from diffvqa.version import __version__
+
+    run = tmp_path / "work" / "run"
+    run.mkdir(parents=True)
+    records = [{"step": step, "loss": 3.0 / step} for step in range(2, 21, 2)] + [{"step": 20, "val/CIDEr": 0.5}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    metrics = _metrics(1.0, comparable=True)
+    metrics["pointing_game"] = 0.5  # the mechanisms section and its note
+    metrics["implementation"]["METEOR_nltk"] = {"nltk": "3.10.4", "matching": "exact", "tokens": "lower-cased"}
+    out = tmp_path / "work" / "eval"
+    page = write_report(out, metrics, _examples(), training_run=run / "checkpoints" / "step-0000020").read_text()
+    assert "Training curves" in page
+    assert str(tmp_path) not in page and "file:" not in page
+    assert "metrics.jsonl of the training run “run”, steps 2–20" in page
+    said = f"docs/metrics.md in the diffvqa repository (diffvqa {__version__})"
+    assert page.count(said) == 2
+
+    copy = tmp_path / "elsewhere" / "report"
+    shutil.copytree(out, copy)
+    targets = [html.unescape(t) for t in re.findall(r'\b(?:href|src)="([^"]*)"', page)]
+    assert targets and all(not t.startswith(("/", "file:", "http")) for t in targets)
+    assert [t for t in targets if t.endswith(".md")] == []  # no link to a document the copy does not hold
+    assert [t for t in targets if not (copy / t).is_file()] == []

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffvqa.study import VARIANTS, compare, comparison_table, main, markdown_table, summarise
+from diffvqa.commands.study import VARIANTS, compare, comparison_table, main, markdown_table, summarise
 
 
 @pytest.mark.slow

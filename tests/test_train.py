@@ -5,8 +5,8 @@ import torch
 from conftest import run_torchrun
 from safetensors.torch import load_file
 
+from diffvqa.commands.train import StepBatchSampler, learning_rate_factor, main
 from diffvqa.model.checkpoint import load_checkpoint, read_pointer
-from diffvqa.train import StepBatchSampler, learning_rate_factor, main
 
 TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8"]
 
@@ -101,8 +101,8 @@ def test_truth_keywords_and_ablation_keys(phantom_cache, tmp_path):
 
 
 def test_batch_keywords_from_truth_or_the_answer():
+    from diffvqa.commands.train import batch_keywords
     from diffvqa.saliency.lexicon import lexicon_keyword
-    from diffvqa.train import batch_keywords
 
     batch = {
         "answer": ["the main image has an additional finding of edema than the reference image. "],

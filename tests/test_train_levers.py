@@ -12,11 +12,11 @@ import torch
 from conftest import QUESTIONS, encode_padded
 from safetensors.torch import load_file
 
+from diffvqa.commands.train import StepBatchSampler, main, make_optimizer, set_backend_levers, train_one_step
 from diffvqa.model.checkpoint import read_pointer
 from diffvqa.saliency.gradcam import keyword_token_mask
 from diffvqa.saliency.guided import SaliencyGuidedVQA
 from diffvqa.saliency.lexicon import lexicon_keyword
-from diffvqa.train import StepBatchSampler, main, make_optimizer, set_backend_levers, train_one_step
 
 TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8"]
 
@@ -179,7 +179,7 @@ def test_the_process_group_timeout_comes_from_the_config(monkeypatch, tmp_path):
     while rank 0 validates and saves. The default (120 min) leaves room for a validation of the paper preset."""
     import torch.distributed as dist
 
-    from diffvqa import train as train_module
+    from diffvqa.commands import train as train_module
     from diffvqa.config import load_config
 
     seen = {}

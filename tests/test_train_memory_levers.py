@@ -12,11 +12,12 @@ import torch
 from conftest import QUESTIONS, encode_padded, train_briefly
 from safetensors.torch import load_file
 
+from diffvqa.commands.train import main, train_one_step
 from diffvqa.config import load_config
 from diffvqa.errors import UserError
+from diffvqa.files.run import TRAINER_STATE, read_pointer
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.precision import grad_scaler
-from diffvqa.run import TRAINER_STATE, read_pointer
 from diffvqa.saliency.gradcam import (
     FP16_SCORE_SCALES,
     keyword_log_prob,
@@ -26,7 +27,6 @@ from diffvqa.saliency.gradcam import (
 )
 from diffvqa.saliency.guided import SaliencyGuidedVQA
 from diffvqa.saliency.lexicon import lexicon_keyword
-from diffvqa.train import main, train_one_step
 
 TINY = ["--preset", "tiny", "--no-progress", "train.eval_samples=8"]
 ANSWERS = ["the main image has an additional finding of pleural effusion than the reference image. ", "yes",

@@ -16,9 +16,9 @@ from support.viewer_browser import ViewerPage, chromium_launch_options
 
 import diffvqa
 from diffvqa.cli import main as cli_main
-from diffvqa.evaluate import evaluate
+from diffvqa.commands.evaluate import evaluate
+from diffvqa.commands.train import main as train_main
 from diffvqa.metrics import normalize_answer
-from diffvqa.train import main as train_main
 from diffvqa.viewer.build import write_viewer
 
 pytestmark = pytest.mark.slow

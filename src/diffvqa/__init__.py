@@ -8,7 +8,8 @@ Importing the package is cheap: it does not import torch, the training loop, pyc
 (:func:`load`, :class:`Pipeline`, :class:`Answer`, in ``diffvqa.api``) is imported on first use.
 """
 
-__version__ = "0.1.0"
+from diffvqa.version import __version__
+
 __all__ = ["Answer", "Pipeline", "__version__", "load"]
 
 _API = {"load", "Pipeline", "Answer"}

@@ -25,14 +25,22 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "keywords": ("diffvqa.saliency.keywords", "keywords_main", "precompute keywords for every unique answer"),
     "config": ("diffvqa.config", "config_main", "print a preset's resolved config (with overrides), as train uses it"),
-    "pretrain": ("diffvqa.pretrain", "main", "pretrain the encoder on finding labels (for model.encoder_pretrained)"),
-    "train": ("diffvqa.train", "main", "train a model on a prepared cache"),
-    "evaluate": ("diffvqa.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
+    "pretrain": (
+        "diffvqa.commands.pretrain",
+        "main",
+        "pretrain the encoder on finding labels (for model.encoder_pretrained)",
+    ),
+    "train": ("diffvqa.commands.train", "main", "train a model on a prepared cache"),
+    "evaluate": ("diffvqa.commands.evaluate", "main", "evaluate a checkpoint: predictions.jsonl + metrics.json"),
     "view": ("diffvqa.viewer.build", "main", "write the browsable viewer of one evaluation, or two side by side"),
     "plot": ("diffvqa.report.curves", "main", "plot training curves of one or more runs (PNG and SVG)"),
-    "ask": ("diffvqa.ask", "main", "answer one question about a main/reference image pair"),
-    "study": ("diffvqa.study", "main", "ablation grid x seeds on a prepared cache: study.md, study.json, plots"),
-    "demo": ("diffvqa.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),
+    "ask": ("diffvqa.commands.ask", "main", "answer one question about a main/reference image pair"),
+    "study": (
+        "diffvqa.commands.study",
+        "main",
+        "ablation grid x seeds on a prepared cache: study.md, study.json, plots",
+    ),
+    "demo": ("diffvqa.commands.demo", "main", "phantom -> prepare -> train -> evaluate -> report, end to end"),
 }
 
 
@@ -50,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from diffvqa import __version__
+        from diffvqa.version import __version__
 
         print(f"diffvqa {__version__}")
         return 0

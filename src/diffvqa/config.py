@@ -252,7 +252,7 @@ class SaliencyConfig:
 
 @dataclass
 class TrainConfig:
-    """The training loop (``diffvqa.train``)."""
+    """The training loop (``diffvqa.commands.train``)."""
 
     seed: int = 0
     steps: int = 2000
@@ -459,8 +459,14 @@ def check_together(config: Config, where: str = "config") -> None:
             f"{where}: model.decoder_width={m.decoder_width} must be a multiple of model.decoder_heads="
             f"{m.decoder_heads} (each attention head gets width / heads channels)"
         )
-    needs_head = [key for key, on in (("saliency.cam_source=classifier", config.saliency.cam_source == "classifier"),
-                                      ("train.finding_loss_weight > 0", config.train.finding_loss_weight > 0)) if on]
+    needs_head = [
+        key
+        for key, on in (
+            ("saliency.cam_source=classifier", config.saliency.cam_source == "classifier"),
+            ("train.finding_loss_weight > 0", config.train.finding_loss_weight > 0),
+        )
+        if on
+    ]
     if needs_head and not m.finding_head:
         raise UserError(
             f"{where}: {' and '.join(needs_head)} need a finding head: set model.finding_head to the label set the "

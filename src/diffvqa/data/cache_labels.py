@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffvqa.atomic import write_atomic
 from diffvqa.data.labels import LABEL_SETS, read_label_file
 from diffvqa.errors import UserError, one_line
+from diffvqa.files.atomic import write_atomic
 
 LABELS = "labels"
 LABELS_MANIFEST = "labels.json"

@@ -1,6 +1,6 @@
 """Ground truth in a prepared cache (phantom releases): the phantom's affines and masks in the cache frames.
 
-:func:`write_truth` carries a release's ``ground_truth/`` (``diffvqa.data.release.GroundTruth``, contract in
+:func:`write_truth` carries a release's ``ground_truth/`` (``diffvqa.data.ground_truth.GroundTruth``, contract in
 ``diffvqa.data.phantom``) into the S x S frames of ``diffvqa prepare``'s cache; :class:`CacheTruth` reads it
 back for :class:`diffvqa.data.cache_reader.ImageCache`. Layout of ``truth/`` (``P`` = pairs, ``F`` = findings)::
 
@@ -33,7 +33,7 @@ import pandas as pd
 
 from diffvqa.data.images import Geometry
 from diffvqa.data.release import Release
-from diffvqa.disk import preallocate
+from diffvqa.files.disk import preallocate
 
 TRUTH = "truth"
 

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from diffvqa.atomic import write_atomic
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.data.cache_labels import report_lines as label_report_lines
+from diffvqa.data.cache_labels import write_labels
 from diffvqa.data.cache_reader import (
     CACHE_VERSION,
     DONE,
@@ -53,11 +54,9 @@ from diffvqa.data.cache_reader import (
     geometry_from_row,
     read_questions_csv,
 )
-from diffvqa.data.cache_labels import report_lines as label_report_lines
-from diffvqa.data.cache_labels import write_labels
 from diffvqa.data.cache_truth import write_truth
-from diffvqa.data.labels import LABEL_SETS, find_label_files
 from diffvqa.data.images import DRAFT_MARGIN, RESIZE_METHOD, ImageReadError, load_image, to_uint8
+from diffvqa.data.labels import LABEL_SETS, find_label_files
 from diffvqa.data.release import (
     COLUMNS,
     QUESTIONS_FILE,
@@ -67,9 +66,10 @@ from diffvqa.data.release import (
     read_release,
     validate_choices,
 )
-from diffvqa.disk import check_free_space, full_disk_said, preallocate, remove
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.files.atomic import write_atomic
+from diffvqa.files.disk import check_free_space, full_disk_said, preallocate, remove
+from diffvqa.files.lock import one_writer
 
 CHECKPOINT_SECONDS = 2.0  # how often decoded rows are flushed and marked done
 RESUME_ADVICE = "free space, then run the same command again: it resumes, keeping the images already decoded"
@@ -113,7 +113,7 @@ def _imap(function, jobs: list, workers: int, ordered: bool = False) -> Iterable
 
 
 def _versions() -> dict[str, str]:
-    from diffvqa import __version__
+    from diffvqa.version import __version__
 
     versions = {"diffvqa": __version__}
     for package in ("numpy", "pillow", "pydicom"):
@@ -242,7 +242,9 @@ def _stage(
         previous = _read_params(out)
         # a touched or rewritten CSV alone is no conflict: the image list's digest decides
         # labels do not change the images: a cache may gain or change its label directory on a rerun
-        changed = [_describe_change(k, previous, v) for k, v in params.items() if k not in ("release_files", "labels_dir")]
+        changed = [
+            _describe_change(k, previous, v) for k, v in params.items() if k not in ("release_files", "labels_dir")
+        ]
         if any(changed):
             raise UserError(
                 f"{out}: holds a cache prepared with other settings or another image list "
@@ -511,8 +513,9 @@ def prepare(
         found = find_label_files(labels)
         if not found:
             raise MissingInputError(
-                f"--labels {labels}: " + ("not a directory" if not Path(labels).is_dir() else "holds none of the label "
-                "files") + f"; expected {', '.join(file for file, _ in LABEL_SETS.values())} there"
+                f"--labels {labels}: "
+                + ("not a directory" if not Path(labels).is_dir() else "holds none of the label files")
+                + f"; expected {', '.join(file for file, _ in LABEL_SETS.values())} there"
             )
         settings["labels_dir"] = str(Path(labels).resolve())
     # Resuming with nothing changed: the staged reader output stands (reading MIMIC's CSVs again takes longer

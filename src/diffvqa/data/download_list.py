@@ -17,9 +17,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffvqa.atomic import write_atomic
 from diffvqa.data.release import image_relpath, read_release
-from diffvqa.disk import format_bytes
+from diffvqa.files.atomic import write_atomic
+from diffvqa.files.disk import format_bytes
 
 MIMIC_CXR_JPG_IMAGES = 377_110
 MIMIC_CXR_JPG_BYTES = 570.3e9  # the total PhysioNet gives for MIMIC-CXR-JPG 2.0.0

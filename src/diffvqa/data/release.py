@@ -47,8 +47,8 @@ import numpy as np
 import pandas as pd
 
 from diffvqa.config import QUESTION_TYPES
-from diffvqa.data.csv_files import read_csv, read_csv_text, to_int  # noqa: F401 - read_csv_text lived here
-from diffvqa.data.ground_truth import GroundTruth, read_changes, read_ground_truth  # noqa: F401 - read_changes too
+from diffvqa.data.csv_files import read_csv, to_int
+from diffvqa.data.ground_truth import GroundTruth, read_ground_truth
 from diffvqa.errors import UserError
 
 QUESTIONS_FILE = "mimic_pair_questions.csv"

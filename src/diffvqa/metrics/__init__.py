@@ -1,7 +1,7 @@
 """Measuring answers and mechanisms.
 
-The answer metrics (papers' caption scores and exact match) are importable from here, as they were when this was
-one module: :mod:`~diffvqa.metrics.captions` (the API), run through :mod:`~diffvqa.metrics.coco` (pycocoevalcap
+The answer metrics (papers' caption scores and exact match) are importable from here:
+:mod:`~diffvqa.metrics.captions` (the API), run through :mod:`~diffvqa.metrics.coco` (pycocoevalcap
 and Java, made safe), with :mod:`~diffvqa.metrics.meteor_nltk` (the other METEOR). The mechanisms are scored
 against the phantom's ground truth by :mod:`~diffvqa.metrics.pointing` (the pointing game, its reference levels,
 keyword conditioning; pure functions) and :mod:`~diffvqa.metrics.mechanisms` (the tally an evaluation keeps);

@@ -1,8 +1,8 @@
 """The headline numbers of an evaluation, defined once: where ``metrics.json`` holds each and what it is called.
 
-``diffvqa evaluate`` prints :data:`EVALUATION_TABLE` (:func:`diffvqa.evaluate.format_table`), the study tabulates
-:data:`STUDY_COLUMNS` and :data:`STUDY_REFERENCES` over seeds (:mod:`diffvqa.study`), and the HTML report
-(:mod:`diffvqa.report`) labels its mechanism rows with the same words. A table picks its rows here by name; none
+``diffvqa evaluate`` prints :data:`EVALUATION_TABLE` (:func:`diffvqa.commands.evaluate.format_table`), the study
+tabulates :data:`STUDY_COLUMNS` and :data:`STUDY_REFERENCES` over seeds (:mod:`diffvqa.commands.study`), and the HTML
+report (:mod:`diffvqa.report`) labels its mechanism rows with the same words. A table picks its rows here by name; none
 spells a path into ``metrics.json`` itself. What each number means: ``docs/metrics.md``.
 """
 

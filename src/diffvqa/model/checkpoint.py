@@ -4,7 +4,7 @@
     model.safetensors    the weights (never a pickle)
     tokenizer.json       the tokenizer (word-level or GPT-2 BPE with our special tokens)
 
-A training run's checkpoints add ``trainer_state.pt`` (the run directory: :mod:`diffvqa.run`). Saving unwraps
+A training run's checkpoints add ``trainer_state.pt`` (the run directory: :mod:`diffvqa.files.run`). Saving unwraps
 DDP and ``torch.compile`` wrappers, so keys never carry ``module.`` or ``_orig_mod.`` prefixes. Loading is strict:
 a missing or unexpected key is an error that names it.
 
@@ -30,9 +30,9 @@ from torch import nn
 from diffvqa.config import Config
 from diffvqa.data.text import Tokenizer
 from diffvqa.errors import MissingInputError, UserError
+from diffvqa.files.run import BEST, CONFIG_FILE, LATEST, read_pointer
 from diffvqa.model.encoder import MASKED_PREFIX
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.run import BEST, CONFIG_FILE, LATEST, read_pointer
 
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_KEY = "diffvqa_format"
@@ -68,7 +68,7 @@ def save_weights(model: nn.Module, path: str | Path) -> None:
     tied = _shared_duplicates(state)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items() if k not in tied}
     # serialised here and written by Python: safetensors' own file writer reports a full disk as a SafetensorError
-    # without an errno, and a full disk must be told as one (diffvqa.disk)
+    # without an errno, and a full disk must be told as one (diffvqa.files.disk)
     Path(path).write_bytes(save(tensors, metadata={FORMAT_KEY: str(FORMAT_VERSION)}))
 
 

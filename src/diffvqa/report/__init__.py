@@ -2,7 +2,7 @@
 it and ``diffvqa ask`` are made of (:mod:`~diffvqa.report.drawing`) and the training curves
 (:mod:`~diffvqa.report.curves`, ``diffvqa plot``). The browsable viewer of every question is :mod:`diffvqa.viewer`.
 
-``from diffvqa.report import write_report`` keeps working as it did when this was one module.
+The package offers the page's API: ``from diffvqa.report import write_report``.
 """
 
 from diffvqa.report.page import (

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
-from diffvqa.jsonl import read_jsonl
-from diffvqa.run import METRICS_LOG, find_metrics_log
+from diffvqa.files.jsonl import read_jsonl
+from diffvqa.files.run import METRICS_LOG, find_metrics_log
 
 GROUPS = ("loss", "validation", "localisation", "optimiser", "other")
 SKIPPED = {"step", "val/n"}

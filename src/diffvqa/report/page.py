@@ -22,11 +22,12 @@ import numpy as np
 from PIL import Image
 
 from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
+from diffvqa.files.run import METRICS_LOG, VIEWER_DIR
 from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
 from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
 from diffvqa.metrics.published import COLUMN_LABELS, COLUMNS, PUBLISHED, comparability, run_row
 from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
-from diffvqa.run import VIEWER_DIR
+from diffvqa.version import __version__
 
 REPORT_FILE = "report.html"
 IMAGES_DIR = "report_images"
@@ -81,12 +82,11 @@ def _fmt_interval(value: Any, interval: Any) -> str:
     return text
 
 
-def _docs_link(name: str) -> str:
-    """A link to one of the repository's docs when this diffvqa runs from a checkout, else its name."""
-    path = Path(__file__).resolve().parents[3] / name
-    if path.is_file():
-        return f'<a href="{_esc(path.as_uri())}">{_esc(name)}</a>'
-    return f"{_esc(name)} in the diffvqa repository"
+def _docs_reference(name: str) -> str:
+    """One of the repository's docs, named in words with the version that wrote the report. Not a link: a report
+    travels without the repository (copied, zipped, attached), and neither a link into this machine's checkout nor
+    one relative to the report would lead anywhere there."""
+    return f"{_esc(name)} in the diffvqa repository (diffvqa {_esc(__version__)})"
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -424,7 +424,7 @@ def _meteor_note(nltk_impl: Any) -> str:
         f"(NLTK's sentence METEOR, mean over answers: NLTK {_esc(nltk_impl.get('nltk'))}, "
         f"{_esc(nltk_impl.get('matching'))}, {_esc(nltk_impl.get('tokens'))} tokens). Published METEORs of 0.3–0.4 "
         "read like the jar, 0.65–0.70 like NLTK's (the papers do not say which they used); never compare one with "
-        f"the other's numbers: {_docs_link(METRICS_DOC)}.</p>"
+        f"the other's numbers: {_docs_reference(METRICS_DOC)}.</p>"
     )
 
 
@@ -550,16 +550,21 @@ def _viewer_link(out_dir: Path) -> str:
 
 
 def _training_curves(training_run: str | Path | None, image_dir: Path) -> str:
-    """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl)."""
-    from diffvqa.report.curves import plot_runs
-    from diffvqa.run import find_metrics_log
+    """The training curves of ``training_run`` as a section ("" when it has no metrics.jsonl). The note says what
+    they were drawn from in words that stay right when the report is copied: the run's name and the steps its log
+    covers, not the log's path (the demo's run lies in a directory the copy leaves behind)."""
+    from diffvqa.files.run import find_metrics_log
+    from diffvqa.report.curves import plot_runs, read_log
 
     log = None if training_run is None else find_metrics_log(training_run)
     if log is None:
         return ""
     png, svg = plot_runs([log.parent], image_dir / "training_curves")
+    steps = [step for steps, _ in read_log(log).values() for step in steps]
+    span = f", steps {min(steps):,}–{max(steps):,}" if steps else ""
+    source = f"{METRICS_LOG} of the training run “{log.parent.name}”{span}"
     return (
-        f'<h2>Training curves</h2><p class="note">{_esc(log)} · <a href="{IMAGES_DIR}/{svg.name}">SVG</a></p>'
+        f'<h2>Training curves</h2><p class="note">{_esc(source)} · <a href="{IMAGES_DIR}/{svg.name}">SVG</a></p>'
         f'<img class="curves" src="{IMAGES_DIR}/{png.name}" alt="training curves" style="max-width: 100%">'
     )
 
@@ -573,7 +578,7 @@ def _mechanisms_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] 
         "<h2>Mechanisms, against the phantom's ground truth</h2>"
         '<p class="note">A score means something only beside its reference levels: above chance and the fixed-point '
         "prior, below the ceiling of the saliency grid; 0.5 is chance for keyword conditioning, 1.0 the identity for "
-        f"the registration ratio. Definitions: {_docs_link(METRICS_DOC)}.</p>"
+        f"the registration ratio. Definitions: {_docs_reference(METRICS_DOC)}.</p>"
         f"{table}{per_finding_table(metrics)}"
     )
 

@@ -27,12 +27,7 @@ from pathlib import Path
 from diffvqa.config import SaliencyConfig
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
 from diffvqa.saliency.lexicon import lexicon_keyword
-from diffvqa.saliency.llm import (  # noqa: F401 - BadReply, parse_reply: the LLM client lived here
-    BadReply,
-    LLMKeywords,
-    cache_key,
-    parse_reply,
-)
+from diffvqa.saliency.llm import LLMKeywords, cache_key
 
 KeywordFn = Callable[..., str]  # (answer: str, question: str = "") -> str
 # the sources that can name a *generated* answer's keyword (ground truth cannot: a generated answer has none)

@@ -24,8 +24,8 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from diffvqa.atomic import write_atomic
 from diffvqa.errors import UserError
+from diffvqa.files.atomic import write_atomic
 from diffvqa.saliency.lexicon import keyword_spans, lexicon_keyword, normalise_keyword, normalise_text
 
 SYSTEM_PROMPT = (

@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from diffvqa.data.data_use import DATA_USE_WARNING, needs_data_use_warning
-from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command
-from diffvqa.jsonl import read_jsonl
-from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.jsonl import read_jsonl
+from diffvqa.files.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.viewer.strips import PANELS, strip_path
 
 DATA_FILE = "data.js"

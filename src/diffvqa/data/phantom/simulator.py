@@ -88,10 +88,10 @@ from diffvqa.data.ground_truth import (
     PAIRS_COLUMNS,
     PAIRS_FILE,
 )
-from diffvqa.data.phantom.anatomy import render_static
-from diffvqa.data.phantom.findings import render_canonical
 from diffvqa.data.labels import CHEXPERT_FILE, NEGBIO_FILE, OBSERVATIONS
 from diffvqa.data.labels import FINDINGS_FILE as DISEASES_FILE
+from diffvqa.data.phantom.anatomy import render_static
+from diffvqa.data.phantom.findings import render_canonical
 from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, make_canvas
 from diffvqa.data.phantom.label_files import observation_values, write_label_files
 from diffvqa.data.phantom.plan import LATERAL_KINDS, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject

@@ -38,40 +38,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from diffvqa.commands.train import StepBatchSampler, learning_rate_factor
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.labels import keyword_label
 from diffvqa.data.labels import targets as label_targets
 from diffvqa.device import resolve_device
-from diffvqa.disk import check_free_space, directory_bytes, full_disk_said
-from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.files.atomic import write_atomic
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.provenance import run_info, write_run_info
+from diffvqa.files.run import BEST, PARTIAL_CHECKPOINTS, RunDir, tensorboard_writer
 from diffvqa.metrics.auroc import auroc, auroc_interval
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_weights
 from diffvqa.model.content import box_masks
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.findings import FindingClassifier, finding_loss, save_pretrained_encoder
 from diffvqa.precision import autocast
-from diffvqa.provenance import run_info, write_run_info
-from diffvqa.run import (
-    BEST,
-    CONFIG_FILE,
-    LATEST,
-    TRAINER_STATE,
-    checkpoint_dir,
-    clean_after_interruption,
-    partial_checkpoint_dir,
-    prune_checkpoints,
-    read_pointer,
-    write_pointer,
-)
 from diffvqa.saliency.gradcam import upsample_cells
-from diffvqa.train import MetricsLog, StepBatchSampler, learning_rate_factor, tensorboard_writer
 
 ENCODER_DIR = "encoder"
 METRICS_FILE = "pretrain_metrics.json"
 SUMMARY_FILE = "pretrain.md"
-TRAINER_STATE_KEYS = ("step", "optimizer", "scheduler", "torch_rng", "best")
+# keys a pretraining run's config may change on --resume (its schedule's length; where the curves go)
+RESUME_MAY_CHANGE = {("pretrain", "steps"), ("train", "report_to")}
 
 
 # -- which images ------------------------------------------------------------------------------------------
@@ -216,31 +207,20 @@ def cam_pointing(classifier: FindingClassifier, cache: ImageCache, train_ids: li
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-def _save(run_dir: Path, classifier: FindingClassifier, optimizer, scheduler, step: int, best: dict) -> Path:
-    """``checkpoints/step-N`` written whole under a temporary name, then ``latest`` pointed at it."""
-    final, tmp = checkpoint_dir(run_dir, step), partial_checkpoint_dir(run_dir, step)
-    shutil.rmtree(tmp, ignore_errors=True)
-    previous = read_pointer(run_dir, LATEST)
-    if previous is not None and previous.is_dir():
-        check_free_space(run_dir, directory_bytes(previous), f"the checkpoint of step {step}, as large as {previous.name},")
-    tmp.mkdir(parents=True)
-    save_weights(classifier, tmp / WEIGHTS_FILE)
+def _save(run: RunDir, classifier: FindingClassifier, optimizer, scheduler, step: int, best: dict) -> Path:
+    """``checkpoints/step-N``: the classifier's weights and the trainer state, written whole (:class:`RunDir`)."""
     state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "torch_rng": torch.get_rng_state(), "best": best}  # fmt: skip
-    with (tmp / TRAINER_STATE).open("wb") as f:
-        torch.save(state, f)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    write_pointer(run_dir, LATEST, final)
-    return final
+             "torch_rng": torch.get_rng_state(), "cuda_rng": [], "best": best}  # fmt: skip
+
+    def write(directory: Path) -> None:
+        directory.mkdir(parents=True)
+        save_weights(classifier, directory / WEIGHTS_FILE)
+
+    return run.checkpoint(step, write, state)
 
 
 def _resume_advice(run_dir: Path) -> str:
-    latest = read_pointer(run_dir, LATEST)
-    if latest is None or not latest.is_dir():
-        return f"free space, then run the same command again (no checkpoint was complete yet in {run_dir})"
-    return f"free space, then rerun with --resume: it continues from {latest}; nothing before it is lost"
+    return RunDir(run_dir).resume_advice()
 
 
 def _card(config: Config, cache: ImageCache, metrics: dict[str, Any], images: dict[str, int]) -> str:
@@ -283,7 +263,9 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     lines.append("|---|---|---|---|")
     test, val = metrics["test"]["per_label"], metrics["validation"]["per_label"]
     for name, entry in test.items():
-        cell = "—" if entry["auroc"] is None else f"{entry['auroc']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+        cell = (
+            "—" if entry["auroc"] is None else f"{entry['auroc']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+        )
         v = val.get(name, {}).get("auroc")
         lines.append(f"| {name} | {cell} | {entry['positives']} / {entry['negatives']} | "
                      f"{'—' if v is None else f'{v:.3f}'} |")  # fmt: skip
@@ -293,8 +275,13 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     pointing = metrics.get("cam_pointing")
     if pointing:
         o = pointing["overall"]
-        lines += ["", f"## The head's maps on the phantom's test images ({pointing['grid']} grid)", "",
-                  "| finding | n | pointing game | chance | fixed-point prior | ceiling |", "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## The head's maps on the phantom's test images ({pointing['grid']} grid)",
+            "",
+            "| finding | n | pointing game | chance | fixed-point prior | ceiling |",
+            "|---|---|---|---|---|---|",
+        ]
         fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
         for name, e in pointing["per_finding"].items():
             lines.append(f"| {name} | {e['n']} | {fmt(e['score'])} | {fmt(e['chance'])} | {fmt(e['prior'])} | "
@@ -309,7 +296,7 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
 
 # -- the loop ----------------------------------------------------------------------------------------------
 @one_writer("run_dir", "diffvqa pretrain")
-@full_disk_said("run_dir", advice=_resume_advice, partial="checkpoints/.tmp-step-*")
+@full_disk_said("run_dir", advice=_resume_advice, partial=PARTIAL_CHECKPOINTS)
 def pretrain(
     config: Config,
     data: Path,
@@ -328,6 +315,7 @@ def pretrain(
     if t.report_to == "tensorboard":
         tensorboard_writer()
     run_dir, data = Path(run_dir), Path(data)
+    run = RunDir(run_dir)
     dev = resolve_device(device)
     cache = ImageCache(data)
     cache.check_size(config.data.image_size)
@@ -336,25 +324,22 @@ def pretrain(
     if not images["train"]:
         raise UserError(f"{data}: no train-split image to pretrain on")
     if resume:
-        latest = read_pointer(run_dir, LATEST)
-        if latest is None or not latest.is_dir():
-            raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
-        saved = Config.load(run_dir / CONFIG_FILE).to_dict()
-        changed = [f"{g}.{k}" for g in saved for k in saved[g] if saved[g][k] != config.to_dict()[g][k]
-                   and (g, k) not in {("pretrain", "steps"), ("train", "report_to")}]  # fmt: skip
+        latest = run.resume_from()
+        saved, current = run.saved_config().to_dict(), config.to_dict()
+        changed = [f"{g}.{k}: {saved[g][k]!r} -> {current[g][k]!r}" for g in saved for k in saved[g]
+                   if saved[g][k] != current[g][k] and (g, k) not in RESUME_MAY_CHANGE]  # fmt: skip
         if changed:
-            raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {', '.join(changed)}")
+            raise UserError(f"--resume with a different config than {run.config_file}: {'; '.join(changed)}")
     else:
-        if read_pointer(run_dir, LATEST) is not None:
+        if run.latest is not None:
             raise UserError(f"{run_dir} already holds a pretraining run; use --resume or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_FILE)
+        run.open(config)
 
     torch.manual_seed(t.seed)
     classifier = FindingClassifier(config.model, p.labels, load_pretrained=not resume)
     classifier.to(dev).train()
-    decay = [q for n, q in classifier.named_parameters() if q.ndim >= 2]
-    no_decay = [q for n, q in classifier.named_parameters() if q.ndim < 2]
+    decay = [q for q in classifier.parameters() if q.ndim >= 2]
+    no_decay = [q for q in classifier.parameters() if q.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=p.lr
     )
@@ -362,25 +347,19 @@ def pretrain(
     start, best = 0, {}
     if resume:
         load_weights(classifier, latest / WEIGHTS_FILE)
-        try:
-            state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a missing or truncated file: the run directory's fault
-            raise UserError(f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc})") from exc
-        missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise UserError(f"{latest / TRAINER_STATE}: the trainer state lacks {missing}; start a new run")
+        state = run.trainer_state(latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start, best = state["step"], state["best"]
-    clean_after_interruption(run_dir, start)
+    run.clean_after_interruption(start)
     write_run_info(run_dir, {**run_info(device=str(dev), argv=command), "start_step": start})
 
     train_set = LabelledImages(cache, images["train"], p.labels, p.uncertain)
     val_set = LabelledImages(cache, images["val"], p.labels, p.uncertain)
     sampler = StepBatchSampler(len(train_set), p.batch_size, p.steps, t.seed, start)
     loader = torch.utils.data.DataLoader(train_set, batch_sampler=sampler, num_workers=config.data.num_workers)
-    log = MetricsLog(run_dir, enabled=True, report_to=t.report_to)
+    log = run.log(report_to=t.report_to)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -420,36 +399,39 @@ def pretrain(
             improved = scores["mean_auroc"] is not None and scores["mean_auroc"] > best.get("mean_auroc", -math.inf)
             if improved:
                 best = {"step": step, "mean_auroc": scores["mean_auroc"]}
-            path = _save(run_dir, classifier, optimizer, scheduler, step, best)
+            path = _save(run, classifier, optimizer, scheduler, step, best)
             if improved:
-                write_pointer(run_dir, BEST, path)
-            prune_checkpoints(run_dir)
+                run.point(BEST, path)
+            run.prune()
         elif step == end:  # stopped early (stop_after): a checkpoint to resume from
-            _save(run_dir, classifier, optimizer, scheduler, step, best)
-            prune_checkpoints(run_dir)
+            _save(run, classifier, optimizer, scheduler, step, best)
+            run.prune()
     if bar is not None:
         bar.close()
     log.close()
     if step < p.steps:
         return None
-    return finish(config, cache, run_dir, classifier, images, shared, dev)
+    return finish(config, cache, run, classifier, images, shared, dev)
 
 
-def finish(config: Config, cache: ImageCache, run_dir: Path, classifier: FindingClassifier, images: dict,
+def finish(config: Config, cache: ImageCache, run: RunDir, classifier: FindingClassifier, images: dict,
            shared: int, dev) -> dict[str, Any]:  # fmt: skip
     """Load the best checkpoint, score it (validation and test AUROC with intervals; the phantom's pointing game),
     write the encoder directory, the metrics and the summary."""
     p = config.pretrain
-    best_dir = read_pointer(run_dir, BEST) or read_pointer(run_dir, LATEST)
+    run_dir = run.path
+    best_dir = run.best or run.latest
     load_weights(classifier, best_dir / WEIGHTS_FILE)
-    best = torch.load(best_dir / TRAINER_STATE, map_location="cpu", weights_only=True)["best"] or {}
+    best = run.trainer_state(best_dir)["best"] or {}
     names = classifier.head.names
     metrics: dict[str, Any] = {
         "labels": p.labels,
         "uncertain": p.uncertain,
         "images": {split: len(ids) for split, ids in images.items()} | {"in_several_splits_held_out": shared},
-        "best": {"step": best.get("step", int(best_dir.name.removeprefix("step-"))),
-                 "mean_auroc": best.get("mean_auroc", float("nan"))},  # fmt: skip
+        "best": {
+            "step": best.get("step", int(best_dir.name.removeprefix("step-"))),
+            "mean_auroc": best.get("mean_auroc", float("nan")),
+        },  # fmt: skip
     }
     for split, key in (("val", "validation"), ("test", "test")):
         dataset = LabelledImages(cache, images[split], p.labels, p.uncertain)
@@ -465,8 +447,8 @@ def finish(config: Config, cache: ImageCache, run_dir: Path, classifier: Finding
     (tmp / "README.md").write_text(_card(config, cache, metrics, {k: len(v) for k, v in images.items()}))
     shutil.rmtree(encoder, ignore_errors=True)
     os.rename(tmp, encoder)
-    (run_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
-    (run_dir / SUMMARY_FILE).write_text(summary_markdown(metrics))
+    write_atomic(run_dir / METRICS_FILE, json.dumps(metrics, indent=2) + "\n")
+    write_atomic(run_dir / SUMMARY_FILE, summary_markdown(metrics))
     return metrics
 
 
@@ -488,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "manifest.json").is_file():
         parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
     if args.resume:
-        saved = args.out / CONFIG_FILE
+        saved = RunDir(args.out).config_file
         if not saved.is_file():
             parser.error(f"--resume: {saved} not found")
         config = apply_overrides(Config.load(saved), args.overrides)

@@ -35,12 +35,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 from diffvqa.metrics.headline import HEADLINES, STUDY_COLUMNS, STUDY_REFERENCES, lookup
 from diffvqa.metrics.intervals import seeds_and_questions_interval
-from diffvqa.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
 
 # Variants that start from a pretrained encoder name it {pretrained}: the study pretrains one per seed first
 # (`diffvqa pretrain`, same train.seed) into DIR/pretrain/seed<k> and puts its encoder directory there; {labels} is
@@ -160,7 +160,7 @@ def run_one(
 
 def pretrain_one(data: Path, run_dir: Path, *, preset: str, overrides: list[str], threads: int, log: Path) -> Path:
     """Pretrain (or resume, or reuse) the encoder of one seed; returns its encoder directory."""
-    from diffvqa.pretrain import ENCODER_DIR
+    from diffvqa.commands.pretrain import ENCODER_DIR
 
     encoder = run_dir / ENCODER_DIR
     if (encoder / "config.json").is_file():
@@ -195,7 +195,7 @@ def summarise(results: dict[str, dict[int, dict[str, Any]]]) -> dict[str, Any]:
 def _per_question(run_dir: Path) -> dict[tuple, dict[str, float]]:
     """question key -> per-answer CIDEr-D of the final (``cider``) and preliminary answers, from the run's
     eval/predictions.jsonl (difference questions)."""
-    from diffvqa.jsonl import read_jsonl
+    from diffvqa.files.jsonl import read_jsonl
 
     rows = {}
     for _, r in read_jsonl(run_dir / EVAL_DIR / PREDICTIONS_FILE):
@@ -405,7 +405,9 @@ def run_study(
             pretrain_dir = out / "pretrain" / f"seed{seed}"
             settings = [*overrides, f"train.seed={seed}"]
             log = out / "pretrain" / f"seed{seed}.log"
-            encoder = pretrain_one(Path(data), pretrain_dir, preset=preset, overrides=settings, threads=threads, log=log)
+            encoder = pretrain_one(
+                Path(data), pretrain_dir, preset=preset, overrides=settings, threads=threads, log=log
+            )
         return str(encoder)
 
     def work(job: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from diffvqa.atomic import write_atomic
 from diffvqa.config import Config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.data_use import DATA_USE_WARNING
+from diffvqa.files.atomic import write_atomic
 
 MODEL_CARD_FILE = "README.md"
 

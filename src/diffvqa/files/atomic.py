@@ -5,10 +5,10 @@ file in the same directory, which then replaces the target in one ``os.replace``
 within one file system). Every file diffvqa rewrites in place -- a cache's ``manifest.json`` and ``prepare.json``,
 a run's ``latest``/``best`` pointers and ``metrics.jsonl`` after a resume, the LLM keyword cache -- goes through it.
 
-A full device is a :class:`~diffvqa.disk.DiskFullError` naming ``path`` (the temporary file removed, an existing
+A full device is a :class:`~diffvqa.files.disk.DiskFullError` naming ``path`` (the temporary file removed, an existing
 target untouched).
 
-This module is a leaf: it imports only :mod:`diffvqa.disk`.
+This module is a leaf: it imports only :mod:`diffvqa.files.disk`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import os
 import threading
 from pathlib import Path
 
-from diffvqa.disk import writing
+from diffvqa.files.disk import writing
 
 
 def write_atomic(path: str | Path, data: str | bytes, encoding: str = "utf-8") -> None:

@@ -5,10 +5,10 @@ bf16 or fp16 autocast (:mod:`diffvqa.precision`) and activation checkpointing, t
 default, validation CIDEr selecting the best checkpoint, atomic checkpoints and exact resume. Runs unchanged under
 ``torchrun --nproc_per_node=K`` (DDP; only rank 0 writes).
 
-The run directory (its layout, pointers and metrics log: :mod:`diffvqa.run`) gets a checkpoint at every
-validation and every ``train.checkpoint_every`` steps, each written whole before ``latest`` points at it. Data
-order is a pure function of (seed, step), so ``--resume`` continues with exactly the batches, RNG states,
-optimiser and scheduler an uninterrupted run would have had.
+The run directory (its layout, pointers, metrics log and checkpoints: :class:`diffvqa.files.run.RunDir`, which the
+loop calls) gets a checkpoint at every validation and every ``train.checkpoint_every`` steps, each written whole
+before ``latest`` points at it. Data order is a pure function of (seed, step), so ``--resume`` continues with
+exactly the batches, RNG states, optimiser and scheduler an uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import sys
 import time
 import warnings
@@ -29,33 +28,21 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from diffvqa.commands.evaluate import evenly_spaced, predict
 from diffvqa.config import Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
 from diffvqa.device import AUTO, resolve_device
-from diffvqa.disk import check_free_space, directory_bytes, full_disk_said
-from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
-from diffvqa.evaluate import evenly_spaced, predict
-from diffvqa.lock import one_writer
+from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.model_card import cache_summary, write_model_card
+from diffvqa.files.provenance import run_info, write_run_info
+from diffvqa.files.run import BEST, PARTIAL_CHECKPOINTS, RunDir, tensorboard_writer
 from diffvqa.model.checkpoint import WEIGHTS_FILE, load_weights, save_checkpoint
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.model_card import cache_summary, write_model_card
 from diffvqa.precision import autocast, grad_scaler, precision_notes
-from diffvqa.provenance import run_info, write_run_info
-from diffvqa.run import (
-    BEST,
-    CONFIG_FILE,
-    LATEST,
-    TRAINER_STATE,
-    append_metrics,
-    checkpoint_dir,
-    clean_after_interruption,
-    partial_checkpoint_dir,
-    prune_checkpoints,
-    read_pointer,
-    write_pointer,
-)
 from diffvqa.saliency.gradcam import keyword_label_indices, keyword_token_mask
 from diffvqa.saliency.guided import KeywordFn, SaliencyGuidedVQA
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
@@ -128,8 +115,11 @@ def make_optimizer(module: nn.Module, config: Config, device: torch.device) -> t
             continue
         groups[(decays, in_encoder)].append(p)
     groups = [
-        {"params": params, "weight_decay": config.train.weight_decay if decays else 0.0,
-         "lr": config.train.lr * (scale if in_encoder else 1.0)}  # fmt: skip
+        {
+            "params": params,
+            "weight_decay": config.train.weight_decay if decays else 0.0,
+            "lr": config.train.lr * (scale if in_encoder else 1.0),
+        }  # fmt: skip
         for (decays, in_encoder), params in groups.items()
         if params
     ]
@@ -250,21 +240,10 @@ def validate(
 
 
 # -- checkpoints -------------------------------------------------------------------------------------------
-def save_training_checkpoint(
-    run_dir: Path, module: nn.Module, optimizer, scheduler, step: int, best: dict | None, scaler=None
-) -> Path:
-    """Write ``checkpoints/step-N`` atomically (temp dir, then rename) and point ``latest`` at it. Refuses first
-    when the device has less free space than the previous checkpoint took (a full device during the write: the
-    temp dir is removed by :func:`train`'s wrapper, and ``latest`` still names the previous checkpoint)."""
-    final = checkpoint_dir(run_dir, step)
-    tmp = partial_checkpoint_dir(run_dir, step)
-    shutil.rmtree(tmp, ignore_errors=True)
-    previous = read_pointer(run_dir, LATEST)
-    if previous is not None and previous.is_dir():
-        needed = directory_bytes(previous)
-        check_free_space(run_dir, needed, f"the checkpoint of step {step}, as large as {previous.name},")
-    save_checkpoint(module, tmp)
-    state = {
+def trainer_state(optimizer, scheduler, step: int, best: dict | None, scaler=None) -> dict[str, Any]:
+    """What a checkpoint keeps beside the weights so that ``--resume`` continues exactly
+    (:data:`diffvqa.files.run.TRAINER_STATE_KEYS`, plus the fp16 gradient scaler's state)."""
+    return {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
@@ -273,56 +252,6 @@ def save_training_checkpoint(
         "best": best or {},
         "grad_scaler": scaler.state_dict() if scaler is not None else {},  # {} unless train.autocast=fp16
     }
-    # through a Python file: torch keeps its OSError (ENOSPC) as the context of its own RuntimeError
-    with (tmp / TRAINER_STATE).open("wb") as f:
-        torch.save(state, f)
-    if final.exists():  # rerun of the same step after a resume
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    write_pointer(run_dir, LATEST, final)
-    return final
-
-
-# what save_training_checkpoint writes into trainer_state.pt, and resuming needs
-TRAINER_STATE_KEYS = ("step", "optimizer", "scheduler", "torch_rng", "cuda_rng", "best")
-
-
-# -- logging -----------------------------------------------------------------------------------------------
-class MetricsLog:
-    """JSONL records in the run directory (``metrics.jsonl``); TensorBoard scalars too with
-    ``train.report_to=tensorboard`` (under ``<run>/tensorboard``)."""
-
-    def __init__(self, run_dir: Path, enabled: bool, report_to: str = "none"):
-        self.enabled = enabled
-        self.run_dir = run_dir
-        self.tensorboard = None
-        if enabled and report_to == "tensorboard":
-            self.tensorboard = tensorboard_writer()(str(run_dir / "tensorboard"))
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        append_metrics(self.run_dir, record)
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "step" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, record["step"])
-
-    def close(self) -> None:
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-def tensorboard_writer():
-    """torch's ``SummaryWriter`` class; a one-line error when the tensorboard package is not installed."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise UserError(
-            "train.report_to=tensorboard needs the tensorboard package: pip install -e '.[tensorboard]' "
-            "(or train.report_to=none: metrics.jsonl and `diffvqa plot` need nothing)"
-        ) from None
-    return SummaryWriter
 
 
 def check_pretrained(config: Config) -> None:
@@ -435,8 +364,8 @@ RESUME_MAY_CHANGE = {
 }
 
 
-def _check_resume_config(run_dir: Path, config: Config) -> None:
-    saved = Config.load(run_dir / CONFIG_FILE).to_dict()
+def _check_resume_config(run: RunDir, config: Config) -> None:
+    saved = run.saved_config().to_dict()
     current = config.to_dict()
     changed = [
         f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
@@ -445,20 +374,11 @@ def _check_resume_config(run_dir: Path, config: Config) -> None:
         if saved[group].get(key) != current[group][key] and (group, key) not in RESUME_MAY_CHANGE
     ]
     if changed:
-        raise UserError(f"--resume with a different config than {run_dir / CONFIG_FILE}: {'; '.join(changed)}")
-
-
-def _resume_advice(run_dir: Path) -> str:
-    """What to do after a full disk stopped training: which complete checkpoint ``--resume`` continues from."""
-    latest = read_pointer(run_dir, LATEST)
-    if latest is None or not latest.is_dir():
-        return f"free space, then run the same command again (no checkpoint was complete yet in {run_dir})"
-    step = latest.name.removeprefix("step-").lstrip("0") or "0"
-    return f"free space, then rerun with --resume: it continues from {latest} (step {step}); nothing before it is lost"
+        raise UserError(f"--resume with a different config than {run.config_file}: {'; '.join(changed)}")
 
 
 @one_writer("run_dir", "diffvqa train")
-@full_disk_said("run_dir", advice=_resume_advice, partial="checkpoints/.tmp-step-*")
+@full_disk_said("run_dir", advice=lambda run_dir: RunDir(run_dir).resume_advice(), partial=PARTIAL_CHECKPOINTS)
 def train(
     config: Config,
     data: Path,
@@ -479,9 +399,12 @@ def train(
     rank, world, dev = setup_distributed(device, config.train.dist_timeout_minutes)
     is_main = rank == 0
     run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     cache = ImageCache(data)  # checked before anything is built or written
     cache.check_size(config.data.image_size)
-    if config.train.finding_loss_weight > 0:  # the auxiliary loss's labels: missing ones said before anything is written
+    if (
+        config.train.finding_loss_weight > 0
+    ):  # the auxiliary loss's labels: missing ones said before anything is written
         cache.labels().values(config.model.finding_head)
     if config.saliency.enabled and config.saliency.keyword_source == "truth" and not cache.has_truth:
         raise UserError(
@@ -489,17 +412,12 @@ def train(
             "use lexicon or llm"
         )
     if resume:
-        latest = read_pointer(run_dir, LATEST)
-        if latest is None or not latest.is_dir():
-            raise MissingInputError(f"--resume: {run_dir} has no complete checkpoint (no 'latest' pointer)")
-        _check_resume_config(run_dir, config)
+        latest = run.resume_from()
+        _check_resume_config(run, config)
         if is_main:  # the next checkpoint will take as much room as this one: refuse now, not after an hour
-            check_free_space(run_dir, directory_bytes(latest), f"the next checkpoint, as large as {latest.name},")
+            run.check_room(latest, "the next checkpoint")
     elif is_main:
-        if read_pointer(run_dir, LATEST) is not None:
-            raise UserError(f"{run_dir} already holds a training run; use --resume or another --out")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config.save(run_dir / CONFIG_FILE)
+        run.open(config)
         if config.saliency.enabled and config.saliency.start_step >= config.train.steps:
             print(
                 f"diffvqa train: warning: saliency.start_step={config.saliency.start_step} >= train.steps="
@@ -534,20 +452,7 @@ def train(
     start_step, best = 0, {}
     scaler = grad_scaler(config, dev)
     if resume:
-        try:
-            state = torch.load(latest / TRAINER_STATE, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - a missing, truncated or foreign file: the run directory's fault
-            raise UserError(
-                f"{latest / TRAINER_STATE}: cannot read the trainer state ({type(exc).__name__}: {exc}); resume "
-                f"from an intact checkpoint (point {run_dir / LATEST} at it) or start a new run"
-            ) from exc
-        missing = [k for k in TRAINER_STATE_KEYS if not isinstance(state, dict) or k not in state]
-        if missing:
-            raise UserError(
-                f"{latest / TRAINER_STATE}: the trainer state lacks {missing} (it holds "
-                f"{sorted(state) if isinstance(state, dict) else type(state).__name__}); resume from an intact "
-                f"checkpoint (point {run_dir / LATEST} at it) or start a new run"
-            )
+        state = run.trainer_state(latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -557,7 +462,7 @@ def train(
         if state.get("grad_scaler"):  # an fp16 run's scale and growth tracker (absent before this key existed)
             scaler.load_state_dict(state["grad_scaler"])
     if is_main:
-        clean_after_interruption(run_dir, start_step)
+        run.clean_after_interruption(start_step)
         info = run_info(world_size=world, device=str(dev), argv=command)
         write_run_info(run_dir, {**info, "start_step": start_step})
 
@@ -576,7 +481,7 @@ def train(
     )
     keyword_fn = answer_keyword_fn(config.saliency, run_dir)
     data_summary = cache_summary(cache)  # for each checkpoint's model card
-    log = MetricsLog(run_dir, enabled=is_main, report_to=t.report_to)
+    log = run.log(enabled=is_main, report_to=t.report_to)
     end_step = t.steps if stop_after is None else min(t.steps, start_step + stop_after)
     bar = None
     if is_main and progress:
@@ -639,11 +544,12 @@ def train(
                     )
                 if not warming_up and scores["CIDEr"] > best.get("CIDEr", -math.inf):
                     best, improved = {"step": step, "CIDEr": scores["CIDEr"]}, True
-            path = save_training_checkpoint(run_dir, model, optimizer, scheduler, step, best, scaler)
+            state = trainer_state(optimizer, scheduler, step, best, scaler)
+            path = run.checkpoint(step, lambda directory: save_checkpoint(model, directory), state)
             write_model_card(path, config, step=step, data=data_summary, validation=scores, best=best)
             if improved:
-                write_pointer(run_dir, BEST, path)
-            prune_checkpoints(run_dir)
+                run.point(BEST, path)
+            run.prune()
         if at_checkpoint and world > 1:
             dist.barrier()
     if bar is not None:
@@ -676,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.data / "manifest.json").is_file():
         parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
     if args.resume:
-        saved = args.out / CONFIG_FILE
+        saved = RunDir(args.out).config_file
         if not saved.is_file():
             parser.error(f"--resume: {saved} not found")
         config = Config.load(saved)
@@ -698,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         command=["diffvqa", "train", *argv],
     )
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"run: {run}  latest: {read_pointer(run, LATEST)}  best: {read_pointer(run, BEST)}")
+        print(f"run: {run}  latest: {RunDir(run).latest}  best: {RunDir(run).best}")
     return 0
 
 

@@ -41,10 +41,10 @@ def run_demo(
     all_types: bool = False,
     progress: bool = True,
 ) -> dict:
+    from diffvqa.commands.evaluate import evaluate, format_table
+    from diffvqa.commands.train import train
     from diffvqa.data.cache_writer import prepare
     from diffvqa.data.phantom import simulate
-    from diffvqa.evaluate import evaluate, format_table
-    from diffvqa.train import train
     from diffvqa.viewer.build import write_viewer
 
     out = Path(out)

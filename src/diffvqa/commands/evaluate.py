@@ -27,16 +27,16 @@ from diffvqa.config import QUESTION_TYPES
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
 from diffvqa.device import resolve_device
-from diffvqa.disk import full_disk_said
 from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
-from diffvqa.lock import one_writer
+from diffvqa.files.disk import full_disk_said
+from diffvqa.files.lock import one_writer
+from diffvqa.files.provenance import RUN_INFO_FILE, run_info, write_run_info
+from diffvqa.files.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.metrics.published import COMPARISON_FILE, comparison_markdown
 from diffvqa.model.checkpoint import find_checkpoint, load_checkpoint
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.provenance import RUN_INFO_FILE, run_info, write_run_info
-from diffvqa.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.saliency.guided import KeywordFn, two_pass_answer
 from diffvqa.saliency.keywords import answer_keyword_fn, finish_keywords
 from diffvqa.viewer.build import finish_viewer

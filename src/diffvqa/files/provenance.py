@@ -6,7 +6,7 @@ world size and device, the Python / torch / CUDA / cuDNN / transformers versions
 A resumed training run keeps the earlier starts under ``earlier`` (newest last), so a run trained in several
 slices says what ran each.
 
-This module is a leaf: it imports nothing from diffvqa but the atomic write.
+This module is a leaf: it imports nothing from diffvqa but the atomic write and the version.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from diffvqa.atomic import write_atomic
+from diffvqa.files.atomic import write_atomic
 
 RUN_INFO_FILE = "run_info.json"
 _SOURCE = Path(__file__).resolve().parent
@@ -74,7 +74,7 @@ def run_info(*, world_size: int = 1, device: str = "cpu", argv: list[str] | None
     """This process's provenance (see the module docstring)."""
     import torch
 
-    from diffvqa import __version__
+    from diffvqa.version import __version__
 
     gpu = None
     if device.startswith("cuda") and torch.cuda.is_available():
