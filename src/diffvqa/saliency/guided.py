@@ -116,6 +116,10 @@ class SaliencyGuidedVQA(nn.Module):
             features_a.requires_grad_(torch.is_grad_enabled())  # a leaf: the CAM's gradient stops here
         else:
             features_a = model.encode(aligned.aligned, ref)
+            if enabled and torch.is_grad_enabled() and not features_a.requires_grad:
+                # a frozen encoder (train.encoder_lr_scale=0) without the aligner: nothing upstream learns, yet the
+                # CAM needs the gradient at the feature maps
+                features_a.requires_grad_(True)
         loss_a, hidden_a = model.decode_loss(features_a, text)
         alignment = aligned.reg_loss + similarity_weight * aligned.similarity_loss
         extra: dict[str, Tensor] = {}

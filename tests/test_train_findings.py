@@ -1,0 +1,88 @@
+"""Training on a pretrained encoder with its finding head: the auxiliary finding loss, the classifier's map as the
+keyword's saliency, and the encoder's own learning rate."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from diffvqa.commands.train import make_optimizer, train
+from diffvqa.config import apply_overrides, load_config
+from diffvqa.errors import UserError
+from diffvqa.model.findings import FindingClassifier, save_pretrained_encoder
+
+SHORT = ["train.steps=4", "saliency.start_step=2", "train.eval_every=4", "train.checkpoint_every=4",
+         "train.batch_size=4", "train.eval_samples=4", "data.question_types=[difference]"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pretrained_encoder(tmp_path_factory):
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    classifier = FindingClassifier(config.model, "findings")
+    with torch.no_grad():
+        classifier.head.linear.weight.normal_()
+    return save_pretrained_encoder(classifier, tmp_path_factory.mktemp("pre") / "encoder", config.model, {})
+
+
+def _records(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _head(run):
+    state = load_file(str(run / "checkpoints" / "step-0000004" / "model.safetensors"))
+    return state["finding_head.linear.weight"]
+
+
+def test_the_finding_loss_trains_the_head_and_the_classifier_map_guides(phantom_cache, pretrained_encoder, tmp_path):
+    head = ["model.finding_head=findings", f"model.encoder_pretrained={pretrained_encoder}"]
+    config = load_config("tiny", overrides=[*SHORT, *head, "saliency.cam_source=classifier",
+                                            "train.finding_loss_weight=1"])  # fmt: skip
+    train(config, phantom_cache, run_dir=tmp_path / "aux", progress=False, device="cpu")
+    logged = [r for r in _records(tmp_path / "aux") if "loss/findings" in r]
+    assert logged and all(r["loss/findings"] > 0 for r in logged)
+    assert any("loss/answer_masked" in r for r in logged)  # the guided steps ran with the classifier's map
+    original = load_file(str(pretrained_encoder / "finding_head.safetensors"))["linear.weight"]
+    assert not torch.equal(_head(tmp_path / "aux"), original)  # trained by the auxiliary loss
+
+    frozen = load_config("tiny", overrides=[*SHORT, *head, "saliency.cam_source=classifier"])
+    train(frozen, phantom_cache, run_dir=tmp_path / "frozen", progress=False, device="cpu")
+    assert torch.equal(_head(tmp_path / "frozen"), original)  # no loss of its own: a fixed map
+    assert not any("loss/findings" in r for r in _records(tmp_path / "frozen"))
+
+
+def test_the_finding_loss_needs_labels_in_the_cache(phantom_cache, pretrained_encoder, tmp_path):
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(phantom_cache, bare)
+    shutil.rmtree(bare / "labels")
+    config = load_config("tiny", overrides=[*SHORT, "model.finding_head=findings",
+                                            f"model.encoder_pretrained={pretrained_encoder}",
+                                            "train.finding_loss_weight=1"])  # fmt: skip
+    with pytest.raises(UserError, match="no finding labels"):
+        train(config, bare, run_dir=tmp_path / "run", progress=False, device="cpu")
+    assert not (tmp_path / "run").exists()  # said before anything was written
+
+
+def test_encoder_lr_scale(tiny_model):
+    config = tiny_model.config
+    plain, _ = make_optimizer(tiny_model, config, torch.device("cpu"))
+    assert len(plain.param_groups) == 2  # scale 1: the groups (and checkpoints) as before
+    scaled, _ = make_optimizer(tiny_model, apply_overrides(config, ["train.encoder_lr_scale=0.1"]), torch.device("cpu"))
+    encoder = {id(p) for p in tiny_model.encoder.parameters()}
+    for group in scaled.param_groups:
+        in_encoder = {id(p) in encoder for p in group["params"]}
+        assert len(in_encoder) == 1
+        assert group["lr"] == pytest.approx(config.train.lr * (0.1 if in_encoder.pop() else 1.0))
+    assert sum(len(g["params"]) for g in scaled.param_groups) == sum(1 for _ in tiny_model.parameters())
+    frozen, _ = make_optimizer(tiny_model, apply_overrides(config, ["train.encoder_lr_scale=0"]), torch.device("cpu"))
+    assert not any(id(p) in encoder for g in frozen.param_groups for p in g["params"])
+    assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
+
+
+def test_a_frozen_encoder_without_aligner_still_guides(phantom_cache, tmp_path):
+    config = load_config("tiny", overrides=[*SHORT, "train.encoder_lr_scale=0", "model.align=false"])
+    train(config, phantom_cache, run_dir=tmp_path / "run", progress=False, device="cpu")
+    assert any("loss/answer_masked" in r for r in _records(tmp_path / "run"))
