@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from support.fake_llm_server import FakeLLM
 
+from diffvqa.data.vocabulary import FINDINGS
 from diffvqa.saliency import llm
 from diffvqa.saliency.keywords import keywords_main, make_keyword_fn, precompute_keywords
-from diffvqa.saliency.lexicon import FINDINGS, SYNONYMS, keyword_spans, lexicon_keyword, normalise_keyword
+from diffvqa.saliency.lexicon import SYNONYMS, keyword_spans, lexicon_keyword, normalise_keyword
 from diffvqa.saliency.llm import LLMKeywords, parse_reply
 
 # The list of docs/data.md, typed again here so that FINDINGS is checked against the document, not against itself.

@@ -14,7 +14,6 @@ import pytest
 from diffvqa.data.labels import (
     CHEXPERT_FILE,
     FINDING_OBSERVATIONS,
-    FINDINGS,
     FINDINGS_FILE,
     NEGBIO_FILE,
     NO_FINDING,
@@ -24,6 +23,7 @@ from diffvqa.data.labels import (
     read_label_file,
     targets,
 )
+from diffvqa.data.vocabulary import FINDINGS
 from diffvqa.errors import UserError
 
 LABEL_FILES = (CHEXPERT_FILE, NEGBIO_FILE, FINDINGS_FILE)

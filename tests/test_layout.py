@@ -15,7 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "diffvqa"
 # Documents a reference may name before they land: each entry says who writes it. Remove it once the file exists.
 WRITTEN_ELSEWHERE: dict[str, str] = {}
-OUTPUTS = {"study.md", "comparison.md", "pretrain.md"}  # files diffvqa writes (study, evaluate, pretrain), not documents
+OUTPUTS = {
+    "study.md",
+    "comparison.md",
+    "pretrain.md",
+}  # files diffvqa writes (study, evaluate, pretrain), not documents
 # a path-like token that names a document: optional directories, a name, .md (DESIGN.md, docs/data.md, ../x.md)
 DOCUMENT = re.compile(r"(?<![\w/.-])((?:\.{1,2}/)?(?:[\w.-]+/)*[\w.-]+\.md)\b")
 SHARED = re.compile(r"\.\./shared\b")

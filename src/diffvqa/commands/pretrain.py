@@ -38,13 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffvqa.commands.train import StepBatchSampler, learning_rate_factor
-from diffvqa.config import Config, apply_overrides, load_config
+from diffvqa.commands.train import StepBatchSampler, learning_rate_factor, run_command_arguments, run_command_config
+from diffvqa.config import Config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.labels import keyword_label
 from diffvqa.data.labels import targets as label_targets
 from diffvqa.device import resolve_device
-from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
+from diffvqa.errors import ArgumentParser, UserError, command
 from diffvqa.files.atomic import write_atomic
 from diffvqa.files.disk import full_disk_said
 from diffvqa.files.lock import one_writer
@@ -325,15 +325,9 @@ def pretrain(
         raise UserError(f"{data}: no train-split image to pretrain on")
     if resume:
         latest = run.resume_from()
-        saved, current = run.saved_config().to_dict(), config.to_dict()
-        changed = [f"{g}.{k}: {saved[g][k]!r} -> {current[g][k]!r}" for g in saved for k in saved[g]
-                   if saved[g][k] != current[g][k] and (g, k) not in RESUME_MAY_CHANGE]  # fmt: skip
-        if changed:
-            raise UserError(f"--resume with a different config than {run.config_file}: {'; '.join(changed)}")
+        run.check_resume_config(config, RESUME_MAY_CHANGE)
     else:
-        if run.latest is not None:
-            raise UserError(f"{run_dir} already holds a pretraining run; use --resume or another --out")
-        run.open(config)
+        run.open(config)  # refuses a directory that already holds a run
 
     torch.manual_seed(t.seed)
     classifier = FindingClassifier(config.model, p.labels, load_pretrained=not resume)
@@ -455,29 +449,10 @@ def finish(config: Config, cache: ImageCache, run: RunDir, classifier: FindingCl
 @command("diffvqa pretrain")
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="diffvqa pretrain", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, help="a prepared cache with finding labels")
-    parser.add_argument("--out", required=True, type=Path, help="the pretraining run directory")
-    parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
-    parser.add_argument("--config", type=Path, help="a YAML file of config overrides")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
-    parser.add_argument("--stop-after", type=int, help="stop this invocation after N steps (resume later)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. pretrain.labels=findings")
+    run_command_arguments(parser, data="a prepared cache with finding labels", out="the pretraining run directory",
+                          example="pretrain.labels=findings")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.stop_after is not None and args.stop_after < 1:
-        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
-    if not (args.data / "manifest.json").is_file():
-        parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
-    if args.resume:
-        saved = RunDir(args.out).config_file
-        if not saved.is_file():
-            parser.error(f"--resume: {saved} not found")
-        config = apply_overrides(Config.load(saved), args.overrides)
-    else:
-        config = load_config(args.preset, args.config, args.overrides)
-    check_output_dir(args.out)
-    resolve_device(args.device)
+    config = run_command_config(args, parser)
     metrics = pretrain(config, args.data, run_dir=args.out, resume=args.resume, stop_after=args.stop_after,
                        device=args.device, progress=not args.no_progress,
                        command=["diffvqa", "pretrain", *argv])  # fmt: skip

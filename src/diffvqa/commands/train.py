@@ -364,19 +364,6 @@ RESUME_MAY_CHANGE = {
 }
 
 
-def _check_resume_config(run: RunDir, config: Config) -> None:
-    saved = run.saved_config().to_dict()
-    current = config.to_dict()
-    changed = [
-        f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
-        for group in current
-        for key in current[group]
-        if saved[group].get(key) != current[group][key] and (group, key) not in RESUME_MAY_CHANGE
-    ]
-    if changed:
-        raise UserError(f"--resume with a different config than {run.config_file}: {'; '.join(changed)}")
-
-
 @one_writer("run_dir", "diffvqa train")
 @full_disk_said("run_dir", advice=lambda run_dir: RunDir(run_dir).resume_advice(), partial=PARTIAL_CHECKPOINTS)
 def train(
@@ -413,7 +400,7 @@ def train(
         )
     if resume:
         latest = run.resume_from()
-        _check_resume_config(run, config)
+        run.check_resume_config(config, RESUME_MAY_CHANGE)
         if is_main:  # the next checkpoint will take as much room as this one: refuse now, not after an hour
             run.check_room(latest, "the next checkpoint")
     elif is_main:
@@ -566,33 +553,46 @@ def train(
     return run_dir
 
 
-@command("diffvqa train")
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, type=Path, help="a prepared cache (diffvqa prepare)")
-    parser.add_argument("--out", required=True, type=Path, help="the run directory")
+def run_command_arguments(parser: ArgumentParser, *, data: str, out: str, example: str) -> None:
+    """The options a command that trains a run takes (``train``, ``pretrain``): --data, --out, --preset, --config,
+    --resume, --stop-after, --device, --no-progress and key=value overrides."""
+    parser.add_argument("--data", required=True, type=Path, help=data)
+    parser.add_argument("--out", required=True, type=Path, help=out)
     parser.add_argument("--preset", default="small", help="tiny | small | paper (default: small)")
     parser.add_argument("--config", type=Path, help="a YAML file of config overrides")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     parser.add_argument("--stop-after", type=int, help="stop this invocation after N steps (resume later)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--no-progress", action="store_true")
-    parser.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. train.lr=3e-4")
-    args = parser.parse_args(argv)
+    parser.add_argument("overrides", nargs="*", help=f"key=value config overrides, e.g. {example}")
+
+
+def run_command_config(args, parser: ArgumentParser) -> Config:
+    """Check the options of :func:`run_command_arguments` where they enter and resolve the run's config: the saved
+    one with ``--resume`` (the overrides may change only what a resume allows), else preset <- file <- overrides."""
     if not (args.data / "manifest.json").is_file():
         parser.error(f"--data {args.data}: not a prepared cache (no manifest.json); run `diffvqa prepare` first")
+    if args.stop_after is not None and args.stop_after < 1:
+        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
     if args.resume:
         saved = RunDir(args.out).config_file
         if not saved.is_file():
             parser.error(f"--resume: {saved} not found")
-        config = Config.load(saved)
-        apply_overrides(config, args.overrides)  # only RESUME_MAY_CHANGE may differ from the saved run
+        config = apply_overrides(Config.load(saved), args.overrides)  # the command checks what may differ
     else:
         config = load_config(args.preset, args.config, args.overrides)
     check_output_dir(args.out)
     resolve_device(args.device)  # an unusable --device: one line before anything is read
-    if args.stop_after is not None and args.stop_after < 1:
-        parser.error(f"--stop-after {args.stop_after}: expected a number of steps >= 1")
+    return config
+
+
+@command("diffvqa train")
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="diffvqa train", description=__doc__.split("\n\n")[0])
+    run_command_arguments(parser, data="a prepared cache (diffvqa prepare)", out="the run directory",
+                          example="train.lr=3e-4")  # fmt: skip
+    args = parser.parse_args(argv)
+    config = run_command_config(args, parser)
     run = train(
         config,
         args.data,

@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffvqa.data.vocabulary import FINDINGS
 from diffvqa.errors import UserError, one_line
 
 # The 14 CheXpert observations, in the files' usual (alphabetical) order.
@@ -56,16 +57,6 @@ OBSERVATIONS = (
     "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia", "Pneumothorax", "Support Devices",
 )  # fmt: skip
 NO_FINDING = "No Finding"
-
-# The answers' 30 official finding names (Medical-Diff-VQA), in the release's order.
-FINDINGS = (
-    "pleural effusion", "atelectasis", "cardiomegaly", "enlargement of the cardiac silhouette", "edema", "hernia",
-    "vascular congestion", "hilar congestion", "pneumothorax", "heart failure", "lung opacity", "pneumonia",
-    "tortuosity of the descending aorta", "scoliosis", "gastric distention", "hypoxemia", "hypertensive heart disease",
-    "hematoma", "tortuosity of the thoracic aorta", "contusion", "emphysema", "granuloma", "calcification",
-    "pleural thickening", "thymoma", "blunting of the costophrenic angle", "consolidation", "fracture",
-    "pneumomediastinum", "air collection",
-)  # fmt: skip
 
 # The official names no CheXpert observation covers: the 14 observations say nothing about them.
 NO_OBSERVATION = (

@@ -194,6 +194,19 @@ class RunDir:
             )
         return state
 
+    def check_resume_config(self, config: Config, may_change: set[tuple[str, str]]) -> None:
+        """A :class:`UserError` listing every key whose value differs from the run's saved config, except the
+        (group, key) pairs a resume ``may_change``."""
+        saved, current = self.saved_config().to_dict(), config.to_dict()
+        changed = [
+            f"{group}.{key}: {saved[group][key]!r} -> {current[group][key]!r}"
+            for group in current
+            for key in current[group]
+            if saved[group].get(key) != current[group][key] and (group, key) not in may_change
+        ]
+        if changed:
+            raise UserError(f"--resume with a different config than {self.config_file}: {'; '.join(changed)}")
+
     def clean_after_interruption(self, step: int) -> None:
         """Undo what a killed run left behind, before this one writes: ``metrics.jsonl`` records after ``step`` (the
         step training resumes from; they are logged again) and a torn last line, and ``checkpoints/.tmp-step-N``

@@ -1,6 +1,6 @@
 """The lexicon: Medical-Diff-VQA's 30 official finding names, their other wordings, and finding them in text.
 
-``FINDINGS`` (the list of ``docs/data.md``), ``SYNONYMS`` (other surface forms -> official name) and
+``FINDINGS`` (:mod:`diffvqa.data.vocabulary`), ``SYNONYMS`` (other surface forms -> official name) and
 ``NOT_FINDINGS`` (phrases that contain a synonym but name something else) define the surface forms. On top of them:
 
 * :func:`find_findings`: every finding named in a text, as character spans; overlaps resolve to the longest form.
@@ -18,40 +18,7 @@ from __future__ import annotations
 import functools
 import re
 
-# The 30 official finding names of Medical-Diff-VQA, in the order of docs/data.md; the release's answers use only
-# these.
-FINDINGS: tuple[str, ...] = (
-    "pleural effusion",
-    "atelectasis",
-    "cardiomegaly",
-    "enlargement of the cardiac silhouette",
-    "edema",
-    "hernia",
-    "vascular congestion",
-    "hilar congestion",
-    "pneumothorax",
-    "heart failure",
-    "lung opacity",
-    "pneumonia",
-    "tortuosity of the descending aorta",
-    "scoliosis",
-    "gastric distention",
-    "hypoxemia",
-    "hypertensive heart disease",
-    "hematoma",
-    "tortuosity of the thoracic aorta",
-    "contusion",
-    "emphysema",
-    "granuloma",
-    "calcification",
-    "pleural thickening",
-    "thymoma",
-    "blunting of the costophrenic angle",
-    "consolidation",
-    "fracture",
-    "pneumomediastinum",
-    "air collection",
-)
+from diffvqa.data.vocabulary import FINDINGS
 
 # Other wordings of the official names that a question, a free-text answer or an LLM reply may use. Kept
 # conservative: plurals, British spellings, and unambiguous clinical paraphrases. Ambiguous words
