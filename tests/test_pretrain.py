@@ -123,3 +123,8 @@ def test_bad_input_is_one_line(phantom_cache, tmp_path, capsys):
     assert not (tmp_path / "p").exists()  # refused before anything was written
     with pytest.raises(UserError, match="pretrain.labels"):
         load_config("tiny", overrides=["pretrain.labels=radlex"])
+    # the paper preset pretrains from ImageNet weights: an empty model.encoder_pretrained is refused, not trained
+    assert main(["--data", str(phantom_cache), "--out", str(tmp_path / "paper"), "--preset", "paper"]) == 2
+    err = capsys.readouterr().err
+    assert "model.encoder_pretrained" in err and "model.require_pretrained=false" in err
+    assert not (tmp_path / "paper").exists()

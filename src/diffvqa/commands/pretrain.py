@@ -38,7 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffvqa.commands.train import StepBatchSampler, learning_rate_factor, run_command_arguments, run_command_config
+from diffvqa.commands.train import (
+    StepBatchSampler,
+    check_pretrained,
+    learning_rate_factor,
+    run_command_arguments,
+    run_command_config,
+)
 from diffvqa.config import Config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.labels import keyword_label
@@ -312,6 +318,7 @@ def pretrain(
     ``stop_after``: end this invocation after that many steps, at a checkpoint (``--resume`` continues); returns
     None then."""
     p, t = config.pretrain, config.train
+    check_pretrained(config, keys=("encoder_pretrained",))  # the paper preset starts from ImageNet weights
     if t.report_to == "tensorboard":
         tensorboard_writer()
     run_dir, data = Path(run_dir), Path(data)

@@ -254,11 +254,12 @@ def trainer_state(optimizer, scheduler, step: int, best: dict | None, scaler=Non
     }
 
 
-def check_pretrained(config: Config) -> None:
-    """``model.require_pretrained`` (the paper preset): stop before a GPU-week is spent on random weights."""
+def check_pretrained(config: Config, keys: tuple[str, ...] = ("encoder_pretrained", "decoder_pretrained")) -> None:
+    """``model.require_pretrained`` (the paper preset): stop before a GPU-week is spent on random weights. ``keys``:
+    the pretrained paths the command uses (``pretrain`` trains the encoder alone)."""
     m = config.model
-    missing = [key for key in ("encoder_pretrained", "decoder_pretrained") if not getattr(m, key)]
-    if m.tokenizer == "gpt2" and not m.tokenizer_path:
+    missing = [key for key in keys if not getattr(m, key)]
+    if "decoder_pretrained" in keys and m.tokenizer == "gpt2" and not m.tokenizer_path:
         missing.append("tokenizer_path")
     if m.require_pretrained and missing:
         raise UserError(
