@@ -1,13 +1,13 @@
-"""The README's real-data recipe (steps 1-5 of "Real data"), run as written, on a phantom release.
+"""The README's real-data recipe (steps 1-6 of "Real data"), run as written, on a phantom release.
 
 The commands are parsed out of README.md, so a recipe edit that breaks them fails here. The only changes made to
-them are listed in ``SUBSTITUTIONS`` and ``TRAIN_OVERRIDES``: paths move under a temporary directory, PhysioNet's
-URL is a local HTTP server that needs no login, K = 2 CPU processes, and ``train`` gets overrides that shrink the
-model (to match the tiny weights) and the run. Step 2's Python block runs verbatim with ``from_pretrained``
-answering offline: it returns tiny random models of the real architectures (a bottleneck ResNet, GPT-2) and GPT-2's
-real BPE tokenizer, which ``save_pretrained`` then writes the way the installed transformers does
-(``tokenizer.json`` under transformers 5). The second tokenizer layout (``vocab.json`` + ``merges.txt``, as older
-transformers wrote it) is the same run with the saved tokenizer replaced by the BPE pair.
+them are listed in ``SUBSTITUTIONS``, ``TRAIN_OVERRIDES`` and ``PRETRAIN_OVERRIDES``: paths move under a temporary
+directory, PhysioNet's URL is a local HTTP server that needs no login, K = 2 CPU processes, and ``pretrain`` and
+``train`` get overrides that shrink the model (to match the tiny weights) and the run. Step 2's Python block runs
+verbatim with ``from_pretrained`` answering offline: it returns tiny random models of the real architectures (a
+bottleneck ResNet, GPT-2) and GPT-2's real BPE tokenizer, which ``save_pretrained`` then writes the way the installed
+transformers does (``tokenizer.json`` under transformers 5). The second tokenizer layout (``vocab.json`` +
+``merges.txt``, as older transformers wrote it) is the same run with the saved tokenizer replaced by the BPE pair.
 """
 
 from __future__ import annotations
@@ -56,6 +56,14 @@ TRAIN_OVERRIDES = [
     "train.eval_samples=2",
     "--no-progress",
 ]
+PRETRAIN_OVERRIDES = [
+    *TRAIN_OVERRIDES[:6],  # the model's shape
+    "pretrain.steps=2",
+    "pretrain.batch_size=2",
+    "pretrain.warmup_steps=1",
+    "pretrain.eval_every=1",
+    "--no-progress",
+]
 
 
 def recipe_blocks(readme: Path = README) -> list[tuple[str, str]]:
@@ -81,6 +89,8 @@ def _argv(command: str, root: Path, server: str = "http://127.0.0.1:0") -> list[
         argv = [sys.executable, "-m", "diffvqa.cli", *argv[1:]]
     if "train" in argv and "diffvqa.cli" in argv:
         argv += TRAIN_OVERRIDES
+    if "pretrain" in argv and "diffvqa.cli" in argv:
+        argv += PRETRAIN_OVERRIDES
     return argv
 
 
@@ -110,15 +120,18 @@ def _offline_from_pretrained(monkeypatch) -> None:
 
 
 def _release(root: Path) -> None:
-    """A phantom release split the way the README's paths are: the CSVs in /data, the JPG tree on the "PhysioNet"
-    server (root/server/files/mimic-cxr-jpg/2.0.0/files/...), from where the recipe downloads what it needs."""
+    """A phantom release split the way the README's paths are: Medical-Diff-VQA's CSVs (and all_diseases.json) in
+    /data, MIMIC-CXR-JPG's JPG tree and label CSVs on the "PhysioNet" server
+    (root/server/files/mimic-cxr-jpg/2.0.0/...), from where the recipe downloads what it needs."""
+    from diffvqa.data.labels import CHEXPERT_FILE, NEGBIO_FILE
     from diffvqa.data.phantom import simulate
 
     release = root / "data" / "medical-diff-vqa" / "1.0.1"
     simulate(release, pairs=24, seed=5, size=(160, 128), progress=False)
     served = root / "server" / PHYSIONET_JPG_PATH
     served.mkdir(parents=True)
-    shutil.move(release / "files", served / "files")
+    for name in ("files", CHEXPERT_FILE, NEGBIO_FILE):
+        shutil.move(release / name, served / name)
 
 
 @pytest.fixture
@@ -144,14 +157,14 @@ def _dicoms(root: Path) -> None:
 
 
 def test_recipe_is_parsed_as_expected():
-    """The README still has the five steps this test runs (a rewrite must update the test, not skip steps)."""
+    """The README still has the six steps this test runs (a rewrite must update the test, not skip steps)."""
     blocks = recipe_blocks()
-    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "bash", "bash"]
+    assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "bash", "bash", "bash"]
     firsts = [shell_commands(body)[0].split()[:2] for lang, body in blocks if lang == "bash"]
     step1 = [c.split()[0] for c in shell_commands(blocks[0][1])]
-    assert step1 == ["diffvqa", "wget", "diffvqa"]  # list the images, fetch them, prepare them
-    assert firsts == [["diffvqa", "prepare"], ["torchrun", "--nproc_per_node=K"], ["diffvqa", "evaluate"],
-                      ["diffvqa", "ask"]]  # fmt: skip
+    assert step1 == ["diffvqa", "wget", "wget", "diffvqa"]  # list the images, fetch them and the labels, prepare
+    assert firsts == [["diffvqa", "prepare"], ["diffvqa", "pretrain"], ["torchrun", "--nproc_per_node=K"],
+                      ["diffvqa", "evaluate"], ["diffvqa", "ask"]]  # fmt: skip
     commands = [c for lang, body in blocks if lang == "bash" for c in shell_commands(body)]
     for old, _ in SUBSTITUTIONS:  # every substitution still finds its text
         assert any(old in c for c in commands), old
@@ -189,6 +202,11 @@ def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, 
     model = load_checkpoint(root / "runs" / "paper")
     assert model.tokenizer.kind == "gpt2" and len(model.tokenizer) == 50257 + 7
     assert model.config.train.autocast == "bf16" and model.config.data.image_size == 224
+    # the encoder was pretrained on the downloaded CheXpert labels and train started from it
+    assert json.loads((root / "runs" / "pretrain" / "encoder" / "finding_head.json").read_text())["label_set"] == (
+        "chexpert"
+    )
+    assert model.config.model.encoder_pretrained == "runs/pretrain/encoder"
     metrics = json.loads((root / "runs" / "paper" / "eval-test" / "metrics.json").read_text())
     assert metrics  # evaluate wrote its scores
     listed = (root / "data" / "difference-images.txt").read_text().splitlines()
