@@ -85,6 +85,14 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         "pretrained, the encoder fine-tuned at a tenth of the rate (train.encoder_lr_scale=0.1)",
         [*FROM_PRETRAINED, "train.encoder_lr_scale=0.1"],
     ),
+    "pretrained_frozen_encoder": (
+        "pretrained, the encoder frozen (train.encoder_lr_scale=0): the decoder learns on the classifier's features",
+        [*FROM_PRETRAINED, "train.encoder_lr_scale=0"],
+    ),
+    "pretrained_classifier_cam_frozen_encoder": (
+        "pretrained, encoder frozen, the keyword's map from the (then unchanged) classifier",
+        [*WITH_HEAD, "saliency.cam_source=classifier", "train.encoder_lr_scale=0"],
+    ),
     "pretrained_classifier_cam_low_encoder_lr": (
         "pretrained, classifier map, encoder at a tenth of the rate",
         [*WITH_HEAD, "saliency.cam_source=classifier", "train.encoder_lr_scale=0.1"],
