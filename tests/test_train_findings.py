@@ -86,3 +86,24 @@ def test_a_frozen_encoder_without_aligner_still_guides(phantom_cache, tmp_path):
     config = load_config("tiny", overrides=[*SHORT, "train.encoder_lr_scale=0", "model.align=false"])
     train(config, phantom_cache, run_dir=tmp_path / "run", progress=False, device="cpu")
     assert any("loss/answer_masked" in r for r in _records(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("images", ["reference", "both"])
+def test_the_finding_loss_trains_the_aligner_only_with_both_images(tiny_config, tokenizer, tiny_batch, images):
+    from diffvqa.model.vqa import DiffVQA
+    from diffvqa.saliency.guided import SaliencyGuidedVQA
+
+    config = apply_overrides(tiny_config, ["model.finding_head=findings", "train.finding_loss_weight=1",
+                                           f"train.finding_loss_images={images}"])  # fmt: skip
+    torch.manual_seed(0)
+    model = DiffVQA(config, tokenizer)
+    b, k = len(tiny_batch["answer"]), len(model.finding_head.names)
+    targets, mask = torch.randint(0, 2, (2 * b, k)).float(), torch.ones(2 * b, k)
+    keyword_mask = torch.zeros_like(tiny_batch["answer_ids"], dtype=torch.bool)
+    out = SaliencyGuidedVQA(model)(*[tiny_batch[key] for key in ("main", "ref", "question_ids", "question_mask",
+                                                                  "answer_ids", "answer_mask")],
+                                   keyword_mask, guided=False, finding_targets=targets, finding_mask=mask,
+                                   finding_weight=1.0)  # fmt: skip
+    grads = torch.autograd.grad(out.losses["findings"], list(model.aligner.parameters()), allow_unused=True)
+    moved = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert moved == (images == "both")

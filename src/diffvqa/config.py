@@ -268,6 +268,10 @@ class TrainConfig:
     # added to the answer loss: keeps the encoder's channels finding-specific. Needs model.finding_head and a cache
     # with those labels.
     finding_loss_weight: float = 0.0
+    # Which images that loss sees: reference (the default: a pass of its own over the reference images, so that it
+    # cannot train the aligner, which warps the main image) or both (on pass A's feature maps: cheaper, but the loss
+    # then steers the aligner too; registration got worse with it: docs/results.md).
+    finding_loss_images: str = "reference"
     # none | bf16 | fp16 (diffvqa.precision). fp16 for GPUs without bf16 (V100, T4): a gradient scaler keeps the
     # small gradients from underflowing, its state saved with the trainer state. CPU runs it too (for the tests).
     autocast: str = "none"
@@ -307,6 +311,7 @@ class TrainConfig:
         "grad_clip": POSITIVE,
         "encoder_lr_scale": NON_NEGATIVE,
         "finding_loss_weight": NON_NEGATIVE,
+        "finding_loss_images": Rule(choices=("reference", "both")),
         "autocast": Rule(choices=("none", "bf16", "fp16")),
         "eval_every": AT_LEAST_ONE,
         "eval_samples": NON_NEGATIVE,  # 0 = the whole validation split

@@ -74,12 +74,21 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
         [*WITH_HEAD, "saliency.cam_source=classifier"],
     ),
     "pretrained_finding_loss": (
-        "pretrained, the finding head's loss kept during VQA training (train.finding_loss_weight=1)",
+        "pretrained, the finding head's loss kept during VQA training on the reference images "
+        "(train.finding_loss_weight=1)",
         [*WITH_HEAD, "train.finding_loss_weight=1"],
     ),
     "pretrained_classifier_cam_finding_loss": (
-        "pretrained, classifier map and the finding loss kept",
+        "pretrained, classifier map and the finding loss kept (reference images)",
         [*WITH_HEAD, "saliency.cam_source=classifier", "train.finding_loss_weight=1"],
+    ),
+    "pretrained_finding_loss_both": (
+        "pretrained, the finding loss on both images (it trains the aligner through the warped main image too)",
+        [*WITH_HEAD, "train.finding_loss_weight=1", "train.finding_loss_images=both"],
+    ),
+    "pretrained_classifier_cam_finding_loss_both": (
+        "pretrained, classifier map and the finding loss on both images",
+        [*WITH_HEAD, "saliency.cam_source=classifier", "train.finding_loss_weight=1", "train.finding_loss_images=both"],
     ),
     "pretrained_low_encoder_lr": (
         "pretrained, the encoder fine-tuned at a tenth of the rate (train.encoder_lr_scale=0.1)",

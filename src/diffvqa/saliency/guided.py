@@ -123,8 +123,14 @@ class SaliencyGuidedVQA(nn.Module):
         loss_a, hidden_a = model.decode_loss(features_a, text)
         alignment = aligned.reg_loss + similarity_weight * aligned.similarity_loss
         extra: dict[str, Tensor] = {}
-        if finding_targets is not None and finding_weight > 0:  # on pass A's (unmasked) feature maps
-            extra["findings"] = finding_loss(model.finding_head(features_a), finding_targets, finding_mask)
+        if finding_targets is not None and finding_weight > 0:
+            b = main.shape[0]
+            if model.config.train.finding_loss_images == "both":  # on pass A's feature maps: it trains the aligner too
+                logits, rows = model.finding_head(features_a), slice(None)
+            else:  # reference: a pass of its own over the reference images, which the aligner never touches (in pass
+                # A, BatchNorm would still carry the loss's gradient to the warped main images of the same batch)
+                logits, rows = model.finding_head(model.encoder.features(ref)), slice(b, None)
+            extra["findings"] = finding_loss(logits, finding_targets[rows], finding_mask[rows])
             alignment = alignment + finding_weight * extra["findings"]
         if not enabled:
             losses = {
