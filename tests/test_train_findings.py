@@ -107,3 +107,11 @@ def test_the_finding_loss_trains_the_aligner_only_with_both_images(tiny_config, 
     grads = torch.autograd.grad(out.losses["findings"], list(model.aligner.parameters()), allow_unused=True)
     moved = any(g is not None and g.abs().sum() > 0 for g in grads)
     assert moved == (images == "both")
+
+
+def test_a_finding_head_without_its_encoder_is_refused(phantom_cache, tmp_path):
+    config = load_config("tiny", overrides=[*SHORT, "model.finding_head=findings"])
+    with pytest.raises(UserError, match="diffvqa pretrain") as caught:
+        train(config, phantom_cache, run_dir=tmp_path / "run", progress=False, device="cpu")
+    assert "model.finding_head=" in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "run").exists()

@@ -31,6 +31,11 @@ from typing import Any, ClassVar
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, command, one_line
 
 PRESETS = ("tiny", "small", "paper")
+# The overrides that train the encoder from random weights, with nothing that needs a pretrained finding head: a
+# pretrained recipe turned back into the from-scratch one (`diffvqa demo --no-pretrain`, the study's from-scratch
+# variants, and the blind baseline, which sees no image).
+FROM_SCRATCH = ("model.encoder_pretrained=", "model.finding_head=", "saliency.cam_source=decoder",
+                "train.finding_loss_weight=0")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -19,15 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from diffvqa.config import apply_overrides, load_config
+from diffvqa.config import FROM_SCRATCH, apply_overrides, load_config
 from diffvqa.errors import ArgumentParser, UserError, command
 
-# What the blind baseline leaves out: it sees no image, so no encoder, finding head or saliency serves it.
-BLIND = ["model.blind=true", "saliency.enabled=false", "model.encoder_pretrained=", "model.finding_head=",
-         "saliency.cam_source=decoder", "train.finding_loss_weight=0"]  # fmt: skip
-# From random weights (--no-pretrain): no encoder to start from, so nothing that needs its finding head.
-FROM_SCRATCH = ["model.encoder_pretrained=", "model.finding_head=", "saliency.cam_source=decoder",
-                "train.finding_loss_weight=0"]  # fmt: skip
+# The blind baseline sees no image, so no encoder, finding head or saliency serves it.
+BLIND = ["model.blind=true", "saliency.enabled=false", *FROM_SCRATCH]
 
 
 def run_demo(

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from diffvqa.commands.evaluate import evenly_spaced, predict
-from diffvqa.config import Config, apply_overrides, load_config
+from diffvqa.config import FROM_SCRATCH, Config, apply_overrides, load_config
 from diffvqa.data.cache_reader import ImageCache
 from diffvqa.data.dataset import Collate, PairQADataset, texts
 from diffvqa.data.text import Tokenizer, build_tokenizer
@@ -382,6 +382,12 @@ def train(
     time-sliced jobs; ``--resume`` continues). ``command``: the command line run_info.json records (default:
     this process's)."""
     check_pretrained(config)
+    if config.model.finding_head and not config.model.encoder_pretrained and not resume:
+        raise UserError(
+            f"model.finding_head={config.model.finding_head} comes from the pretrained encoder, but "
+            "model.encoder_pretrained is empty: pretrain one first (diffvqa pretrain --data CACHE --out PRE) and pass "
+            "model.encoder_pretrained=PRE/encoder, or train from random weights with " + " ".join(FROM_SCRATCH)
+        )
     if config.train.report_to == "tensorboard":
         tensorboard_writer()  # missing package: fail before anything is built or written
     rank, world, dev = setup_distributed(device, config.train.dist_timeout_minutes)
