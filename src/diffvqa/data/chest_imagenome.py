@@ -166,6 +166,17 @@ def _changes(names) -> list[str]:
     return out
 
 
+def _known_region(region, where: str, skips: Skips) -> bool:
+    """Is ``region`` one of the 36 names? A missing or unknown one is counted."""
+    if not isinstance(region, str):
+        skips.add("missing_field", f"{where}: no bbox_name")
+        return False
+    if region not in REGIONS:
+        skips.add("unknown_region", f"{where}: bbox_name {region!r}")
+        return False
+    return True
+
+
 def parse_scene_graph(text: str | bytes, where: str, skips: Skips) -> tuple[str, dict, tuple | None, list] | None:
     """One scene graph -> (dicom_id, region -> box, (width, height) or None, [Comparison]); None when it is not
     JSON or has no ``image_id`` (counted). Bad boxes and comparisons are counted and left out."""
@@ -182,11 +193,7 @@ def parse_scene_graph(text: str | bytes, where: str, skips: Skips) -> tuple[str,
     for k, obj in enumerate(graph.get("objects") or []):
         here = f"{where}: objects[{k}]"
         region = obj.get("bbox_name") if isinstance(obj, dict) else None
-        if not isinstance(region, str):
-            skips.add("missing_field", f"{here}: no bbox_name")
-            continue
-        if region not in REGIONS:
-            skips.add("unknown_region", f"{here}: bbox_name {region!r}")
+        if not _known_region(region, here, skips):
             continue
         keys = ("original_x1", "original_y1", "original_x2", "original_y2")
         if any(key not in obj for key in (*keys, "original_width", "original_height")):
@@ -217,11 +224,7 @@ def parse_scene_graph(text: str | bytes, where: str, skips: Skips) -> tuple[str,
         region = rel.get("bbox_name")
         if not isinstance(region, str) and isinstance(subject, str) and "_" in subject:
             region = subject.split("_", 1)[1]
-        if not isinstance(region, str):
-            skips.add("missing_field", f"{here}: no bbox_name")
-            continue
-        if region not in REGIONS:
-            skips.add("unknown_region", f"{here}: bbox_name {region!r}")
+        if not _known_region(region, here, skips):
             continue
         findings, raw = _findings(rel.get("attributes"))
         prior = obj.split("_", 1)[0].strip()

@@ -33,14 +33,14 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from diffvqa.data.cache_boxes import CacheBoxes, changed_region_masks, phrase_masks
-from diffvqa.data.dataset import pad_token_ids
 from diffvqa.data.regions import question_side
 from diffvqa.metrics.intervals import clustered_interval, paired_interval
 from diffvqa.metrics.pointing import area_shares, best_fixed_point, fixed_point_hits, grid_ceiling, pointing_scores
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.gradcam import cam_pool, keyword_gradcam, keyword_token_mask
+from diffvqa.saliency.gradcam import cam_pool
 from diffvqa.saliency.guided import TwoPassResult
+from diffvqa.saliency.keyword_cams import keyword_cams
 from diffvqa.saliency.lexicon import keyword_spans
 from diffvqa.saliency.mask import shared_mask
 
@@ -57,28 +57,6 @@ def box_priors(cache_dir) -> dict[str, tuple[int, int] | None]:
         if len(regions):
             priors[key] = best_fixed_point(torch.from_numpy(regions))
     return priors
-
-
-def keyword_maps(
-    model: DiffVQA, batch: dict[str, Any], result: TwoPassResult, rows: list[int], keywords: list[str], texts: list[str]
-) -> tuple[Tensor, Tensor]:
-    """The Grad-CAMs of ``keywords[r]`` for question ``rows[r]`` of an evaluated batch, on pass 1's feature maps,
-    teacher-forced on ``texts[r]`` -> cam_main, cam_ref (R, 1, S, S) in [0, 1], reference frame, before any gate."""
-    device = result.features.device
-    index = torch.tensor(rows, device=device)
-    b = len(batch["question"])
-    features = torch.cat([result.features[:b][index], result.features[b:][index]])  # (2R, C, h, w)
-    content = None
-    if result.content is not None:
-        content = torch.cat([result.content[:b][index], result.content[b:][index]])
-    limit = model.config.data.max_answer_tokens
-    answer_ids, answer_mask = (t.to(device) for t in pad_token_ids(model.tokenizer, texts, limit))
-    keyword_mask = keyword_token_mask(model.tokenizer, texts, keywords, answer_ids)
-    question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
-    cfg = model.config.saliency
-    return keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask, keyword_mask,
-                           cfg.cam_eps, cfg.cam_method, content, normalize=cfg.cam_normalize, target=cfg.cam_target,
-                           pool=cam_pool(model.config))  # fmt: skip
 
 
 def warp_to_reference(region: Tensor, theta: Tensor) -> Tensor:
@@ -220,7 +198,7 @@ class BoxTally:
             answers = [batch["answer"][i] for i in rows]
             # the reference answer where it names the finding, else the finding itself (as a forced keyword is)
             texts = [a if keyword_spans(a, k) else k for a, k in zip(answers, keywords, strict=True)]
-            maps = keyword_maps(self.model, batch, result, rows, keywords, texts)
+            maps = keyword_cams(self.model, batch, result, rows, keywords, texts)
             cam_main, cam_ref = (m[:, 0].float().cpu() for m in maps)
             ci = [j for j, job in enumerate(chunk) if job[0] == "ci"]
             if ci:
