@@ -213,3 +213,22 @@ def test_evaluate_without_boxes_writes_no_box_scores(box_cache, tiny_box_run, tm
     metrics = evaluate(tiny_box_run, cache, out=tmp_path / "eval", question_types=["difference"], report=False,
                        viewer=False, progress=False)  # fmt: skip
     assert "box_pointing" not in metrics
+
+
+def test_the_boxes_benchmark_carries_the_boxes_and_compares_them_with_the_pixel_truth(
+    box_cache, tiny_box_run, tmp_path, capsys
+):
+    from conftest import load_benchmark
+
+    cache = tmp_path / "cache"
+    shutil.copytree(box_cache, cache, ignore=shutil.ignore_patterns("boxes"))  # the benchmark carries them in itself
+    release = box_cache.parent / "release"
+    argv = ["--checkpoint", str(tiny_box_run), "--cache", str(cache), "--release", str(release), "--out",
+            str(tmp_path / "eval"), "--split", "train"]  # fmt: skip
+    assert load_benchmark("boxes").main(argv) == 0
+    out = capsys.readouterr().out
+    assert "Chest ImaGenome:" in out and "the changed regions boxes" in out and "box - pixel" in out
+    result = json.loads(out.strip().splitlines()[-1])
+    truth = result["pixel_truth"]
+    assert truth["questions"] >= 20 and truth["box"]["chance"] > truth["pixel"]["chance"]
+    assert result["mask"]["score"] == truth["box"]["score"] or result["mask"]["n"] > truth["questions"]
