@@ -232,3 +232,27 @@ def test_the_boxes_benchmark_carries_the_boxes_and_compares_them_with_the_pixel_
     truth = result["pixel_truth"]
     assert truth["questions"] >= 20 and truth["box"]["chance"] > truth["pixel"]["chance"]
     assert result["mask"]["score"] == truth["box"]["score"] or result["mask"]["n"] > truth["questions"]
+
+
+def test_a_full_disk_while_carrying_the_boxes_is_one_line_and_keeps_the_old_boxes(box_cache, tmp_path, monkeypatch,
+                                                                                   capsys):  # fmt: skip
+    import errno
+    import os
+
+    import diffvqa.data.cache_boxes
+
+    cache = tmp_path / "cache"
+    shutil.copytree(box_cache, cache)
+    before = (cache / "boxes" / "regions.csv").read_bytes()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(diffvqa.data.cache_boxes, "write_atomic", full)
+    release = box_cache.parent / "release"
+    argv = ["--release", str(release), "--out", str(cache), "--size", "64", "--workers", "1", "--quiet", "--boxes",
+            str(release / "ms-cxr")]  # fmt: skip
+    assert prepare_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no space left" in err.lower() and "boxes.partial" in err
+    assert not (cache / "boxes.partial").exists() and (cache / "boxes" / "regions.csv").read_bytes() == before

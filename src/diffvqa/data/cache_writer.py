@@ -676,6 +676,7 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
 
 
 @one_writer("out", "diffvqa prepare --boxes")
+@full_disk_said("out", partial="boxes.partial")  # the images stay; the same command carries the boxes again
 def _carry_boxes(out: Path, dirs: Sequence[Path], progress: bool) -> None:
     """Write ``out/boxes/`` from the box datasets and add what was carried and skipped to ``out/report.txt``."""
     from diffvqa.data.cache_boxes import report_lines, write_boxes
