@@ -168,13 +168,15 @@ def test_warp_to_reference_follows_the_aligner():
     assert torch.equal(warp_to_reference(region, shift), torch.roll(region, -4, dims=1))
 
 
-def test_evaluate_scores_boxes_in_metrics_report_and_viewer(box_cache, tiny_box_run, tmp_path):
+def test_evaluate_scores_boxes_in_metrics_report_and_viewer(box_cache, tiny_box_run, tmp_path, capsys):
     from diffvqa.commands.evaluate import main
 
     out = tmp_path / "eval"
     argv = ["--checkpoint", str(tiny_box_run), "--data", str(box_cache), "--out", str(out), "--split", "train",
             "--question-types", "difference", "--no-progress"]  # fmt: skip
     assert main(argv) == 0
+    printed = capsys.readouterr().out  # the table evaluate prints ends with the box scores, the few ones marked
+    assert "pointing game, shared mask vs Chest ImaGenome's changed regions:" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     boxes = metrics["box_pointing"]
     assert boxes["min_scored"] == MIN_SCORED and boxes["grid"] == "4x4" and boxes["skipped"]["box_clamped"] > 0

@@ -392,6 +392,22 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
             f"keyword conditioning: {conditioning['score']:.3f}, 95 % interval [{low:.3f}, {high:.3f}] over "
             f"{conditioning['questions']} answers ({conditioning['pairs']} ordered pairs; chance 0.5)"
         )
+    boxes = lookup(metrics, ("box_pointing",)) or {}
+    box_rows = (
+        ("shared mask vs Chest ImaGenome's changed regions", ("chest_imagenome", "mask"), "pairs"),
+        ("each finding's Grad-CAM vs those regions", ("chest_imagenome", "keyword_cam"), "pairs"),
+        ("the finding's Grad-CAM vs MS-CXR's boxes", ("ms_cxr", "keyword_cam"), "phrases"),
+    )
+    for label, path, unit in box_rows:
+        entry = lookup(boxes, path)
+        if entry is not None:
+            prior = "—" if entry["prior"] is None else f"{entry['prior']:.3f}"
+            few = "" if entry["enough"] else f" — fewer than {boxes['min_scored']}: too few to read"
+            lines.append(
+                f"pointing game, {label}: {entry['score']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}] "
+                f"(chance {entry['chance']:.3f}, prior {prior}, ceiling {entry['ceiling']:.3f}) on {entry[unit]} "
+                f"{unit}{few}"
+            )
     return "\n".join(lines)
 
 
