@@ -7,9 +7,10 @@ ImaGenome and MS-CXR beside the release's CSVs); its boxes are carried in first 
 ``prepare --boxes RELEASE/chest-imagenome RELEASE/ms-cxr`` does). Then ``diffvqa evaluate`` runs two-pass on the
 difference questions of ``--split`` into ``EVAL_DIR`` (its report and viewer draw the boxes), and this prints, on the
 questions that have both a true change region and a changed region's box: the shared mask's pointing game against
-the pixel truth and against the boxes, each with its 95 % interval and chance, their paired difference, and
-whether the box score lies within the pixel score's interval; then the keyword CAMs' and MS-CXR's box scores beside
-their reference levels. The last line is one JSON object (``metrics.json``'s ``box_pointing``, abridged).
+the pixel truth and against the boxes, each with its 95 % interval and chance, their paired difference, whether
+the box score lies within the pixel score's interval, and both again as the share of the way from each one's own
+chance to 1; then the keyword CAMs' and MS-CXR's box scores beside their reference levels. The last line is one
+JSON object (``metrics.json``'s ``box_pointing``, abridged).
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  box - pixel {difference['estimate']:+.3f} [{low:+.3f}, {high:+.3f}] (paired); box score within the "
           f"pixel score's interval: {truth['box_within_pixel_interval']}; boxes {truth['area_ratio']:.2f}x the "
           "masks' area")  # fmt: skip
+    lift = truth["above_chance"]
+    low, high = lift["difference"]["low"], lift["difference"]["high"]
+    estimate = lift["difference"]["estimate"]
+    print(f"  above its own chance, (score - chance) / (1 - chance): boxes {_fmt(lift['box'])}, pixels "
+          f"{_fmt(lift['pixel'])}, box - pixel {estimate:+.3f} [{low:+.3f}, {high:+.3f}]")  # fmt: skip
     for label, entry in (("M vs changed regions (all)", ci.get("mask")),
                          ("each finding's CAM vs changed regions", ci.get("keyword_cam")),
                          ("MS-CXR: finding's CAM vs its phrase", ms.get("keyword_cam"))):  # fmt: skip

@@ -147,6 +147,7 @@ def test_an_oracle_map_scores_what_the_boxes_cover(box_cache, tiny_box_run):
     agreement = summary["pixel_truth"]
     assert agreement["pixel"]["score"] == 1.0 and agreement["box"]["score"] > 0.9
     assert agreement["area_ratio"] > 1 and agreement["questions"] == len(scored)
+    assert agreement["above_chance"]["pixel"]["score"] == pytest.approx(1.0)  # every peak in the true mask
     for key in ("mask",):
         entry = summary[key]
         assert set(entry) >= {"score", "ci95", "n", "pairs", "chance", "prior", "ceiling", "enough"}

@@ -292,19 +292,26 @@ class BoxTally:
     def _agreement(self) -> dict[str, Any]:
         """Box-based vs pixel-truth pointing game of M on the same questions (phantom caches)."""
         box, pixel, box_share, pixel_share = (list(column) for column in zip(*self.truth, strict=True))
-        difference = paired_interval(box, pixel)
-        low, high = _interval(pixel, list(range(len(pixel))))
+        each = list(range(len(box)))  # one score per question: the intervals resample questions
+        low, high = _interval(pixel, each)
         estimate = float(np.mean(box))
+        # Each score as the share of the way from its own chance level to 1, per question: box regions are larger,
+        # and so is their chance level; this compares how far above its own chance each one is.
+        lift = {
+            name: [(s - c) / max(1.0 - c, 1e-12) for s, c in zip(scores, shares, strict=True)]
+            for name, scores, shares in (("box", box, box_share), ("pixel", pixel, pixel_share))
+        }
         return {
             "questions": len(box),
-            "box": {
-                "score": estimate,
-                "ci95": _interval(box, list(range(len(box)))),
-                "chance": float(np.mean(box_share)),
-            },
+            "box": {"score": estimate, "ci95": _interval(box, each), "chance": float(np.mean(box_share))},
             "pixel": {"score": float(np.mean(pixel)), "ci95": [low, high], "chance": float(np.mean(pixel_share))},
-            "difference": difference.to_dict(),
+            "difference": paired_interval(box, pixel).to_dict(),
             "box_within_pixel_interval": bool(low <= estimate <= high),
+            "above_chance": {
+                "box": {"score": float(np.mean(lift["box"])), "ci95": _interval(lift["box"], each)},
+                "pixel": {"score": float(np.mean(lift["pixel"])), "ci95": _interval(lift["pixel"], each)},
+                "difference": paired_interval(lift["box"], lift["pixel"]).to_dict(),
+            },
             "area_ratio": float(np.mean(box_share) / max(np.mean(pixel_share), 1e-12)),
             "enough": len(box) >= MIN_SCORED,
         }

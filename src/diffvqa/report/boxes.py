@@ -46,6 +46,8 @@ def _agreement(entry: Any) -> str:
     if not isinstance(entry, Mapping):
         return ""
     box, pixel, diff = entry.get("box") or {}, entry.get("pixel") or {}, entry.get("difference") or {}
+    above = entry.get("above_chance") or {}
+    lift, pixel_lift, lifted = above.get("box") or {}, above.get("pixel") or {}, above.get("difference") or {}
     verdict = (
         "lies within the pixel-truth score's 95 % interval"
         if entry.get("box_within_pixel_interval")
@@ -62,7 +64,10 @@ def _agreement(entry: Any) -> str:
         + (f" — {ratio:.1f}× their area (chance {_fmt(box.get('chance'))} vs {_fmt(pixel.get('chance'))})" if ratio
            else "")
         + ": a peak beside a finding but inside its region's box counts as a hit, so the box score is the higher "
-        "one.</p>"
+        "one. Above its own chance level — (score − chance) / (1 − chance) per question — the boxes give "
+        f"{_fmt_interval(lift.get('score'), lift.get('ci95'))} and the masks "
+        f"{_fmt_interval(pixel_lift.get('score'), pixel_lift.get('ci95'))} (box − pixel "
+        f"{_fmt(lifted.get('estimate'))} [{_fmt(lifted.get('low'))}, {_fmt(lifted.get('high'))}]).</p>"
     )  # fmt: skip
 
 
