@@ -259,3 +259,22 @@ def test_a_full_disk_while_carrying_the_boxes_is_one_line_and_keeps_the_old_boxe
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no space left" in err.lower() and "boxes.partial" in err
     assert not (cache / "boxes.partial").exists() and (cache / "boxes" / "regions.csv").read_bytes() == before
+
+
+def test_the_box_priors_are_the_best_fixed_points_of_the_train_regions(box_cache):
+    """Summed counts (what box_priors keeps, not an (N, S, S) stack) give the pixel best_fixed_point picks."""
+    from diffvqa.data.regions import question_side
+    from diffvqa.metrics.pointing import best_fixed_point
+
+    boxes, q = CacheBoxes(box_cache), ImageCache(box_cache).questions()
+    train = q[(q.split == "train") & (q.question_type == "difference")]
+    masks = [
+        boxes.region_mask(found)
+        for r in train.itertuples()
+        if (found := boxes.changed_boxes(r.study_id, r.ref_id, r.ref_dicom_id, question_side(r.question, "difference")))
+    ]
+    images = dict.fromkeys([*q[q.split == "train"].main_dicom_id, *q[q.split == "train"].ref_dicom_id])
+    phrases = [boxes.region_mask(p["boxes"]) for d in images for p in boxes.phrases.get(d, [])]
+    priors = box_priors(box_cache)
+    assert priors["chest_imagenome"] == best_fixed_point(torch.from_numpy(np.stack(masks)))
+    assert priors["ms_cxr"] == best_fixed_point(torch.from_numpy(np.stack(phrases)))

@@ -32,10 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from diffvqa.data.cache_boxes import CacheBoxes, changed_region_masks, phrase_masks
+from diffvqa.data.cache_boxes import CacheBoxes, changed_region_counts, phrase_counts
 from diffvqa.data.regions import question_side
 from diffvqa.metrics.intervals import clustered_interval, paired_interval
-from diffvqa.metrics.pointing import area_shares, best_fixed_point, fixed_point_hits, grid_ceiling, pointing_scores
+from diffvqa.metrics.pointing import area_shares, fixed_point_hits, grid_ceiling, pointing_scores
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
 from diffvqa.saliency.gradcam import cam_pool
@@ -50,12 +50,14 @@ CAM_CHUNK = 64  # keyword CAMs computed per call
 
 def box_priors(cache_dir) -> dict[str, tuple[int, int] | None]:
     """The fixed-point priors, learned on the train split: the pixel inside the most changed-region masks
-    (Chest ImaGenome) and the most phrase masks (MS-CXR); None where the train split has none."""
+    (Chest ImaGenome) and the most phrase masks (MS-CXR) -- the first such pixel in row order, as
+    :func:`~diffvqa.metrics.pointing.best_fixed_point` picks it; None where the train split has none."""
     priors: dict[str, tuple[int, int] | None] = {"chest_imagenome": None, "ms_cxr": None}
-    for key, masks in (("chest_imagenome", changed_region_masks), ("ms_cxr", phrase_masks)):
-        regions = masks(cache_dir, "train")
-        if len(regions):
-            priors[key] = best_fixed_point(torch.from_numpy(regions))
+    for key, count in (("chest_imagenome", changed_region_counts), ("ms_cxr", phrase_counts)):
+        counts, n = count(cache_dir, "train")
+        if n:
+            y, x = divmod(int(np.argmax(counts)), counts.shape[1])
+            priors[key] = (y, x)
     return priors
 
 
