@@ -4,7 +4,7 @@ interval — on a hand-built batch whose per-keyword CAMs are known."""
 import pytest
 import torch
 
-import diffvqa.metrics.mechanisms as mechanisms
+import diffvqa.saliency.keyword_cams as keyword_cams  # where the tally's extra Grad-CAMs are computed
 from diffvqa.data.dataset import pad_token_ids
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.saliency.guided import two_pass_answer
@@ -63,7 +63,7 @@ def test_keyword_conditioning_scores_the_keyword_maps_of_separated_changes(tiny_
         maps = torch.stack([keyword_regions[w] * 0.9 + 0.05 for w in words])[:, None]
         return maps, maps * 0.5
 
-    monkeypatch.setattr(mechanisms, "keyword_gradcam", oracle)
+    monkeypatch.setattr(keyword_cams, "keyword_gradcam", oracle)
     tally = MechanismTally(tiny_model, keyword_conditioning=True)
     tally.add(batch, result)
     summary = tally.summary()["keyword_conditioning"]
@@ -83,7 +83,7 @@ def test_a_map_that_ignores_the_keyword_scores_one_half(tiny_model, monkeypatch)
                              batch["question"], lexicon_keyword)  # fmt: skip
     same = (far[0] * 0.8 + far[1] * 0.3)[None, None]
     monkeypatch.setattr(
-        mechanisms,
+        keyword_cams,
         "keyword_gradcam",
         lambda model, features, *a, **k: (same.expand(features.shape[0] // 2, -1, -1, -1),) * 2,
     )
@@ -100,7 +100,7 @@ def test_no_keyword_conditioning_without_a_map(tiny_model, monkeypatch):
     batch = _batch(tiny_model, [far, far])
     result = two_pass_answer(tiny_model, batch["main"], batch["ref"], batch["question_ids"], batch["question_mask"],
                              batch["question"], lexicon_keyword)  # fmt: skip
-    monkeypatch.setattr(mechanisms, "keyword_gradcam", lambda *a, **k: pytest.fail("no CAM should be computed"))
+    monkeypatch.setattr(keyword_cams, "keyword_gradcam", lambda *a, **k: pytest.fail("no CAM should be computed"))
     tally = MechanismTally(tiny_model, keyword_conditioning=True)
     tally.add(batch, result)
     summary = tally.summary()

@@ -2,12 +2,13 @@
 
 The commands are parsed out of README.md, so a recipe edit that breaks them fails here. The only changes made to
 them are listed in ``SUBSTITUTIONS``, ``TRAIN_OVERRIDES`` and ``PRETRAIN_OVERRIDES``: paths move under a temporary
-directory, PhysioNet's URL is a local HTTP server that needs no login, K = 2 CPU processes, and ``pretrain`` and
-``train`` get overrides that shrink the model (to match the tiny weights) and the run. Step 2's Python block runs
-verbatim with ``from_pretrained`` answering offline: it returns tiny random models of the real architectures (a
-bottleneck ResNet, GPT-2) and GPT-2's real BPE tokenizer, which ``save_pretrained`` then writes the way the installed
-transformers does (``tokenizer.json`` under transformers 5). The second tokenizer layout (``vocab.json`` +
-``merges.txt``, as older transformers wrote it) is the same run with the saved tokenizer replaced by the BPE pair.
+directory, PhysioNet's URL is a local HTTP server that needs no login (it serves the phantom's JPG tree and label
+CSVs, Chest ImaGenome and MS-CXR), K = 2 CPU processes, and ``pretrain`` and ``train`` get overrides that shrink the
+model (to match the tiny weights) and the run. Step 2's Python block runs verbatim with ``from_pretrained``
+answering offline: it returns tiny random models of the real architectures (a bottleneck ResNet, GPT-2) and GPT-2's
+real BPE tokenizer, which ``save_pretrained`` then writes the way the installed transformers does (``tokenizer.json``
+under transformers 5). The second tokenizer layout (``vocab.json`` + ``merges.txt``, as older transformers wrote
+it) is the same run with the saved tokenizer replaced by the BPE pair.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ SUBSTITUTIONS = [
     ("--user YOUR_PHYSIONET_USER --ask-password ", ""),  # it needs no login (the real one asks for the password)
 ]
 PHYSIONET_JPG_PATH = "files/mimic-cxr-jpg/2.0.0"  # where PhysioNet serves MIMIC-CXR-JPG 2.0.0's root
+# the phantom's box datasets (release subdirectory) -> where PhysioNet serves them
+PHYSIONET_BOX_PATHS = {"chest-imagenome": "files/chest-imagenome/1.0.0", "ms-cxr": "files/ms-cxr/1.1.0"}
 # ResNet-50's and GPT-2 small's architectures at toy widths; the tiny weights below have exactly these shapes.
 TINY_RESNET = {"embedding_size": 8, "hidden_sizes": [16, 32, 64, 128], "depths": [1, 1, 1, 1]}
 TINY_GPT2 = {"n_layer": 2, "n_head": 2, "n_embd": 32}
@@ -121,8 +124,9 @@ def _offline_from_pretrained(monkeypatch) -> None:
 
 def _release(root: Path) -> None:
     """A phantom release split the way the README's paths are: Medical-Diff-VQA's CSVs (and all_diseases.json) in
-    /data, MIMIC-CXR-JPG's JPG tree and label CSVs on the "PhysioNet" server
-    (root/server/files/mimic-cxr-jpg/2.0.0/...), from where the recipe downloads what it needs."""
+    /data; the JPG tree and label CSVs, and the phantom's Chest ImaGenome and MS-CXR on the "PhysioNet" server
+    (root/server/files/mimic-cxr-jpg/2.0.0/..., files/chest-imagenome/1.0.0/..., files/ms-cxr/1.1.0/...), from
+    where the recipe downloads what it needs."""
     from diffvqa.data.labels import CHEXPERT_FILE, NEGBIO_FILE
     from diffvqa.data.phantom import simulate
 
@@ -132,6 +136,8 @@ def _release(root: Path) -> None:
     served.mkdir(parents=True)
     for name in ("files", CHEXPERT_FILE, NEGBIO_FILE):
         shutil.move(release / name, served / name)
+    for name, path in PHYSIONET_BOX_PATHS.items():
+        shutil.move(release / name, root / "server" / path)
 
 
 @pytest.fixture
@@ -162,7 +168,9 @@ def test_recipe_is_parsed_as_expected():
     assert [lang for lang, _ in blocks] == ["bash", "python", "bash", "bash", "bash", "bash"]
     firsts = [shell_commands(body)[0].split()[:2] for lang, body in blocks if lang == "bash"]
     step1 = [c.split()[0] for c in shell_commands(blocks[0][1])]
-    assert step1 == ["diffvqa", "wget", "wget", "diffvqa"]  # list the images, fetch them and the labels, prepare
+    # list the images, fetch them, the labels and the boxes, prepare
+    assert step1 == ["diffvqa", "wget", "wget", "wget", "wget", "diffvqa"]
+    assert "--boxes" in shell_commands(blocks[0][1])[-1]  # the one flag that turns the box scores on
     assert firsts == [["diffvqa", "prepare"], ["diffvqa", "pretrain"], ["torchrun", "--nproc_per_node=K"],
                       ["diffvqa", "evaluate"], ["diffvqa", "ask"]]  # fmt: skip
     commands = [c for lang, body in blocks if lang == "bash" for c in shell_commands(body)]
@@ -209,6 +217,10 @@ def test_readme_real_data_recipe_runs_as_written(layout, tmp_path, monkeypatch, 
     assert model.config.model.encoder_pretrained == "runs/pretrain/encoder"
     metrics = json.loads((root / "runs" / "paper" / "eval-test" / "metrics.json").read_text())
     assert metrics  # evaluate wrote its scores
+    boxes = metrics["box_pointing"]  # ... the saliency against the boxes among them: on 24 pairs, marked too few
+    assert boxes["chest_imagenome"]["mask"]["enough"] is False and boxes["ms_cxr"]["keyword_cam"]["phrases"] > 0
+    fetched_boxes = sorted(p.name for p in (root / "data" / "chest-imagenome" / "1.0.0").rglob("*") if p.is_file())
+    assert fetched_boxes == ["scene_graph.zip", "test.csv", "train.csv", "valid.csv"]  # silver only, no listings
     listed = (root / "data" / "difference-images.txt").read_text().splitlines()
     fetched = sorted(str(p.relative_to(root / "data" / "mimic-cxr-jpg" / "2.0.0")) for p in
                      (root / "data" / "mimic-cxr-jpg" / "2.0.0").rglob("*.jpg"))  # fmt: skip

@@ -5,7 +5,9 @@ Writes ``predictions.jsonl`` (one record per question: ids, question type, quest
 and final answer, keyword), ``metrics.json`` (pycocoevalcap BLEU-1..4 / METEOR / ROUGE-L / CIDEr-D for the
 difference questions and for all types, per-type scores, exact-match accuracy for closed and open questions,
 and, on the phantom, the mechanism scores of :mod:`diffvqa.metrics.mechanisms`: ``pointing_game`` beside its chance,
-fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``),
+fixed-point prior and ceiling, per finding, ``keyword_conditioning``, ``registration_error_ratio``; and, whenever
+the cache has boxes (``prepare --boxes``), ``box_pointing``: the saliency against Chest ImaGenome's changed regions
+and MS-CXR's phrases, :mod:`diffvqa.metrics.boxes`),
 ``comparison.md`` (the difference-question scores beside the published ones, :mod:`diffvqa.metrics.published`),
 ``report.html`` and ``viewer/`` (every question with its pictures, to browse from disk; ``--no-viewer`` skips it).
 """
@@ -24,6 +26,7 @@ import numpy as np
 import torch
 
 from diffvqa.config import QUESTION_TYPES
+from diffvqa.data.cache_boxes import CacheBoxes
 from diffvqa.data.dataset import Collate, PairQADataset
 from diffvqa.data.release import validate_choices
 from diffvqa.device import resolve_device
@@ -32,6 +35,7 @@ from diffvqa.files.disk import full_disk_said
 from diffvqa.files.lock import one_writer
 from diffvqa.files.provenance import RUN_INFO_FILE, run_info, write_run_info
 from diffvqa.files.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
+from diffvqa.metrics.boxes import BoxTally, box_priors
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
 from diffvqa.metrics.published import COMPARISON_FILE, comparison_markdown
@@ -56,6 +60,7 @@ class Predictions:
 
     records: list[dict[str, Any]]  # one per question: ids, texts, answers, keyword (predictions.jsonl)
     mechanisms: dict[str, Any]  # the mechanism scores (phantom only, else empty): MechanismTally.summary()
+    boxes: dict[str, Any]  # the box-based scores (caches with boxes, else empty): BoxTally.summary()
     examples: list[dict[str, Any]]  # up to ``examples`` difference questions with images and maps, for the report
 
 
@@ -73,6 +78,7 @@ def predict(
     prior_point: tuple[int, int] | None = None,
     keyword_conditioning: bool = True,
     on_batch: Callable[[int, dict[str, Any], Any], None] | None = None,
+    box_tally: BoxTally | None = None,
 ) -> Predictions:
     """Answer every question of ``dataset`` (two-pass unless ``single_pass``).
 
@@ -80,6 +86,8 @@ def predict(
     game's fixed-point prior at ``prior_point``) and up to ``examples`` difference questions with their images and
     maps for the report (one per pair).
     ``on_batch(first_record_index, batch, result)`` sees every batch's images and maps (the viewer's strips).
+    ``box_tally`` scores the saliency against the cache's boxes (:mod:`diffvqa.metrics.boxes`); the boxes to draw
+    go to ``on_batch`` as ``batch["box_outlines"]`` and into the examples.
     """
     config = model.config
     collate = Collate(model.tokenizer, config.data.max_question_tokens, config.data.max_answer_tokens)
@@ -109,6 +117,8 @@ def predict(
             ref_box=_maybe_to(batch.get("ref_box"), device),
         )
         pointing = tally.add(batch, result)
+        boxed = box_tally.add(batch, result) if box_tally is not None else [None] * len(batch["question"])
+        batch["box_outlines"] = [None if b is None else b["outlines"] for b in boxed]
         ids = batch["ids"]
         for i in range(len(batch["question"])):
             records.append(
@@ -121,6 +131,7 @@ def predict(
                     "keyword": result.keywords[i],
                     "final": result.final[i],
                     **({} if pointing[i] is None else {"pointing": pointing[i]}),
+                    **{k: v for k, v in (boxed[i] or {}).items() if k == "box_pointing"},
                 }
             )
         if on_batch is not None:
@@ -144,12 +155,14 @@ def predict(
             example = {k: None if v is None else v[i, 0].float().cpu().numpy() for k, v in maps.items()}
             texts = ("question", "preliminary", "keyword", "final", "answer", "question_type")
             example.update({k: record[k] for k in texts}, ids={k: record[k] for k in ids})
+            example["outlines"] = batch["box_outlines"][i]
             kept.append(example)
         if bar is not None:
             bar.update(len(batch["question"]))
     if bar is not None:
         bar.close()
-    return Predictions(records=records, mechanisms=tally.summary(), examples=kept)
+    boxes = box_tally.summary() if box_tally is not None else {}
+    return Predictions(records=records, mechanisms=tally.summary(), boxes=boxes, examples=kept)
 
 
 def fixed_point_prior(data: str | Path) -> tuple[int, int] | None:
@@ -229,10 +242,13 @@ def evaluate(
         dataset = torch.utils.data.Subset(dataset, evenly_spaced(len(dataset), limit))
     keyword_fn = answer_keyword_fn(model.config.saliency, out)
     strips = StripWriter(out / VIEWER_DIR) if viewer else None
+    box_tally = None
+    if CacheBoxes.exists(data):  # prepare --boxes carried Chest ImaGenome / MS-CXR into the cache: score them
+        box_tally = BoxTally(model, CacheBoxes(data), box_priors(data))
     tic = time.perf_counter()
     predictions = predict(model, dataset, keyword_fn=keyword_fn, batch_size=batch_size, single_pass=single_pass,
                           device=device, progress=progress, prior_point=fixed_point_prior(data),
-                          on_batch=strips)  # fmt: skip
+                          on_batch=strips, box_tally=box_tally)  # fmt: skip
     records = predictions.records
     if (keywords_report := finish_keywords(keyword_fn)) is not None:
         print(keywords_report, file=sys.stderr)
@@ -249,6 +265,8 @@ def evaluate(
     if passes is not None:
         metrics["final_vs_preliminary"] = passes
     metrics.update(predictions.mechanisms)
+    if predictions.boxes:
+        metrics["box_pointing"] = predictions.boxes
     with (out / PREDICTIONS_FILE).open("w") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
@@ -374,6 +392,22 @@ def format_table(metrics: dict[str, Any], baseline: dict[str, Any] | None = None
             f"keyword conditioning: {conditioning['score']:.3f}, 95 % interval [{low:.3f}, {high:.3f}] over "
             f"{conditioning['questions']} answers ({conditioning['pairs']} ordered pairs; chance 0.5)"
         )
+    boxes = lookup(metrics, ("box_pointing",)) or {}
+    box_rows = (
+        ("shared mask vs Chest ImaGenome's changed regions", ("chest_imagenome", "mask"), "pairs"),
+        ("each finding's Grad-CAM vs those regions", ("chest_imagenome", "keyword_cam"), "pairs"),
+        ("the finding's Grad-CAM vs MS-CXR's boxes", ("ms_cxr", "keyword_cam"), "phrases"),
+    )
+    for label, path, unit in box_rows:
+        entry = lookup(boxes, path)
+        if entry is not None:
+            prior = "—" if entry["prior"] is None else f"{entry['prior']:.3f}"
+            few = "" if entry["enough"] else f" — fewer than {boxes['min_scored']}: too few to read"
+            lines.append(
+                f"pointing game, {label}: {entry['score']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}] "
+                f"(chance {entry['chance']:.3f}, prior {prior}, ceiling {entry['ceiling']:.3f}) on {entry[unit]} "
+                f"{unit}{few}"
+            )
     return "\n".join(lines)
 
 

@@ -20,6 +20,8 @@ Cache directory layout (``S`` = size, ``N`` = images)::
     truth/                  phantom releases only: theta_true, change masks (per pair, and per changed finding
                             and side) and finding masks in the cache frames
                             (layout and conventions: :mod:`diffvqa.data.cache_truth`)
+    boxes/                  caches prepared with --boxes: Chest ImaGenome's regions and comparisons, MS-CXR's
+                            phrases, in the cache frames (layout: :mod:`diffvqa.data.cache_boxes`)
 """
 
 from __future__ import annotations

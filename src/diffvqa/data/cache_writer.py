@@ -665,6 +665,14 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
         "all_diseases.json) when they are neither beside the images nor beside the release",
     )
     parser.add_argument(
+        "--boxes",
+        type=Path,
+        nargs="+",
+        metavar="DIR",
+        help="Chest ImaGenome 1.0.0 and/or MS-CXR 1.1.0 directories: carry their boxes into the cache, and evaluate "
+        "scores the saliency against them (diffvqa.data.cache_boxes)",
+    )
+    parser.add_argument(
         "--no-draft", action="store_true", help="decode JPEGs at full size (slower; ~0.1 gray level apart)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -679,6 +687,12 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     check_output_dir(args.out)
     if args.workers < 0:
         parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
+    if args.boxes:
+        from diffvqa.data.cache_boxes import box_sources
+
+        if args.shard is not None and not args.merge:
+            parser.error("--boxes: give it to the --merge that finishes the shards")
+        box_sources(args.boxes)  # a directory that is not there, or holds neither dataset, is said before decoding
     manifest_or_shard = _run(args)
     if args.shard is not None and not args.merge:
         s = manifest_or_shard
@@ -687,9 +701,21 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
             f"unreadable, in {args.out}; merge all shards with: diffvqa prepare --merge DIR ... --out DIR"
         )
     else:
+        if args.boxes:
+            _carry_boxes(args.out, args.boxes, not args.quiet)
         print((args.out / REPORT).read_text(), end="")
         print(f"cache written to {args.out}")
     return 0
+
+
+@one_writer("out", "diffvqa prepare --boxes")
+@full_disk_said("out", partial="boxes.partial")  # the images stay; the same command carries the boxes again
+def _carry_boxes(out: Path, dirs: Sequence[Path], progress: bool) -> None:
+    """Write ``out/boxes/`` from the box datasets and add what was carried and skipped to ``out/report.txt``."""
+    from diffvqa.data.cache_boxes import report_lines, write_boxes
+
+    summary = write_boxes(out, dirs, progress)
+    write_atomic(out / REPORT, (out / REPORT).read_text() + "\n".join(report_lines(summary)) + "\n")
 
 
 def _list_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from diffvqa.data.dataset import pad_token_ids
 from diffvqa.metrics.intervals import clustered_interval
 from diffvqa.metrics.pointing import (
     area_shares,
@@ -32,16 +31,9 @@ from diffvqa.metrics.pointing import (
 from diffvqa.model.align import corner_error, identity_theta
 from diffvqa.model.encoder import feature_stride
 from diffvqa.model.vqa import DiffVQA
-from diffvqa.saliency.gradcam import (
-    cam_pool,
-    classifier_cams,
-    gate_cams,
-    keyword_gradcam,
-    keyword_label_indices,
-    keyword_token_mask,
-    merge_cams,
-)
+from diffvqa.saliency.gradcam import cam_pool, gate_cams
 from diffvqa.saliency.guided import TwoPassResult, cam_gate
+from diffvqa.saliency.keyword_cams import keyword_cams
 from diffvqa.saliency.mask import registered_difference, shared_mask
 
 
@@ -154,25 +146,12 @@ class MechanismTally:
         device = result.features.device
         index = torch.tensor(rows, device=device)
         b = len(batch["question"])
-        features = torch.cat([result.features[:b][index], result.features[b:][index]])  # (2R, C, h, w)
         content = None
         if result.content is not None:
             content = torch.cat([result.content[:b][index], result.content[b:][index]])
-        answers = [batch["answer"][i] for i in rows]
-        limit = model.config.data.max_answer_tokens
-        answer_ids, answer_mask = (t.to(device) for t in pad_token_ids(model.tokenizer, answers, limit))
-        keyword_mask = keyword_token_mask(model.tokenizer, answers, keywords, answer_ids)
-        question_ids, question_mask = batch["question_ids"].to(device)[index], batch["question_mask"].to(device)[index]
         cfg = model.config.saliency
-        cam_main, cam_ref = keyword_gradcam(model, features, question_ids, question_mask, answer_ids, answer_mask,
-                                            keyword_mask, cfg.cam_eps, cfg.cam_method, content,
-                                            normalize=cfg.cam_normalize, target=cfg.cam_target,
-                                            pool=self.pool)  # fmt: skip
-        if cfg.cam_source == "classifier":  # the head's map where the keyword has a label, as inference makes it
-            labels = keyword_label_indices(model, keywords)
-            cams = classifier_cams(model, features, labels, cfg.cam_eps, cfg.cam_method, content,
-                                   normalize=cfg.cam_normalize, pool=self.pool)  # fmt: skip
-            cam_main, cam_ref = merge_cams(cams, (cam_main, cam_ref), labels >= 0)
+        answers = [batch["answer"][i] for i in rows]  # each names its keyword: the answer's own tokens are scored
+        cam_main, cam_ref = keyword_cams(model, batch, result, rows, keywords, answers)
         maps = {"ungated": shared_mask(cam_main, cam_ref, cfg.mask)[:, 0].cpu()}  # (R, S, S)
         ref = batch["ref"].to(device)[index]
         gate = cam_gate(cfg.cam_method, result.aligned_main[index], ref, content)

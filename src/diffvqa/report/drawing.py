@@ -17,8 +17,10 @@ from diffvqa.data.images import to_uint8
 
 __all__ = [
     "INFERNO_STOPS",
+    "BOX_COLOR",
     "apply_colormap",
     "colorbar",
+    "draw_outlines",
     "heat_overlay",
     "mask_contour_overlay",
     "mask_outline",
@@ -45,6 +47,7 @@ INFERNO_STOPS = np.array(
     dtype=np.float64,
 )
 CONTOUR_COLOR = (0, 230, 118)  # a green that no inferno value takes
+BOX_COLOR = (0, 190, 255)  # a cyan that neither inferno nor the contour takes: a dataset's boxes
 
 
 def _lut(stops: np.ndarray) -> np.ndarray:
@@ -131,6 +134,36 @@ def mask_contour_overlay(
         raise ValueError(f"mask_contour_overlay: image {rgb.shape[:2]} and mask {mask.shape} differ in shape")
     rgb[mask_outline(mask, thickness)] = color
     return Image.fromarray(rgb, "RGB")
+
+
+def draw_outlines(
+    image: Image.Image,
+    polygons: Sequence[Sequence[tuple[float, float]]],
+    scale: float = 1.0,
+    offset: tuple[float, float] = (0.0, 0.0),
+    color: tuple[int, int, int] = BOX_COLOR,
+    width: int = 1,
+    size: tuple[float, float] | None = None,
+) -> Image.Image:
+    """Draw closed outlines (e.g. a dataset's boxes, as corner lists) on ``image``, in place; returns it.
+
+    Corners are pixel coordinates of the map's frame (x right, y down, pixel centres at integers); ``scale`` maps
+    them to the picture's pixels (its size / the map's) and ``offset`` moves them (a panel's place in a strip).
+    ``size`` (width, height): the drawn picture's extent from ``offset``; corners beyond it are pulled onto its edge
+    (default: the whole image).
+    """
+    draw = ImageDraw.Draw(image)
+    width_px, height_px = size if size is not None else (image.width - offset[0], image.height - offset[1])
+    for corners in polygons:
+        points = [
+            (
+                min(max((x + 0.5) * scale - 0.5, 0.0), width_px - 1) + offset[0],
+                min(max((y + 0.5) * scale - 0.5, 0.0), height_px - 1) + offset[1],
+            )
+            for x, y in corners
+        ]
+        draw.line([*points, points[0]], fill=color, width=width)
+    return image
 
 
 def resize_array(array: np.ndarray, size: int) -> np.ndarray:

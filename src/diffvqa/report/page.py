@@ -26,7 +26,7 @@ from diffvqa.files.run import METRICS_LOG, VIEWER_DIR
 from diffvqa.metrics.captions import CAPTION_KEYS, DIFFERENCE, normalize_answer
 from diffvqa.metrics.headline import HEADLINES, MECHANISM_KEYS, lookup
 from diffvqa.metrics.published import COLUMN_LABELS, COLUMNS, PUBLISHED, comparability, run_row
-from diffvqa.report.drawing import colorbar, heat_overlay, mask_contour_overlay, resize_array, to_uint8
+from diffvqa.report.drawing import colorbar, draw_outlines, heat_overlay, mask_contour_overlay, resize_array, to_uint8
 from diffvqa.version import __version__
 
 REPORT_FILE = "report.html"
@@ -484,6 +484,13 @@ def example_pictures(example: Mapping[str, Any], index: int = 0) -> list[tuple[s
         )
     else:
         pictures.append(("mask", "shared mask M", None))
+    outlines = example.get("outlines") or {}  # a dataset's boxes (diffvqa.metrics.boxes), in S x S pixels
+    for k, (stem, caption, picture) in enumerate(pictures):
+        if picture is not None and outlines.get(stem):
+            draw_outlines(picture, outlines[stem], picture.width / _array(example, "ref", index, True).shape[-1],
+                          width=thickness)  # fmt: skip
+            pictures[k] = (stem, caption + (" + changed regions' boxes (cyan)" if stem == "mask" else
+                                            " + MS-CXR boxes (cyan)"), picture)  # fmt: skip
     return pictures
 
 
@@ -651,6 +658,8 @@ def write_report(
         sections.append(_example_html(index, example, images))
 
     curves_html = _training_curves(training_run, image_dir)
+    from diffvqa.report.boxes import boxes_section  # it builds on this module's formatting
+
     summary = _summary_line(metrics)
     baseline_note = (
         '<p class="note">Blind baseline: the same model trained and evaluated with both images replaced by '
@@ -661,7 +670,8 @@ def write_report(
     legend = (
         f'<p class="legend">heat: 0 <img src="{IMAGES_DIR}/colorbar.png" alt="colour scale"> 1 · CAMs and the '
         'mask are in the reference frame (main aligned) · <span class="swatch"></span> true change region, '
-        "when the data has it</p>"
+        "when the data has it · <span class=\"swatch boxes\"></span> a dataset's boxes (Chest ImaGenome's changed "
+        "regions over the mask, MS-CXR's over the Grad-CAMs), when the cache has them</p>"
     )
     examples_html = "".join(sections) or '<p class="note">No examples.</p>'
     page = f"""<!DOCTYPE html>
@@ -685,6 +695,7 @@ def write_report(
 {per_type_table(metrics)}
 {published_section(metrics, baseline_metrics)}
 {_mechanisms_section(metrics, baseline_metrics)}
+{boxes_section(metrics)}
 {curves_html}
 <h2>Examples</h2>
 {_viewer_link(out_dir)}

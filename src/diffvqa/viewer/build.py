@@ -14,7 +14,9 @@ each evaluation's own ``viewer/img`` by a relative path, so keep the evaluation 
 Per question the data holds, for each evaluation: the preliminary and final answer, the keyword, exact match after
 :func:`diffvqa.metrics.normalize_answer`, the sentence METEOR_nltk of the final answer (the sort score) and, when
 the record has one (``pointing`` as a score in [0, 1], or ``pointing_hit`` as a bool), the pointing game; a hit
-is a score of at least 0.5.
+is a score of at least 0.5. When the evaluation scored the saliency against boxes (:mod:`diffvqa.metrics.boxes`),
+each question also carries its ``box_pointing`` and each run the summary of those scores beside their reference
+levels, and the strips show the boxes.
 """
 
 from __future__ import annotations
@@ -79,6 +81,28 @@ def pointing_score(record: dict[str, Any]) -> float | None:
     return None
 
 
+def box_score(record: dict[str, Any]) -> float | None:
+    """The record's box-based pointing game (``box_pointing`` in [0, 1]), else None."""
+    value = record.get("box_pointing")
+    return float(value) if isinstance(value, (int, float)) and 0.0 <= value <= 1.0 else None
+
+
+def _box_summary(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's box-based scores for the page's header: label, score, reference levels, how many, enough."""
+    boxes = metrics.get("box_pointing") or {}
+    out = []
+    for label, path, unit in (("Chest ImaGenome, shared mask", ("chest_imagenome", "mask"), "pairs"),
+                              ("Chest ImaGenome, each finding's Grad-CAM", ("chest_imagenome", "keyword_cam"), "pairs"),
+                              ("MS-CXR, the finding's Grad-CAM", ("ms_cxr", "keyword_cam"), "phrases")):  # fmt: skip
+        entry = boxes
+        for key in path:
+            entry = entry.get(key) if isinstance(entry, dict) else None
+        if isinstance(entry, dict):
+            out.append({"label": label, "unit": unit, "count": entry.get(unit),
+                        **{k: entry.get(k) for k in ("score", "chance", "prior", "ceiling", "enough")}})  # fmt: skip
+    return out
+
+
 def question_key(record: dict[str, Any]) -> tuple:
     if "question_index" in record:
         return ("index", record["question_index"])
@@ -117,6 +141,8 @@ def _run_entry(
         "questions": len(records),
         "difference": {k: (metrics.get("difference") or {}).get(k) for k in SUMMARY_KEYS},
         "meteor_nltk": (metrics.get("implementation") or {}).get("METEOR_nltk"),
+        "boxes": _box_summary(metrics),
+        "min_scored": (metrics.get("box_pointing") or {}).get("min_scored"),
     }
 
 
@@ -158,7 +184,7 @@ def build_data(eval_dirs: list[Path], out: Path, title: str | None = None) -> di
             exact = normalize_answer(record["final"]) == normalize_answer(record["answer"])
             row[7][r] = [line, strings(record.get("preliminary")), strings(record.get("keyword")),
                          strings(record["final"]), int(exact), round(meteor[line], 4),
-                         pointing_score(record)]  # fmt: skip
+                         pointing_score(record), box_score(record)]  # fmt: skip
     if len(per_run) == 2:
         for row in rows:
             a, b = row[7]

@@ -2,8 +2,10 @@
 
 Panels, left to right, each ``panel`` x ``panel`` pixels: main, reference, main aligned to the reference,
 |aligned − reference| (×2, clipped), Grad-CAM on the aligned main, Grad-CAM on the reference, the shared mask M
-on the reference with the true change outlined in green (phantom only). A single-pass evaluation has no CAMs or
-mask: those panels are flat gray. One file per question keeps the viewer lazy (a page loads only the strips it
+on the reference with the true change outlined in green (phantom only). When the cache has boxes
+(:mod:`diffvqa.metrics.boxes`) they are drawn in cyan: the regions Chest ImaGenome marks changed over the mask, and
+each image's MS-CXR boxes over its Grad-CAM. A single-pass evaluation has no CAMs or mask: those panels are flat
+gray. One file per question keeps the viewer lazy (a page loads only the strips it
 shows) and the budget small: at 96-pixel panels a strip is a few kB, so 16,389 questions fit well under 300 MB.
 
 :class:`StripWriter` is called by ``evaluate`` once per batch with the batch and the two-pass result; it works on
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from diffvqa.report.drawing import CONTOUR_COLOR, apply_colormap, mask_outline
+from diffvqa.report.drawing import CONTOUR_COLOR, apply_colormap, draw_outlines, mask_outline
 
 IMAGES_DIR = "img"
 PANELS = (
@@ -32,10 +34,11 @@ PANELS = (
     ("ref", "reference (prior)"),
     ("aligned", "main aligned to reference"),
     ("difference", "|aligned − reference| ×2"),
-    ("cam_main", "Grad-CAM, aligned main"),
-    ("cam_ref", "Grad-CAM, reference"),
-    ("mask", "shared mask M + true change (green)"),
+    ("cam_main", "Grad-CAM, aligned main (+ MS-CXR boxes, cyan)"),
+    ("cam_ref", "Grad-CAM, reference (+ MS-CXR boxes, cyan)"),
+    ("mask", "shared mask M + true change (green), changed regions' boxes (cyan)"),
 )
+OUTLINED = {"cam_main": 4, "cam_ref": 5, "mask": 6}  # the panels boxes are drawn on
 DIFFERENCE_GAIN = 2.0  # differences between visits are faint; a fixed gain keeps strips comparable
 HEAT_ALPHA = 0.45  # as diffvqa.report.drawing.heat_overlay
 EMPTY_GRAY = 64  # a panel the evaluation has no picture for (single pass)
@@ -78,9 +81,11 @@ def render_strips(
     mask: torch.Tensor | None,
     change: torch.Tensor | None,
     panel: int = 96,
+    outlines: list[dict | None] | None = None,
 ) -> np.ndarray:
     """The strips of a batch. Args: (B, 1, S, S) tensors in [0, 1] (``change`` bool-like; the maps None for a
-    single pass). Returns (B, panel, 7·panel, 3) uint8."""
+    single pass); ``outlines``: per question None or {"mask" | "cam_main" | "cam_ref": [corner lists in S x S
+    pixels]} (:meth:`diffvqa.metrics.boxes.BoxTally.add`), drawn in cyan. Returns (B, panel, 7·panel, 3) uint8."""
     b = main.shape[0]
     main_, ref_, aligned_ = (_resize(x, panel)[:, 0] for x in (main, ref, aligned))
     heat = iter(_resize(m, panel)[:, 0] for m in (cam_main, cam_ref, mask) if m is not None)
@@ -102,6 +107,13 @@ def render_strips(
         for i in range(b):
             outline = mask_outline(regions[i].numpy(), thickness)
             strips[i, :, 6 * panel : 7 * panel][outline] = CONTOUR_COLOR
+    for i, drawn in enumerate(outlines or []):
+        if not drawn:
+            continue
+        picture = Image.fromarray(strips[i], "RGB")
+        for key, polygons in drawn.items():
+            draw_outlines(picture, polygons, panel / main.shape[-1], (OUTLINED[key] * panel, 0), size=(panel, panel))
+        strips[i] = np.asarray(picture)
     return strips
 
 
@@ -136,7 +148,7 @@ class StripWriter:
         maps = (batch["main"], batch["ref"], result.aligned_main, result.cam_main, result.cam_ref, result.mask,
                 None if truth is None else truth["change_mask"])  # fmt: skip
         maps = tuple(None if m is None else m.detach().to("cpu", torch.float32) for m in maps)
-        self._queue.put((first_index, maps))
+        self._queue.put((first_index, maps, batch.get("box_outlines")))
         self.seconds += time.perf_counter() - tic
 
     def _work(self) -> None:
@@ -145,8 +157,8 @@ class StripWriter:
                 continue  # drain, so that the evaluation never blocks on a full queue
             tic = time.perf_counter()
             try:
-                first_index, maps = item
-                for i, strip in enumerate(render_strips(*maps, panel=self.panel)):
+                first_index, maps, outlines = item
+                for i, strip in enumerate(render_strips(*maps, panel=self.panel, outlines=outlines)):
                     path = self.viewer_dir / strip_path(first_index + i)
                     path.parent.mkdir(parents=True, exist_ok=True)
                     Image.fromarray(strip, "RGB").save(path, quality=self.quality)

@@ -13,6 +13,8 @@ loader, training and metrics consume — plus ground truth that no real dataset 
       files/p{subject[:2]}/p{subject}/s{study}/{dicom_id}.jpg     8-bit grayscale JPEG, H x W (size=(H, W))
       ground_truth/
         findings.csv  pairs.csv  changes.csv  questions.csv  masks/*.png  changes/*.png
+      chest-imagenome/  ms-cxr/           the anatomy's regions as boxes, the changes per region and the findings
+                                          as phrases, in Chest ImaGenome's and MS-CXR's layouts (region_files)
 
 Ground-truth contract (file and column names in :mod:`diffvqa.data.ground_truth`, which reads it back). Pixel
 coordinates: x to the right, y down, pixel centres at integer coordinates; masks are 8-bit PNGs holding 0 or 255,
@@ -96,6 +98,7 @@ from diffvqa.data.phantom.imaging import SIDES, Warp, compose, expose, invert, m
 from diffvqa.data.phantom.label_files import observation_values, write_label_files
 from diffvqa.data.phantom.plan import LATERAL_KINDS, Ids, StudyPlan, SubjectPlan, assign_splits, plan_subject
 from diffvqa.data.phantom.qa import NOTHING, pair_difference, pair_questions
+from diffvqa.data.phantom.region_files import write_region_files
 from diffvqa.data.phantom.sheet import contact_sheet
 from diffvqa.data.release import QUESTION_COLUMNS, QUESTIONS_FILE, STUDIES_FILE
 from diffvqa.errors import ArgumentParser, UserError, command
@@ -284,7 +287,8 @@ def simulate(
 
     Returns:
         Counts: subjects, studies, pairs, questions, findings (rows of findings.csv), change_regions (rows of
-        changes.csv), questions_by_type, nothing_changed (difference rows answered "nothing has changed.").
+        changes.csv), questions_by_type, nothing_changed (difference rows answered "nothing has changed."),
+        region_files (:func:`~diffvqa.data.phantom.region_files.write_region_files`'s counts).
     """
     pairs, size = _validate(pairs, size, seed)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
@@ -369,6 +373,7 @@ def simulate(
     _write_csv(truth / CHANGES_FILE, CHANGES_COLUMNS, change_rows)
     _write_csv(truth / KEYWORDS_FILE, KEYWORD_COLUMNS, keywords)
     write_label_files(out, plans, seed)
+    region_files = write_region_files(out, plans, change_rows, size)  # Chest ImaGenome and MS-CXR, read from the masks
     by_type: dict[str, int] = {}
     for row in questions:
         by_type[row[3]] = by_type.get(row[3], 0) + 1
@@ -382,6 +387,7 @@ def simulate(
         "change_regions": len(change_rows),
         "questions_by_type": by_type,
         "nothing_changed": sum(1 for row in questions if row[3] == "difference" and row[5] == NOTHING),
+        "region_files": region_files,
     }
 
 

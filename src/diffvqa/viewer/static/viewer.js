@@ -26,7 +26,7 @@
     question: S[row[4]], answer: S[row[5]], split: S[row[6]],
     runs: row[7].map((a) => a === null ? null : {
       line: a[0], preliminary: S[a[1]], keyword: S[a[2]], final: S[a[3]],
-      exact: a[4] === 1, meteor: a[5], pointing: a[6],
+      exact: a[4] === 1, meteor: a[5], pointing: a[6], boxes: a[7] === undefined ? null : a[7],
     }),
     disagree: row[8] === 1,
   }));
@@ -140,19 +140,20 @@
   // ---- the list -----------------------------------------------------------------------------------------
   function renderHead() {
     const cells = ["#", "study / reference", "type", "question", "reference answer"];
-    runs.forEach((run) => cells.push(`final: ${run.name}`, "METEOR_nltk", "pointing", "pictures"));
+    runs.forEach((run) => cells.push(`final: ${run.name}`, "METEOR_nltk", "pointing", "pointing (boxes)", "pictures"));
     $("list-head").replaceChildren(el("tr", {}, ...cells.map((c) => el("th", {}, c))));
   }
 
   function runCells(q, r) {
     const a = q.runs[r];
-    if (!a) return [el("td", { class: "missing" }, "not asked"), el("td"), el("td"), el("td")];
+    if (!a) return [el("td", { class: "missing" }, "not asked"), el("td"), el("td"), el("td"), el("td")];
     const src = stripSrc(r, a.line);
     const thumb = src === null ? "—" : el("img", { src, loading: "lazy", alt: "pictures", class: "thumb" });
     return [
       el("td", { class: a.exact ? "final right" : "final wrong", "data-run": r }, a.exact ? "✓ " : "✗ ", a.final),
       el("td", { class: "num" }, fmt(a.meteor)),
       el("td", { class: "num" }, fmt(a.pointing)),
+      el("td", { class: "num" }, fmt(a.boxes)),
       el("td", {}, thumb),
     ];
   }
@@ -214,6 +215,8 @@
       ["exact match", a.exact ? "✓ right" : "✗ wrong", `detail-exact ${a.exact ? "right" : "wrong"}`],
       ["METEOR_nltk", fmt(a.meteor), "detail-meteor"],
       ["pointing game", a.pointing === null ? "— (no score in predictions.jsonl)" : fmt(a.pointing), "detail-pointing"],
+      ["pointing game, against the changed regions' boxes",
+        a.boxes === null ? "— (no changed region with a box)" : fmt(a.boxes), "detail-boxes"],
       ["line in predictions.jsonl", a.line + 1, "detail-line"],
     ];
     box.append(el("table", { class: "qa" }, ...rows.map(([k, v, cls]) =>
@@ -251,6 +254,15 @@
     el("b", {}, run.name), ` · ${run.split} split · ${run.mode} · ${run.questions.toLocaleString("en")} questions`
     + ` · difference: METEOR ${fmt(run.difference.METEOR)} (jar, corpus) · METEOR_nltk ${fmt(run.difference.METEOR_nltk)}`
     + ` (sentence mean) · CIDEr ${fmt(run.difference.CIDEr)}` + (run.images === null ? " · no pictures" : ""))));
+  // the saliency against the datasets' boxes, each score beside its reference levels; too few pairs are marked
+  for (const run of runs) {
+    for (const b of run.boxes || []) {
+      const few = b.enough === false ? ` — fewer than ${run.min_scored} ${b.unit}: too few to read` : "";
+      $("runs").append(el("p", { class: b.enough === false ? "run boxes few" : "run boxes" },
+        `${run.name} · pointing game against boxes, ${b.label}: ${fmt(b.score)} (chance ${fmt(b.chance)}, `
+        + `fixed-point prior ${fmt(b.prior)}, ceiling ${fmt(b.ceiling)}) on ${b.count} ${b.unit}${few}`));
+    }
+  }
   renderHead();
   apply();
 })();
