@@ -268,16 +268,24 @@ def summary_markdown(metrics: dict[str, Any]) -> str:
     lines.append("| label | test AUROC [95 %] | test pos / neg | validation AUROC |")
     lines.append("|---|---|---|---|")
     test, val = metrics["test"]["per_label"], metrics["validation"]["per_label"]
+    unscored = []  # no AUROC on either held-out split: said in one line below the table
     for name, entry in test.items():
+        v = val.get(name, {}).get("auroc")
+        if entry["auroc"] is None and v is None:
+            unscored.append(name)
+            continue
         cell = (
             "—" if entry["auroc"] is None else f"{entry['auroc']:.3f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
         )
-        v = val.get(name, {}).get("auroc")
         lines.append(f"| {name} | {cell} | {entry['positives']} / {entry['negatives']} | "
                      f"{'—' if v is None else f'{v:.3f}'} |")  # fmt: skip
     mean = metrics["test"]["mean_auroc"]
     lines += ["", f"Mean test AUROC over the {metrics['test']['labels_scored']} labels with both classes: "
               + ("—" if mean is None else f"{mean:.3f}") + "."]  # fmt: skip
+    if unscored:
+        lines.append(
+            f"No held-out image has (or every one has) these labels, so they have no AUROC: {', '.join(unscored)}."
+        )
     pointing = metrics.get("cam_pointing")
     if pointing:
         o = pointing["overall"]
