@@ -71,6 +71,7 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     assert passes["answers_changed"] == changed
     assert passes["right_only_in_final"] + passes["right_only_in_preliminary"] <= changed
     assert metrics["run"]["phantom"] and metrics["run"]["difference_questions"] == len(difference)
+    assert metrics["run"]["encoder"] == "random initialisation"  # the test model has no model.encoder_pretrained
     info = json.loads((out / "run_info.json").read_text())
     assert info["command"][:3] == ["diffvqa", "evaluate", "--checkpoint"] and info["device"] == "cpu"
     comparison = (out / "comparison.md").read_text()

@@ -370,3 +370,12 @@ def test_a_copied_report_still_reads_right(tmp_path):
     assert targets and all(not t.startswith(("/", "file:", "http")) for t in targets)
     assert [t for t in targets if t.endswith(".md")] == []  # no link to a document the copy does not hold
     assert [t for t in targets if not (copy / t).is_file()] == []
+
+
+def test_the_subtitle_says_where_the_encoder_started(tmp_path):
+    metrics = _difference_only(1.0, preliminary=False)
+    assert "encoder" not in write_report(tmp_path / "a", metrics, []).read_text().split("</p>")[0]  # not recorded
+    metrics["run"]["encoder"] = "pretrained"
+    assert "two-pass · encoder pretrained" in write_report(tmp_path / "b", metrics, []).read_text()
+    metrics["run"]["encoder"] = "random initialisation"
+    assert "two-pass · encoder from random weights" in write_report(tmp_path / "c", metrics, []).read_text()

@@ -277,6 +277,8 @@ def evaluate(
         "question_types": question_types,
         "mode": "single-pass" if single_pass or not model.config.saliency.enabled else "two-pass",
         "blind": model.config.model.blind,
+        # where its encoder started: model.encoder_pretrained (diffvqa pretrain, or ImageNet weights) or random
+        "encoder": "pretrained" if model.config.model.encoder_pretrained else "random initialisation",
         "questions": len(records),
         "difference_questions": sum(r["question_type"] == "difference" for r in records),
         "phantom": phantom,

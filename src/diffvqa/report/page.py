@@ -591,7 +591,8 @@ def _mechanisms_section(metrics: Mapping[str, Any], baseline: Mapping[str, Any] 
 
 
 def _summary_line(metrics: Mapping[str, Any]) -> str:
-    """``2,000 questions · 192 difference questions · test split · two-pass`` (counts once when they are equal)."""
+    """``2,000 questions · 192 difference questions · test split · two-pass · encoder pretrained`` (counts once when
+    they are equal; where the encoder started when the evaluation recorded it)."""
     counts = {key: (metrics.get(key) or {}).get("n") for key in ("all", DIFFERENCE)}
     parts = []
     for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
@@ -603,6 +604,10 @@ def _summary_line(metrics: Mapping[str, Any]) -> str:
         parts.append(f"{run['split']} split")
     if isinstance(run.get("mode"), str):
         parts.append(run["mode"])
+    if run.get("encoder") == "pretrained" and not run.get("blind"):
+        parts.append("encoder pretrained")
+    elif run.get("encoder") and not run.get("blind"):
+        parts.append("encoder from random weights")
     return " · ".join(parts)
 
 
