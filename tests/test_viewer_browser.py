@@ -194,3 +194,32 @@ def test_readme_screenshot_command(evaluations, tmp_path):
     with Image.open(tmp_path / "shot.png") as shot:
         assert shot.size[0] == 1400 and shot.size[1] > 560  # the list, then the detail view below it
     assert sorted(p.name for p in tmp_path.iterdir()) == ["shot.png"]
+
+
+def _tiny_predictions(directory, box_scores):
+    answer = "the main image has an additional finding of pleural effusion than the reference image. "
+    rows = [
+        {"question_index": i, "study_id": 50_000_000 + i, "ref_id": 40_000_000 + i, "subject_id": 10_000_000,
+         "question_type": "difference", "question": "what has changed compared to the reference image?",
+         "answer": answer, "preliminary": answer, "final": answer, "keyword": "pleural effusion", "pointing": 1.0,
+         **({} if box is None else {"box_pointing": box})}  # fmt: skip
+        for i, box in enumerate(box_scores)
+    ]
+    directory.mkdir()
+    (directory / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return write_viewer(directory)
+
+
+def test_the_boxes_column_only_when_an_evaluation_scored_boxes(browser, tmp_path):
+    """Without box scores (no --boxes at prepare) a column of dashes is noise: the list and the detail view omit it."""
+    for name, scores, shown in (("without", [None, None], False), ("with", [None, 0.5], True)):
+        view = ViewerPage(browser, _tiny_predictions(tmp_path / name, scores))
+        heads = view.page.eval_on_selector_all("#list-head th", "cells => cells.map(c => c.textContent)")
+        assert ("pointing (boxes)" in heads) is shown, heads
+        widths = view.page.eval_on_selector_all("#list-body tr", "rows => rows.map(r => r.children.length)")
+        assert widths == [len(heads)] * len(scores)  # every row lines up with the header
+        view.open_row(1)
+        assert (view.page.locator(".detail-boxes").count() == 1) is shown
+        if shown:
+            assert view.page.locator(".detail-boxes").first.text_content() == "0.500"
+        assert view.errors == [] and view.network == []

@@ -117,6 +117,8 @@
     return q.id;
   }
 
+  // The boxes column only when some evaluation scored against boxes: a column of dashes is noise.
+  const hasBoxes = questions.some((q) => q.runs.some((a) => a && a.boxes !== null && a.boxes !== undefined));
   let view = questions; // the filtered, sorted questions
   let page = 0;
   let open = -1; // position in `view` of the question in the detail view
@@ -140,20 +142,21 @@
   // ---- the list -----------------------------------------------------------------------------------------
   function renderHead() {
     const cells = ["#", "study / reference", "type", "question", "reference answer"];
-    runs.forEach((run) => cells.push(`final: ${run.name}`, "METEOR_nltk", "pointing", "pointing (boxes)", "pictures"));
+    runs.forEach((run) => cells.push(`final: ${run.name}`, "METEOR_nltk", "pointing",
+      ...(hasBoxes ? ["pointing (boxes)"] : []), "pictures"));
     $("list-head").replaceChildren(el("tr", {}, ...cells.map((c) => el("th", {}, c))));
   }
 
   function runCells(q, r) {
     const a = q.runs[r];
-    if (!a) return [el("td", { class: "missing" }, "not asked"), el("td"), el("td"), el("td"), el("td")];
+    if (!a) return [el("td", { class: "missing" }, "not asked"), el("td"), el("td"), ...(hasBoxes ? [el("td")] : []), el("td")];
     const src = stripSrc(r, a.line);
     const thumb = src === null ? "—" : el("img", { src, loading: "lazy", alt: "pictures", class: "thumb" });
     return [
       el("td", { class: a.exact ? "final right" : "final wrong", "data-run": r }, a.exact ? "✓ " : "✗ ", a.final),
       el("td", { class: "num" }, fmt(a.meteor)),
       el("td", { class: "num" }, fmt(a.pointing)),
-      el("td", { class: "num" }, fmt(a.boxes)),
+      ...(hasBoxes ? [el("td", { class: "num" }, fmt(a.boxes))] : []),
       el("td", {}, thumb),
     ];
   }
@@ -215,8 +218,8 @@
       ["exact match", a.exact ? "✓ right" : "✗ wrong", `detail-exact ${a.exact ? "right" : "wrong"}`],
       ["METEOR_nltk", fmt(a.meteor), "detail-meteor"],
       ["pointing game", a.pointing === null ? "— (no score in predictions.jsonl)" : fmt(a.pointing), "detail-pointing"],
-      ["pointing game, against the changed regions' boxes",
-        a.boxes === null ? "— (no changed region with a box)" : fmt(a.boxes), "detail-boxes"],
+      ...(hasBoxes ? [["pointing game, against the changed regions' boxes",
+        a.boxes === null ? "— (no changed region with a box)" : fmt(a.boxes), "detail-boxes"]] : []),
       ["line in predictions.jsonl", a.line + 1, "detail-line"],
     ];
     box.append(el("table", { class: "qa" }, ...rows.map(([k, v, cls]) =>
