@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from diffvqa.commands.study import VARIANTS, compare, comparison_table, main, markdown_table, summarise
+from diffvqa.commands.study import VARIANTS, compare, comparison_table, main, markdown_table, reference_of, summarise
 
 
 @pytest.mark.slow
@@ -106,3 +106,24 @@ def test_comparisons_pair_seeds_and_questions(tmp_path):
     table = comparison_table(result)
     assert "| full: final − preliminary | +0.200 | [+0.200, +0.200] | +0.200, +0.200 | 20 |" in table
     assert "| single_pass − full | -0.500 |" in table
+
+
+def test_a_pretrained_variant_is_compared_with_pretrained_and_pretrained_with_full(tmp_path):
+    """One change at a time: pretrained_single_pass − pretrained, pretrained − full (the pretraining question),
+    single_pass − full; without `pretrained` in the grid a pretrained_* variant falls back to full."""
+    runs = {}
+    for variant, level in (("full", 1.0), ("pretrained", 2.0), ("pretrained_single_pass", 1.75), ("single_pass", 0.5)):
+        _predictions(tmp_path / variant / "eval", [level + 0.01 * q for q in range(10)])
+        runs[variant] = {0: tmp_path / variant}
+    result = compare(runs)
+    assert set(result["pretrained_single_pass"]) == {"minus_pretrained"}
+    assert result["pretrained_single_pass"]["minus_pretrained"]["estimate"] == pytest.approx(-0.25)
+    assert result["pretrained"]["minus_full"]["estimate"] == pytest.approx(1.0)
+    assert result["single_pass"]["minus_full"]["estimate"] == pytest.approx(-0.5)
+    assert result["full"] == {}
+    table = comparison_table(result)
+    assert "| pretrained_single_pass − pretrained | -0.250 |" in table and "| pretrained − full | +1.000 |" in table
+    without = compare({v: runs[v] for v in ("full", "pretrained_single_pass")})
+    assert without["pretrained_single_pass"]["minus_full"]["estimate"] == pytest.approx(0.75)
+    assert reference_of("demo_schedule", ["full", "pretrained", "demo_schedule"]) == "pretrained"
+    assert reference_of("blind", ["blind"]) is None

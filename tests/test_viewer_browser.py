@@ -199,10 +199,20 @@ def test_readme_screenshot_command(evaluations, tmp_path):
 def _tiny_predictions(directory, box_scores):
     answer = "the main image has an additional finding of pleural effusion than the reference image. "
     rows = [
-        {"question_index": i, "study_id": 50_000_000 + i, "ref_id": 40_000_000 + i, "subject_id": 10_000_000,
-         "question_type": "difference", "question": "what has changed compared to the reference image?",
-         "answer": answer, "preliminary": answer, "final": answer, "keyword": "pleural effusion", "pointing": 1.0,
-         **({} if box is None else {"box_pointing": box})}  # fmt: skip
+        {
+            "question_index": i,
+            "study_id": 50_000_000 + i,
+            "ref_id": 40_000_000 + i,
+            "subject_id": 10_000_000,
+            "question_type": "difference",
+            "question": "what has changed compared to the reference image?",
+            "answer": answer,
+            "preliminary": answer,
+            "final": answer,
+            "keyword": "pleural effusion",
+            "pointing": 1.0,
+            **({} if box is None else {"box_pointing": box}),
+        }  # fmt: skip
         for i, box in enumerate(box_scores)
     ]
     directory.mkdir()

@@ -124,6 +124,17 @@ COLUMNS: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for na
 REFERENCES: list[tuple[str, tuple[str, ...]]] = [(name, HEADLINES[key].path) for name, key in STUDY_REFERENCES.items()]
 EVAL_DIR = "eval"  # each run's evaluation, inside its run directory
 REFERENCE_VARIANT = "full"  # the variant every other is compared with, when it is in the grid
+PRETRAINED_REFERENCE = "pretrained"  # ... except a variant of the pretrained model, compared with it when it is there
+
+
+def reference_of(variant: str, grid: Sequence[str]) -> str | None:
+    """The variant ``variant`` is paired with: ``pretrained`` for a pretrained_* variant or the demo's schedule (one
+    change to the pretrained model), ``full`` for the rest (``pretrained`` − ``full`` answers the pretraining
+    question); None for the reference itself or when its reference is not in the grid."""
+    reference = REFERENCE_VARIANT
+    if (variant.startswith(PRETRAINED_REFERENCE + "_") or variant == "demo_schedule") and PRETRAINED_REFERENCE in grid:
+        reference = PRETRAINED_REFERENCE
+    return reference if reference in grid and reference != variant else None
 
 
 def _get(metrics: dict[str, Any], path: Sequence[str]) -> float | int | None:
@@ -237,11 +248,12 @@ def _entry(differences: list[list[float]]) -> dict[str, Any]:
     return {**interval.to_dict(), "per_seed": [sum(d) / len(d) for d in differences]}
 
 
-def compare(runs: dict[str, dict[int, Path]], reference: str | None = REFERENCE_VARIANT) -> dict[str, Any]:
+def compare(runs: dict[str, dict[int, Path]]) -> dict[str, Any]:
     """The study's paired comparisons of final CIDEr-D, each with a seeds-and-questions 95 % interval.
 
-    ``final_minus_preliminary`` per two-pass variant; ``minus_<reference>`` per other variant, paired by seed
-    (same ``train.seed``: same initial weights and data order) and by question. Questions every run answered.
+    ``final_minus_preliminary`` per two-pass variant; ``minus_<reference>`` per other variant (its reference:
+    :func:`reference_of`), paired by seed (same ``train.seed``: same initial weights and data order) and by
+    question. Questions every run answered.
     """
     tables = {v: {s: _per_question(d) for s, d in seeds.items()} for v, seeds in runs.items()}
     out: dict[str, Any] = {}
@@ -253,7 +265,8 @@ def compare(runs: dict[str, dict[int, Path]], reference: str | None = REFERENCE_
             entry["final_minus_preliminary"] = _entry(
                 [[seeds[s][k]["cider"] - seeds[s][k]["cider_preliminary"] for k in keys] for s in sorted(seeds)]
             )
-        if reference in tables and variant != reference:
+        reference = reference_of(variant, list(tables))
+        if reference is not None:
             paired = sorted(set(seeds) & set(tables[reference]))
             keys = sorted(set.intersection(*(set(tables[v][s]) for v in (variant, reference) for s in paired)))
             if paired and keys:
@@ -264,15 +277,15 @@ def compare(runs: dict[str, dict[int, Path]], reference: str | None = REFERENCE_
     return out
 
 
-def comparison_table(comparisons: dict[str, Any], reference: str = REFERENCE_VARIANT) -> str:
+def comparison_table(comparisons: dict[str, Any]) -> str:
     """Markdown: each comparison's mean difference, its 95 % interval and the per-seed means."""
     lines = [
         "| comparison (final CIDEr-D) | mean Δ | 95 % interval (seeds × questions) | per seed | questions |",
         "|---|---|---|---|---|",
     ]
     for variant, entry in comparisons.items():
-        for key, label in (("final_minus_preliminary", f"{variant}: final − preliminary"),
-                           (f"minus_{reference}", f"{variant} − {reference}")):  # fmt: skip
+        against = [(k, f"{variant} − {k.removeprefix('minus_')}") for k in entry if k.startswith("minus_")]
+        for key, label in [("final_minus_preliminary", f"{variant}: final − preliminary"), *against]:
             if key in entry:
                 e = entry[key]
                 seeds = ", ".join(f"{d:+.3f}" for d in e["per_seed"])
