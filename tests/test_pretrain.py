@@ -128,3 +128,33 @@ def test_bad_input_is_one_line(phantom_cache, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "model.encoder_pretrained" in err and "model.require_pretrained=false" in err
     assert not (tmp_path / "paper").exists()
+
+
+def test_cam_pointing_reference_levels_match_a_direct_count(phantom_cache):
+    """Each finding's chance (mean area share) and fixed-point prior (the pixel inside most of its train regions, hit
+    rate on its test regions), recounted here from the cache's findings without the metrics helpers' batching."""
+    from diffvqa.commands.pretrain import cam_pointing
+    from diffvqa.data.labels import keyword_label
+    from diffvqa.model.findings import FindingClassifier
+
+    config = load_config("tiny", overrides=QUICK)
+    cache = ImageCache(phantom_cache)
+    images, _ = split_images(cache)
+    classifier = FindingClassifier(config.model, "findings", load_pretrained=False)
+    scored = images["train"] + images["test"]  # train images too: on them the prior must hit (the test set is small)
+    result = cam_pointing(classifier, cache, images["train"], scored, "findings", cells=4, device="cpu")
+    priors = [e["prior"] for e in result["per_finding"].values() if e["prior"] is not None]
+    assert priors and max(priors) > 0  # some finding's prior hits: a wrong fixed point would show
+    for name, entry in result["per_finding"].items():
+        train = [
+            f["mask"] > 0 for d in images["train"] for f in cache.findings(d) if f["name"] == name and f["mask"].any()
+        ]
+        test = [f["mask"] > 0 for d in scored for f in cache.findings(d)
+                if f["name"] == name and f["mask"].any() and keyword_label(name, "findings") is not None]  # fmt: skip
+        assert entry["n"] == len(test)
+        assert entry["chance"] == pytest.approx(np.mean([m.mean() for m in test]), abs=1e-6)
+        if not train:
+            assert entry["prior"] is None
+            continue
+        y, x = np.unravel_index(np.argmax(np.sum(train, axis=0)), train[0].shape)
+        assert entry["prior"] == pytest.approx(np.mean([m[y, x] for m in test]))

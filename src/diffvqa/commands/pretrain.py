@@ -159,6 +159,10 @@ def cam_pointing(classifier: FindingClassifier, cache: ImageCache, train_ids: li
         for f in cache.findings(dicom_id):
             if f["mask"].any():
                 train_regions.setdefault(f["name"], []).append(f["mask"])
+    # the fixed-point prior of each finding, learned once from its train regions
+    points = {
+        name: best_fixed_point(torch.from_numpy(np.stack(masks)).float()) for name, masks in train_regions.items()
+    }
     jobs, unlabelled = [], {}
     for dicom_id in test_ids:
         for f in cache.findings(dicom_id):
@@ -184,10 +188,7 @@ def cam_pointing(classifier: FindingClassifier, cache: ImageCache, train_ids: li
         scores = pointing_scores(maps, regions)
         chance, ceiling = area_shares(regions), grid_ceiling(regions, cells)
         for i, (_, name, _, _) in enumerate(chunk):
-            prior = None
-            if train_regions.get(name):
-                point = best_fixed_point(torch.from_numpy(np.stack(train_regions[name])).float())
-                prior = float(fixed_point_hits(regions[i : i + 1], point)[0])
+            prior = float(fixed_point_hits(regions[i : i + 1], points[name])[0]) if name in points else None
             rows.setdefault(name, []).append(
                 {"score": float(scores[i]), "chance": float(chance[i]), "ceiling": float(ceiling[i]), "prior": prior}
             )
