@@ -22,8 +22,9 @@ from pathlib import Path
 from diffvqa.config import FROM_SCRATCH, apply_overrides, load_config
 from diffvqa.errors import ArgumentParser, UserError, command
 
-# The demo trains 600 of small's 1,100 steps (the saliency loop from step 300) to fit 12 minutes on 2 CPU cores: on the
-# pretrained encoder that answers better than small trained from random weights for all 1,100 (docs/results.md).
+# The demo trains 600 of small's 1,100 steps (the saliency loop from step 300) to fit 12 minutes on 2 CPU cores. It
+# shows the method run, not its best numbers: docs/results.md ("One demo run is one sample") gives what one demo run
+# scored and how a shorter schedule fell short of 1,100 steps in the one run tried.
 DEMO_STEPS = 600
 # The blind baseline sees no image, so no encoder, finding head or saliency serves it.
 BLIND = ["model.blind=true", "saliency.enabled=false", *FROM_SCRATCH]
@@ -111,9 +112,9 @@ def run_demo(
     done("train")
 
     blind = load_config(preset, overrides=[*overrides, *BLIND])
-    # The question-only model learns the answer distribution of the one difference question: trained as long as the
-    # model (a 200-step schedule stops at its single most common answer, validation CIDEr 0.94; 600 steps reach
-    # 1.18: docs/results.md), validated five times so its log shows the plateau.
+    # The question-only model learns the answer distribution of the one difference question. It trains as long as the
+    # model, so the two differ in the images alone, not in training length; validated five times so its log shows the
+    # plateau.
     blind.train.steps = blind_steps if blind_steps is not None else config.train.steps
     blind.train.eval_every = max(1, blind.train.steps // 5)
     blind.train.checkpoint_every = blind.train.steps
