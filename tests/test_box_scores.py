@@ -104,6 +104,28 @@ def test_a_comparison_against_another_prior_is_counted_not_scored(box_cache, tmp
     assert CacheBoxes(cache).changed(study, ref) == [] and "ms_cxr" not in summary
 
 
+def test_the_python_api_carries_boxes_as_the_command_does(box_cache, tmp_path):
+    """prepare(boxes=) and merge_shards(boxes=) write the boxes the command writes; a shard refuses them."""
+    from diffvqa.data.cache_writer import merge_shards, prepare
+    from diffvqa.errors import UserError
+
+    release = box_cache.parent / "release"
+    dirs = [release / "chest-imagenome", release / "ms-cxr"]
+    common = {"size": 64, "workers": 1, "progress": False}
+    prepare(release, release, tmp_path / "api", boxes=dirs, **common)
+    shards = [tmp_path / f"shard{i}" for i in range(2)]
+    for i, shard in enumerate(shards):
+        prepare(release, release, shard, shard=(i, 2), **common)
+    merge_shards(shards, tmp_path / "merged", workers=1, progress=False, boxes=dirs)
+    for cache in (tmp_path / "api", tmp_path / "merged"):
+        for name in ("regions.csv", "comparisons.csv", "phrases.csv"):
+            assert (cache / "boxes" / name).read_bytes() == (box_cache / "boxes" / name).read_bytes(), (cache, name)
+        assert (cache / "report.txt").read_text() == (box_cache / "report.txt").read_text()
+    with pytest.raises(UserError, match="merge_shards"):
+        prepare(release, release, tmp_path / "shard-with-boxes", shard=(0, 2), boxes=dirs, **common)
+    assert not (tmp_path / "shard-with-boxes").exists()
+
+
 def test_bad_box_directories_are_said_in_one_line(box_cache, tmp_path, capsys):
     release = box_cache.parent / "release"
     argv = ["--release", str(release), "--out", str(tmp_path / "c"), "--quiet", "--boxes"]

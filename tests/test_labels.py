@@ -211,7 +211,7 @@ def test_findings_json_list_of_records(tmp_path):
     table = read_label_file("findings", path)
     assert table.problem == "" and table.names == FINDINGS
     assert dict(table.skipped) == {
-        "finding not in the vocabulary: not a finding": 1,
+        "finding not in the vocabulary (1 names: 'not a finding' x1)": 1,
         "record without study_id": 2,
         "record without entity": 1,
         "entity neither a mapping nor a list": 1,
@@ -221,6 +221,20 @@ def test_findings_json_list_of_records(tmp_path):
     assert _findings_row(table, 50000001) == ({"pleural effusion", "vascular congestion"}, {0.0, 1.0})
     assert _findings_row(table, 50000002) == ({"atelectasis", "cardiomegaly"}, {0.0, 1.0})
     assert _findings_row(table, 50000003) == (set(), {0.0})  # nothing found: every finding negative
+
+
+def test_findings_json_unknown_names_are_one_skip_line(tmp_path):
+    # a real release names hundreds of findings outside the vocabulary: one line, most frequent first, not one each
+    records = [{"study_id": 1, "entity": ["edema", *(f"other {k}" for k in range(8)), "other 7", "other 7", "other 3"]},
+               {"study_id": 2, "entity": ["other 7", "cardiomegaly"]}]  # fmt: skip
+    path = tmp_path / FINDINGS_FILE
+    path.write_text(json.dumps(records))
+    table = read_label_file("findings", path)
+    assert dict(table.skipped) == {
+        "finding not in the vocabulary (8 names: 'other 7' x4, 'other 3' x2, 'other 0' x1, 'other 1' x1, "
+        "'other 2' x1 and 3 more)": 12
+    }
+    assert _findings_row(table, 1) == ({"edema"}, {0.0, 1.0})
 
 
 def test_findings_json_keyed_by_study(tmp_path):

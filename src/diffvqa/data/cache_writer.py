@@ -466,6 +466,7 @@ def prepare(
     keep_bad_chronology: bool = False,
     keep_duplicates: bool = False,
     labels: str | Path | None = None,
+    boxes: Sequence[str | Path] | None = None,
 ) -> dict:
     """Decode every image a release needs into a cache directory (layout in the module docstring).
 
@@ -488,6 +489,9 @@ def prepare(
         keep_duplicates: keep exact repeats of an earlier question row (by default counted and dropped).
         labels: a directory holding finding-label files (:mod:`diffvqa.data.labels`), looked in before ``images``
             and ``release``.
+        boxes: Chest ImaGenome and/or MS-CXR directories whose boxes are carried into ``out/boxes/``
+            (:mod:`diffvqa.data.cache_boxes`) once the images are decoded. Not with ``shard``: give them to the
+            :func:`merge_shards` that finishes the shards.
 
     Returns:
         The manifest (a shard returns its settings and counts instead; only a merge writes the manifest).
@@ -496,6 +500,9 @@ def prepare(
         raise UserError(f"size {size}: expected at least 8 pixels")
     if shard is not None and not (shard[1] >= 1 and 0 <= shard[0] < shard[1]):
         raise UserError(f"shard {shard}: expected (i, n) with 0 <= i < n")
+    if boxes and shard is not None:
+        raise UserError("boxes: give them to merge_shards, which finishes the shards, not to one shard")
+    _check_box_sources(boxes)
     out = Path(out)
     settings = {
         "cache_version": CACHE_VERSION,
@@ -545,7 +552,17 @@ def prepare(
     if strict:
         _raise_on_unreadable(out)
     # Finalise from the staged reader output, as merge_shards does: one code path, identical files.
-    return _finalise(out, _load_staged_release(out), strict, workers, progress)
+    manifest = _finalise(out, _load_staged_release(out), strict, workers, progress)
+    _carry_boxes(out, boxes, progress)
+    return manifest
+
+
+def _check_box_sources(boxes: Sequence[str | Path] | None) -> None:
+    """A box directory that is not there, or holds neither dataset, is said before any decoding."""
+    if boxes:
+        from diffvqa.data.cache_boxes import box_sources
+
+        box_sources(boxes)
 
 
 def _raise_on_unreadable(directory: Path) -> None:
@@ -559,12 +576,19 @@ def _raise_on_unreadable(directory: Path) -> None:
 @one_writer("out", "diffvqa prepare --merge")
 @full_disk_said("out", advice="free space, then run the same command again")
 def merge_shards(
-    shard_dirs: Sequence[str | Path], out: str | Path, workers: int = 2, strict: bool = False, progress: bool = True
+    shard_dirs: Sequence[str | Path],
+    out: str | Path,
+    workers: int = 2,
+    strict: bool = False,
+    progress: bool = True,
+    boxes: Sequence[str | Path] | None = None,
 ) -> dict:
     """Merge the directories of ``prepare(..., shard=(i, n))`` for i = 0..n-1 into one cache.
 
-    The result is byte-identical to what a single ``prepare`` run writes. Returns the manifest.
+    The result is byte-identical to what a single ``prepare`` run writes; ``boxes`` as in :func:`prepare`.
+    Returns the manifest.
     """
+    _check_box_sources(boxes)
     shard_dirs = [Path(d) for d in shard_dirs]
     settings = [json.loads((d / PARAMS).read_text()) if (d / PARAMS).exists() else None for d in shard_dirs]
     for d, s in zip(shard_dirs, settings, strict=True):
@@ -614,7 +638,21 @@ def merge_shards(
     _write_json(out / PARAMS, {k: (None if k == "shard" else v) for k, v in settings[0].items()})
     if strict:
         _raise_on_unreadable(out)
-    return _finalise(out, _load_staged_release(out), strict, workers, progress)
+    manifest = _finalise(out, _load_staged_release(out), strict, workers, progress)
+    _carry_boxes(out, boxes, progress)
+    return manifest
+
+
+@one_writer("out", "diffvqa prepare --boxes")
+@full_disk_said("out", partial="boxes.partial")  # the images stay; the same command carries the boxes again
+def _carry_boxes(out: Path, dirs: Sequence[str | Path] | None, progress: bool) -> None:
+    """Write ``out/boxes/`` from the box datasets and add what was carried and skipped to ``out/report.txt``."""
+    if not dirs:
+        return
+    from diffvqa.data.cache_boxes import report_lines, write_boxes
+
+    summary = write_boxes(out, dirs, progress)
+    write_atomic(out / REPORT, (out / REPORT).read_text() + "\n".join(report_lines(summary)) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -687,12 +725,8 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
     check_output_dir(args.out)
     if args.workers < 0:
         parser.error(f"--workers {args.workers}: expected 0 or more decoding processes")
-    if args.boxes:
-        from diffvqa.data.cache_boxes import box_sources
-
-        if args.shard is not None and not args.merge:
-            parser.error("--boxes: give it to the --merge that finishes the shards")
-        box_sources(args.boxes)  # a directory that is not there, or holds neither dataset, is said before decoding
+    if args.boxes and args.shard is not None and not args.merge:
+        parser.error("--boxes: give it to the --merge that finishes the shards")
     manifest_or_shard = _run(args)
     if args.shard is not None and not args.merge:
         s = manifest_or_shard
@@ -701,21 +735,9 @@ def prepare_main(argv: Sequence[str] | None = None) -> int:
             f"unreadable, in {args.out}; merge all shards with: diffvqa prepare --merge DIR ... --out DIR"
         )
     else:
-        if args.boxes:
-            _carry_boxes(args.out, args.boxes, not args.quiet)
         print((args.out / REPORT).read_text(), end="")
         print(f"cache written to {args.out}")
     return 0
-
-
-@one_writer("out", "diffvqa prepare --boxes")
-@full_disk_said("out", partial="boxes.partial")  # the images stay; the same command carries the boxes again
-def _carry_boxes(out: Path, dirs: Sequence[Path], progress: bool) -> None:
-    """Write ``out/boxes/`` from the box datasets and add what was carried and skipped to ``out/report.txt``."""
-    from diffvqa.data.cache_boxes import report_lines, write_boxes
-
-    summary = write_boxes(out, dirs, progress)
-    write_atomic(out / REPORT, (out / REPORT).read_text() + "\n".join(report_lines(summary)) + "\n")
 
 
 def _list_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -733,7 +755,7 @@ def _list_images(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
 
 def _run(args: argparse.Namespace) -> dict:
     if args.merge:
-        return merge_shards(args.merge, args.out, args.workers, args.strict, not args.quiet)
+        return merge_shards(args.merge, args.out, args.workers, args.strict, not args.quiet, boxes=args.boxes)
     types = [t.strip() for t in args.question_types.split(",") if t.strip()] if args.question_types else None
     return prepare(
         args.release,
@@ -749,4 +771,5 @@ def _run(args: argparse.Namespace) -> dict:
         keep_bad_chronology=args.keep_bad_chronology,
         keep_duplicates=args.keep_duplicates,
         labels=args.labels,
+        boxes=args.boxes,
     )

@@ -203,6 +203,7 @@ def _read_findings_json(table: LabelTable) -> None:
         raise UserError(f"expected a JSON list of per-study objects, got {type(loaded).__name__}")
     column = {name: j for j, name in enumerate(table.names)}
     ids, rows, seen = [], [], set()
+    unknown: Counter = Counter()  # names outside the vocabulary: one skip line for all of them (a release has many)
     for record in records:
         if not isinstance(record, dict) or "study_id" not in record:
             table.skipped["record without study_id"] += 1
@@ -229,12 +230,21 @@ def _read_findings_json(table: LabelTable) -> None:
             if name in column:
                 row[column[name]] = 1.0
             else:
-                table.skipped[f"finding not in the vocabulary: {name}"] += 1
+                unknown[name] += 1
         seen.add(study)
         ids.append(study)
         rows.append(row)
+    if unknown:
+        table.skipped[_unknown_names_reason(unknown)] = sum(unknown.values())
     table.study_ids = np.asarray(ids, np.int64)
     table.values = np.stack(rows) if rows else np.zeros((0, len(table.names)), np.float32)
+
+
+def _unknown_names_reason(unknown: Counter, shown: int = 5) -> str:
+    """One skip reason for every finding name outside the vocabulary, naming the most frequent ``shown``."""
+    common = ", ".join(f"{name!r} x{count:,}" for name, count in unknown.most_common(shown))
+    more = f" and {len(unknown) - shown:,} more" if len(unknown) > shown else ""
+    return f"finding not in the vocabulary ({len(unknown):,} names: {common}{more})"
 
 
 def read_label_file(label_set: str, path: str | Path) -> LabelTable:
