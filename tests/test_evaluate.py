@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from diffvqa.commands.evaluate import evaluate, evenly_spaced, fixed_point_prior, format_table, main
+from diffvqa.commands.evaluate import default_title, evaluate, evenly_spaced, fixed_point_prior, format_table, main
 from diffvqa.commands.train import main as train_main
 
 
@@ -81,6 +81,9 @@ def test_evaluate_writes_predictions_metrics_and_report(tiny_run, phantom_cache,
     assert "Published results on MIMIC-CXR — not comparable with this run" in html
     assert "Final vs preliminary answers" in html and f"{gap['estimate']:+.3f} [{gap['low']:+.3f}," in html
     assert "report_images/" in html
+    checkpoint = metrics["run"]["checkpoint"]  # the run's best checkpoint, as find_checkpoint resolved it
+    step = checkpoint.rsplit("/", 1)[-1]
+    assert f"<h1>diffvqa — {tiny_run.name}/{step} on {phantom_cache.name} (test split)</h1>" in html
     assert "Training curves" in html and (out / "report_images" / "training_curves.svg").is_file()
     assert 'href="viewer/index.html"' in html
     # the viewer: every question with its picture strip, and what writing it cost
@@ -122,6 +125,17 @@ def test_fixed_point_prior_is_learned_on_the_train_split(phantom_cache):
     train = question_regions(phantom_cache, "train", ("difference",))
     covered = train[:, y, x].sum()
     assert covered == train.reshape(len(train), -1).sum(axis=0).max()  # no pixel lies in more train regions
+
+
+def test_the_default_title_names_the_run_and_cache_not_the_paths_as_typed(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "guided-seed3"
+    (run / "checkpoints" / "step-0001100").mkdir(parents=True)
+    (tmp_path / "caches" / "mimic-test").mkdir(parents=True)
+    monkeypatch.chdir(run / "checkpoints")
+    title = default_title("step-0001100", "../../../caches/mimic-test", "validation")
+    assert title == "diffvqa — guided-seed3/step-0001100 on mimic-test (validation split)"
+    monkeypatch.chdir(tmp_path / "caches" / "mimic-test")  # a checkpoint outside a run keeps its own name
+    assert default_title(tmp_path / "exported", ".", "test") == "diffvqa — exported on mimic-test (test split)"
 
 
 def test_evenly_spaced():

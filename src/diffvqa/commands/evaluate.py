@@ -34,7 +34,7 @@ from diffvqa.errors import ArgumentParser, UserError, check_output_dir, command
 from diffvqa.files.disk import full_disk_said
 from diffvqa.files.lock import one_writer
 from diffvqa.files.provenance import RUN_INFO_FILE, run_info, write_run_info
-from diffvqa.files.run import EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
+from diffvqa.files.run import CHECKPOINTS_DIR, EVAL_METRICS_FILE, PREDICTIONS_FILE, VIEWER_DIR
 from diffvqa.metrics.boxes import BoxTally, box_priors
 from diffvqa.metrics.headline import EVALUATION_TABLE, HEADLINES, lookup
 from diffvqa.metrics.mechanisms import MechanismTally
@@ -299,10 +299,20 @@ def evaluate(
             metrics,
             predictions.examples,
             baseline_metrics=baseline,
-            title=title or f"diffvqa — {checkpoint}",
+            title=title or default_title(checkpoint, data, split),
             training_run=checkpoint,
         )
     return metrics
+
+
+def default_title(checkpoint: Path, data: str | Path, split: str) -> str:
+    """``diffvqa — <run>/<checkpoint> on <cache> (test split)``: names, not the paths as typed (``../../runs/x``
+    or ``.`` say nothing on a page someone else opens); metrics.json keeps the paths."""
+    checkpoint = Path(checkpoint).resolve()
+    name = checkpoint.name
+    if checkpoint.parent.name == CHECKPOINTS_DIR:  # a training run's checkpoint: the run names it
+        name = f"{checkpoint.parent.parent.name}/{name}"
+    return f"diffvqa — {name} on {Path(data).resolve().name} ({split} split)"
 
 
 def compare_passes(records: list[dict[str, Any]], *, two_pass: bool) -> dict[str, Any] | None:
