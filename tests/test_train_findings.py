@@ -82,6 +82,21 @@ def test_encoder_lr_scale(tiny_model):
     assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
 
 
+def test_pretrain_and_train_decay_the_same_parameters(tiny_model):
+    """One grouping rule for both optimisers: decay on matrices only; the classifier has no embeddings to spare."""
+    from diffvqa.commands.train import parameter_groups
+
+    classifier = FindingClassifier(tiny_model.config.model, "findings", load_pretrained=False)
+    decay, plain = parameter_groups(classifier, lr=1e-3, weight_decay=0.05)
+    assert (decay["weight_decay"], plain["weight_decay"], decay["lr"], plain["lr"]) == (0.05, 0.0, 1e-3, 1e-3)
+    assert [id(q) for q in decay["params"]] == [id(q) for q in classifier.parameters() if q.ndim >= 2]
+    assert [id(q) for q in plain["params"]] == [id(q) for q in classifier.parameters() if q.ndim < 2]
+    embeddings = [n for n, q in tiny_model.named_parameters() if q.ndim >= 2 and ("wte" in n or "wpe" in n)]
+    assert embeddings  # the VQA model's token / position embeddings are matrices that are not decayed
+    undecayed = {id(q) for g in parameter_groups(tiny_model, 1e-3, 0.05) if g["weight_decay"] == 0 for q in g["params"]}
+    assert all(id(q) in undecayed for n, q in tiny_model.named_parameters() if n in embeddings)
+
+
 def test_a_frozen_encoder_without_aligner_still_guides(phantom_cache, tmp_path):
     config = load_config("tiny", overrides=[*SHORT, "train.encoder_lr_scale=0", "model.align=false"])
     train(config, phantom_cache, run_dir=tmp_path / "run", progress=False, device="cpu")

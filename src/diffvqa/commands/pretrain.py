@@ -42,6 +42,7 @@ from diffvqa.commands.train import (
     StepBatchSampler,
     check_pretrained,
     learning_rate_factor,
+    parameter_groups,
     run_command_arguments,
     run_command_config,
 )
@@ -348,11 +349,7 @@ def pretrain(
     torch.manual_seed(t.seed)
     classifier = FindingClassifier(config.model, p.labels, load_pretrained=not resume)
     classifier.to(dev).train()
-    decay = [q for q in classifier.parameters() if q.ndim >= 2]
-    no_decay = [q for q in classifier.parameters() if q.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": p.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=p.lr
-    )
+    optimizer = torch.optim.AdamW(parameter_groups(classifier, p.lr, p.weight_decay))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: learning_rate_factor(s, p.warmup_steps, p.steps))
     start, best = 0, {}
     if resume:

@@ -97,32 +97,39 @@ def apply_model_levers(model: DiffVQA, config: Config) -> None:
         model.encoder.resnet.compile()
 
 
-def make_optimizer(module: nn.Module, config: Config, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
-    """AdamW with weight decay on matrices only (not biases, norms, or the token/position embeddings); the encoder's
-    parameters at ``train.lr * train.encoder_lr_scale`` (0: frozen); fused when ``train.fused_adamw`` and the
-    device has the kernel. Frozen parameters (``requires_grad`` False) are left out. Returns the optimiser and any
-    note."""
-    scale = config.train.encoder_lr_scale
+def parameter_groups(
+    module: nn.Module, lr: float, weight_decay: float, encoder_lr_scale: float = 1.0
+) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only (not biases, norms, or the token/position embeddings); the
+    encoder's parameters at ``lr * encoder_lr_scale`` (0: frozen, ``requires_grad`` turned off). Parameters already
+    frozen are left out. ``diffvqa train`` and ``diffvqa pretrain`` both build their optimiser from these."""
     groups: dict[tuple[bool, bool], list] = {(d, e): [] for d in (True, False) for e in (True, False)}
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
         decays = p.ndim >= 2 and "wte" not in name and "wpe" not in name
         # a group of its own only when its rate differs: scale 1 keeps the two groups (and the checkpoints) as before
-        in_encoder = scale != 1.0 and ".encoder.resnet." in f".{name}"
-        if in_encoder and scale == 0:
+        in_encoder = encoder_lr_scale != 1.0 and ".encoder.resnet." in f".{name}"
+        if in_encoder and encoder_lr_scale == 0:
             p.requires_grad_(False)  # frozen: no gradient is computed for it at all
             continue
         groups[(decays, in_encoder)].append(p)
-    groups = [
+    return [
         {
             "params": params,
-            "weight_decay": config.train.weight_decay if decays else 0.0,
-            "lr": config.train.lr * (scale if in_encoder else 1.0),
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr": lr * (encoder_lr_scale if in_encoder else 1.0),
         }  # fmt: skip
         for (decays, in_encoder), params in groups.items()
         if params
     ]
+
+
+def make_optimizer(module: nn.Module, config: Config, device: torch.device) -> tuple[torch.optim.Optimizer, list[str]]:
+    """AdamW over :func:`parameter_groups` at ``train.lr``, ``train.weight_decay`` and ``train.encoder_lr_scale``;
+    fused when ``train.fused_adamw`` and the device has the kernel. Returns the optimiser and any note."""
+    t = config.train
+    groups = parameter_groups(module, t.lr, t.weight_decay, t.encoder_lr_scale)
     if config.train.fused_adamw:
         try:
             return torch.optim.AdamW(groups, fused=True), []
