@@ -38,6 +38,25 @@ def test_study_runs_resumes_and_seeds_differ(phantom_cache, tmp_path, capsys):
     assert main(argv) == 0  # resumed: every run finished, nothing is trained or evaluated again
     assert weights.stat().st_mtime_ns == stamp
     assert json.loads((out / "study.json").read_text())["variants"] == record["variants"]
+    capsys.readouterr()
+    assert main([*argv, "saliency.mask_floor=0.5"]) == 2  # other settings: refused, not mixed with these runs
+    err = capsys.readouterr().err.strip()
+    assert "other settings" in err and "saliency.mask_floor=0.5" in err and "new --out" in err and "\n" not in err
+    assert weights.stat().st_mtime_ns == stamp
+
+
+def test_study_settings_are_recorded_and_others_refused(phantom_cache, tmp_path):
+    from diffvqa.commands.study import STUDY_SETTINGS, check_settings
+    from diffvqa.errors import UserError
+
+    settings = {"preset": "small", "overrides": ["data.question_types=[difference]"], "data": "ab", "eval_data": "cd"}
+    check_settings(tmp_path, settings)
+    assert json.loads((tmp_path / STUDY_SETTINGS).read_text()) == settings
+    check_settings(tmp_path, dict(settings))  # the same settings: accepted (seeds and variants may grow)
+    with pytest.raises(UserError, match=r"eval_data 'cd' then, 'ef' now"):
+        check_settings(tmp_path, settings | {"eval_data": "ef"})
+    with pytest.raises(UserError, match="preset 'small' then, 'tiny' now"):
+        check_settings(tmp_path, settings | {"preset": "tiny"})
 
 
 def test_study_rejects_unknown_variants_and_bad_counts(phantom_cache, tmp_path, capsys):

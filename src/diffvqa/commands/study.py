@@ -12,6 +12,8 @@ questions resampled, paired by seed and question): each variant's final − prel
 final CIDEr-D minus the reference variant's (``full`` when it is in the grid). It writes::
 
     DIR/runs/<variant>/seed<k>/            the training run (diffvqa train) and its eval/ (diffvqa evaluate)
+    DIR/study_settings.json                what every run shares (preset, overrides, the two caches): a later
+                                           invocation with other settings is refused, not mixed in
     DIR/study.json                         per variant: every seed's numbers, their mean and sd; the comparisons
     DIR/study.md                           the tables (mean ± sd over seeds; comparisons with their intervals)
     DIR/pointing_over_training.png         validation pointing game over steps (phantom caches)
@@ -23,6 +25,7 @@ The seed sets ``train.seed``: weight initialisation and data order both change w
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -405,6 +408,33 @@ def plot_study(
     return written
 
 
+STUDY_SETTINGS = "study_settings.json"
+
+
+def _cache_identity(cache: Path) -> str:
+    """A prepared cache's identity: its manifest's digest (the same cache moved or linked elsewhere is the same)."""
+    return hashlib.sha256((Path(cache) / "manifest.json").read_bytes()).hexdigest()[:16]
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record what every run of the study shares, or refuse settings that differ from the recorded ones: a finished
+    run is reused as it is, so runs made otherwise would be tabulated as if they were these."""
+    path = out / STUDY_SETTINGS
+    if not path.is_file():
+        path.write_text(json.dumps(settings, indent=2) + "\n")
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); give a new --out") from exc
+    changed = [f"{k} {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+    if changed:
+        raise UserError(
+            f"{out}: its runs were made with other settings ({'; '.join(changed)}); their finished runs would be "
+            "reused as if made with these: give a new --out, or the settings of the runs there"
+        )
+
+
 @one_writer("out", "diffvqa study")  # the runs under out/runs/ lock their own directories
 @full_disk_said("out")
 def run_study(
@@ -432,6 +462,8 @@ def run_study(
             raise MissingInputError(f"{flag} {path}: not a prepared cache (no manifest.json)")
     out.mkdir(parents=True, exist_ok=True)
     base = ["data.question_types=[difference]", *overrides]
+    identity = {"data": _cache_identity(Path(data)), "eval_data": _cache_identity(eval_data)}
+    check_settings(out, {"preset": preset, "overrides": base, **identity})
     threads = max(1, (os.cpu_count() or 1) // jobs)
     runs = {v: {s: out / "runs" / v / f"seed{s}" for s in range(seeds)} for v in variants}
     jobs_list = [(v, s) for s in range(seeds) for v in variants]
