@@ -52,6 +52,18 @@ def test_the_finding_loss_trains_the_head_and_the_classifier_map_guides(phantom_
     assert not any("loss/findings" in r for r in _records(tmp_path / "frozen"))
 
 
+def test_train_says_when_the_encoder_starts_from_random_weights(phantom_cache, pretrained_encoder, tmp_path, capsys):
+    # the presets name no encoder directory, so `train --preset small` alone is the from-scratch recipe: said once
+    said = "note: the encoder starts from random weights"
+    train(load_config("tiny", overrides=SHORT), phantom_cache, run_dir=tmp_path / "a", progress=False, device="cpu")
+    assert capsys.readouterr().err.count(said) == 1
+    pretrained = load_config("tiny", overrides=[*SHORT, f"model.encoder_pretrained={pretrained_encoder}"])
+    train(pretrained, phantom_cache, run_dir=tmp_path / "b", progress=False, device="cpu")
+    blind = load_config("tiny", overrides=[*SHORT, "model.blind=true"])
+    train(blind, phantom_cache, run_dir=tmp_path / "c", progress=False, device="cpu")
+    assert said not in capsys.readouterr().err  # a pretrained encoder, or no image at all: nothing to say
+
+
 def test_the_finding_loss_needs_labels_in_the_cache(phantom_cache, pretrained_encoder, tmp_path):
     import shutil
 

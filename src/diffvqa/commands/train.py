@@ -433,6 +433,12 @@ def train(
     else:
         model = _build_model(config, data)
     notes = set_backend_levers(config, dev) + precision_notes(config, dev)
+    if not resume and not config.model.encoder_pretrained and not config.model.blind:
+        # the presets name no encoder directory (it is the user's pretraining run), so say which recipe this is
+        notes.append(
+            "the encoder starts from random weights (model.encoder_pretrained is empty); the measured recipe "
+            "pretrains it first: diffvqa pretrain --data CACHE --out PRE, then model.encoder_pretrained=PRE/encoder"
+        )
     if model.finding_head is not None:  # trained only by the auxiliary loss; else a fixed map (cam_source)
         model.finding_head.requires_grad_(config.train.finding_loss_weight > 0)
     model.to(dev).train()
