@@ -379,3 +379,5 @@ def test_the_subtitle_says_where_the_encoder_started(tmp_path):
     assert "two-pass · encoder pretrained" in write_report(tmp_path / "b", metrics, []).read_text()
     metrics["run"]["encoder"] = "random initialisation"
     assert "two-pass · encoder from random weights" in write_report(tmp_path / "c", metrics, []).read_text()
+    metrics["difference"]["n"] = metrics["all"]["n"] = 1
+    assert ">1 difference question · test split" in write_report(tmp_path / "d", metrics, []).read_text()

@@ -598,7 +598,7 @@ def _summary_line(metrics: Mapping[str, Any]) -> str:
     for key, label in (("all", "questions"), (DIFFERENCE, "difference questions")):
         n = counts[key]
         if isinstance(n, int) and not (key == "all" and n == counts[DIFFERENCE]):
-            parts.append(f"{n:,} {label}")
+            parts.append(f"{n:,} {label if n != 1 else label[:-1]}")  # "1 difference question"
     run = metrics.get("run") if isinstance(metrics.get("run"), Mapping) else {}
     if isinstance(run.get("split"), str):
         parts.append(f"{run['split']} split")
