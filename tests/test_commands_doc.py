@@ -11,7 +11,7 @@ import pytest
 from diffvqa.cli import COMMANDS
 from diffvqa.cli import main as cli_main
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "commands.md"
+DOC = Path(__file__).resolve().parents[1] / "docs/commands.md"
 ROW = re.compile(r"^\| `diffvqa ([\w-]+)([^`]*)`")  # a table row: the command and what the first cell shows of it
 
 
