@@ -394,7 +394,8 @@ def test_the_battery_is_big_enough():
 )
 def test_bad_input_is_one_clear_line(world, tmp_path, capsys, command, build, expected):
     code, out, err = run(build(world, tmp_path), capsys)
-    lines = err.strip().splitlines()
+    # a note said before the failure (e.g. train's "the encoder starts from random weights") is not the error
+    lines = [line for line in err.strip().splitlines() if not line.startswith(f"diffvqa {command}: note: ")]
     assert code == 2, f"exit code {code}; stderr: {err[-2000:]}"
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
     assert lines[0].startswith(f"diffvqa {command}: error: "), lines[0]

@@ -42,7 +42,8 @@ def run(argv: list, capsys) -> tuple[int, str]:
 
 def one_line(code: int, err: str, command: str) -> str:
     """The one error line of a command that failed as a user error (asserted), without its prefix."""
-    lines = err.strip().splitlines()
+    # a note said before the failure (e.g. train's "the encoder starts from random weights") is not the error
+    lines = [line for line in err.strip().splitlines() if not line.startswith(f"diffvqa {command}: note: ")]
     assert code == 2, f"exit code {code}: {err[-2000:]}"
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     prefix = f"diffvqa {command}: error: "
