@@ -94,8 +94,9 @@ def test_encoder_lr_scale(tiny_model):
     assert not any(p.requires_grad for p in tiny_model.encoder.parameters())
 
 
-def test_pretrain_and_train_decay_the_same_parameters(tiny_model):
-    """One grouping rule for both optimisers: decay on matrices only; the classifier has no embeddings to spare."""
+def test_parameter_groups_decay_matrices_but_not_embeddings(tiny_model):
+    """The grouping rule `train` and `pretrain` both use: decay on matrices only, never the token / position
+    embeddings (the classifier has none). That `pretrain` calls it is not tested here."""
     from diffvqa.commands.train import parameter_groups
 
     classifier = FindingClassifier(tiny_model.config.model, "findings", load_pretrained=False)

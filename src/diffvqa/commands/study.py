@@ -40,6 +40,7 @@ from typing import Any
 
 from diffvqa.config import FROM_SCRATCH
 from diffvqa.errors import ArgumentParser, MissingInputError, UserError, check_output_dir, command
+from diffvqa.files.atomic import write_atomic
 from diffvqa.files.disk import full_disk_said
 from diffvqa.files.lock import one_writer
 from diffvqa.files.run import EVAL_METRICS_FILE, LATEST, METRICS_LOG, PREDICTIONS_FILE
@@ -421,7 +422,7 @@ def check_settings(out: Path, settings: dict[str, Any]) -> None:
     run is reused as it is, so runs made otherwise would be tabulated as if they were these."""
     path = out / STUDY_SETTINGS
     if not path.is_file():
-        path.write_text(json.dumps(settings, indent=2) + "\n")
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")  # a cut-short file would lock the runs out
         return
     try:
         before = json.loads(path.read_text())
