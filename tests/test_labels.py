@@ -211,7 +211,7 @@ def test_findings_json_list_of_records(tmp_path):
     table = read_label_file("findings", path)
     assert table.problem == "" and table.names == FINDINGS
     assert dict(table.skipped) == {
-        "finding not in the vocabulary (1 names: 'not a finding' x1)": 1,
+        "finding not in the vocabulary (1 name: 'not a finding' x1)": 1,
         "record without study_id": 2,
         "record without entity": 1,
         "entity neither a mapping nor a list": 1,

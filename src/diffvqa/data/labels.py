@@ -244,7 +244,8 @@ def _unknown_names_reason(unknown: Counter, shown: int = 5) -> str:
     """One skip reason for every finding name outside the vocabulary, naming the most frequent ``shown``."""
     common = ", ".join(f"{name!r} x{count:,}" for name, count in unknown.most_common(shown))
     more = f" and {len(unknown) - shown:,} more" if len(unknown) > shown else ""
-    return f"finding not in the vocabulary ({len(unknown):,} names: {common}{more})"
+    names = f"{len(unknown):,} name{'s' if len(unknown) != 1 else ''}"
+    return f"finding not in the vocabulary ({names}: {common}{more})"
 
 
 def read_label_file(label_set: str, path: str | Path) -> LabelTable:
